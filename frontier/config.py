@@ -1,0 +1,379 @@
+"""The one parameter file: load params.yaml into typed, validated dataclasses.
+
+Each stage family owns its section dataclass (frontier/<family>/config.py); this module holds
+the root `Params`, the loader and the validation machinery they share. Sections are plain
+dataclasses whose field types drive validation:
+
+- ``bool`` / ``int`` / ``float`` / ``str`` are checked strictly (an int is accepted for a float,
+  and a string such as ``"3e-4"``, which YAML 1.1 leaves as a string, is parsed as a float);
+- ``Literal[...]`` lists the allowed values, ``X | None`` allows null, ``list[X]`` and
+  ``dict[str, X]`` are checked element by element, a nested dataclass recursively;
+- ranges come from field metadata: ``field(default=1, metadata=bounds(ge=1))``;
+- cross-field rules live in a ``validate(self)`` method that raises ``ValueError("key: why")``.
+
+Every failure is one `ConfigError` line naming the file, the dotted key, the value and what
+was expected, with the closest valid key for a misspelling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from frontier.config_fields import bounds
+from frontier.errors import ConfigError
+from frontier.data.config import PrepareConfig, TokenizeConfig, TokenizerConfig
+from frontier.eval.config import EvaluateConfig
+from frontier.finetune.config import FinetuneConfig
+from frontier.kernels.config import KernelsConfig
+from frontier.model.config import ModelConfig
+from frontier.optim.config import OptimizerConfig
+from frontier.report.config import ReportConfig
+from frontier.train.config import ScheduleConfig, TrainConfig
+
+_MISSING = dataclasses.MISSING
+
+
+def _describe(tp: Any) -> str:
+    """A short human description of an expected type, for error messages."""
+    origin = get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a) for a in get_args(tp) if a is not type(None)]
+        nullable = type(None) in get_args(tp)
+        return " or ".join(parts) + (" or null" if nullable else "")
+    if origin is list:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_describe(get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Invalid(Exception):
+    """Internal: a value failed validation at `key`; turned into ConfigError with the source."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def _fmt(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").strip()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(key: str, value: Any, tp: Any) -> _Invalid:
+    return _Invalid(key, f"got {_fmt(value)}, expected {_describe(tp)}")
+
+
+def _convert(tp: Any, value: Any, key: str, meta: dict[str, Any] | None = None) -> Any:
+    """Check `value` against the annotation `tp` and return it converted (nested dataclasses built)."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _bad(key, value, tp)
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, meta)
+            except _Invalid as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise _bad(key, value, tp)
+    if origin is Literal:
+        if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
+            return value
+        choices = [str(a) for a in get_args(tp)]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _Invalid(key, f"got {_fmt(value)}, expected {_describe(tp)}{hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise _bad(key, value, tp)
+        (item_tp,) = get_args(tp)
+        return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(key, value, tp)
+        _, val_tp = get_args(tp)
+        return {str(k): _convert(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(key, value, tp)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+                value = int(value)
+            else:
+                raise _bad(key, value, tp)
+        _check_bounds(key, value, meta)
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise _bad(key, value, tp) from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _bad(key, value, tp)
+        value = float(value)
+        if value != value:  # NaN passes every comparison below; reject it by name
+            raise _Invalid(key, "got nan, expected a finite number")
+        _check_bounds(key, value, meta)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad(key, value, tp)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config field {key}: unsupported annotation {tp!r}")  # a bug in a schema, not user input
+
+
+def _check_bounds(key: str, value: float, meta: dict[str, Any] | None) -> None:
+    if not meta:
+        return
+    checks = {
+        "ge": (lambda v, b: v >= b, ">="),
+        "gt": (lambda v, b: v > b, ">"),
+        "le": (lambda v, b: v <= b, "<="),
+        "lt": (lambda v, b: v < b, "<"),
+    }
+    for name, (ok, sym) in checks.items():
+        if name in meta and not ok(value, meta[name]):
+            raise _Invalid(key, f"got {_fmt(value)}, expected a value {sym} {meta[name]}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from mapping `data`, rejecting unknown keys and wrong types."""
+    where = prefix or "top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _Invalid(where, f"got {_fmt(data)}, expected {_describe(cls)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            valid = "" if close else f"; valid keys here: {', '.join(fields)}"
+            raise _Invalid(dotted, f"unknown key{hint}{valid}")
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], dotted, dict(f.metadata))
+        elif f.default is _MISSING and f.default_factory is _MISSING:
+            raise _Invalid(dotted, f"missing, expected {_describe(hints[name])}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            msg = str(exc)
+            sub, _, why = msg.partition(": ")
+            if why and " " not in sub:
+                raise _Invalid(f"{prefix}.{sub}" if prefix else sub, why) from None
+            raise _Invalid(where, msg) from None
+    return obj
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value`` into the key and its YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+    return key, value
+
+
+def _apply_override(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_params(data: dict[str, Any], source: str = "params") -> Params:
+    """Validate an already-parsed mapping into `Params`; errors name `source`."""
+    try:
+        return _build(Params, data, "")
+    except _Invalid as exc:
+        raise ConfigError(f"{source}: {exc.key}: {exc.message}") from None
+
+
+def load_params(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read `path` (YAML; None for defaults), apply ``key=value`` overrides, validate.
+
+    Raises ConfigError with one line naming the file (or ``--set``), the key and the problem.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: parameter file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or exc.__class__.__name__
+            raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {_fmt(loaded)}")
+        data = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply_override(data, key, value)
+        try:
+            _check_key_path(key)
+        except _Invalid as exc:
+            raise ConfigError(f"--set {exc.key}: {exc.message}") from None
+    if overrides:
+        source = f"{source} with --set {' '.join(overrides)}"
+    return build_params(data, source)
+
+
+def _check_key_path(key: str) -> None:
+    """Reject an override whose key does not exist in the schema, suggesting the closest."""
+    cls: Any = Params
+    prefix = ""
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return  # inside a list/dict/free value: the full validation checks it
+        names = [f.name for f in dataclasses.fields(cls)]
+        dotted = f"{prefix}.{part}" if prefix else part
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            raise _Invalid(dotted, f"unknown key{hint}")
+        cls = _unwrap_optional(typing.get_type_hints(cls)[part])
+        prefix = dotted
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """The plain-data form of a params object (for YAML dumps and hashing)."""
+    return dataclasses.asdict(obj)
+
+
+def section_keys(name: str) -> list[str]:
+    """Dotted leaf keys of a top-level section (or the key itself for a scalar), for DVC `params:`.
+
+    Lists and free mappings are leaves: DVC tracks them as one value.
+    """
+    hints = typing.get_type_hints(Params)
+    if name not in hints:
+        raise KeyError(name)
+    out: list[str] = []
+
+    def walk(tp: Any, prefix: str) -> None:
+        tp = _unwrap_optional(tp)
+        if dataclasses.is_dataclass(tp):
+            sub = typing.get_type_hints(tp)
+            for f in dataclasses.fields(tp):
+                walk(sub[f.name], f"{prefix}.{f.name}")
+        else:
+            out.append(prefix)
+
+    walk(hints[name], name)
+    return out
+
+
+def dump_resolved(params: Params, directory: str | Path, sections: list[str] | None = None) -> Path:
+    """Write the fully resolved parameters beside a stage's outputs (``params.resolved.yaml``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = to_dict(params)
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}
+    path = directory / "params.resolved.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+@dataclasses.dataclass
+class Params:
+    """Everything params.yaml may hold: a seed and one section per stage family."""
+
+    seed: int = dataclasses.field(default=1337, metadata=bounds(ge=0))
+    prepare: PrepareConfig = dataclasses.field(default_factory=PrepareConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    tokenize: TokenizeConfig = dataclasses.field(default_factory=TokenizeConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    kernels: KernelsConfig = dataclasses.field(default_factory=KernelsConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
+
+
+__all__ = [
+    "ConfigError",
+    "Params",
+    "bounds",
+    "build_params",
+    "dump_resolved",
+    "load_params",
+    "parse_override",
+    "section_keys",
+    "to_dict",
+]

@@ -1,0 +1,1 @@
+"""Data stages: sources, cleaning, dedup, splitting, tokenizer training, packing, loaders."""

@@ -1,0 +1,32 @@
+"""Schema of the model: architecture and size, or a preset, or a local HF directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from frontier.config_fields import bounds
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["llama", "gpt2"] = "llama"
+    preset: str | None = None  # a named size (see frontier.model.presets); overrides the sizes below
+    init_from: str | None = None  # a local Hugging Face model directory to continue from
+    hidden_size: int = field(default=256, metadata=bounds(ge=8))
+    num_layers: int = field(default=4, metadata=bounds(ge=1))
+    num_heads: int = field(default=4, metadata=bounds(ge=1))
+    num_kv_heads: int | None = field(default=None, metadata=bounds(ge=1))  # None: = num_heads
+    intermediate_size: int | None = field(default=None, metadata=bounds(ge=1))  # None: from hidden_size
+    max_seq_len: int = field(default=256, metadata=bounds(ge=1))
+    rope_theta: float = field(default=10000.0, metadata=bounds(gt=0))
+    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
+    tie_embeddings: bool = True
+    init_std: float = field(default=0.02, metadata=bounds(gt=0))
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size: {self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        kv = self.num_kv_heads or self.num_heads
+        if self.num_heads % kv:
+            raise ValueError(f"num_kv_heads: {kv} must divide num_heads={self.num_heads}")
