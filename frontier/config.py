@@ -27,8 +27,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from frontier.config_fields import bounds
-from frontier.errors import ConfigError
 from frontier.data.config import PrepareConfig, TokenizeConfig, TokenizerConfig
+from frontier.errors import ConfigError
 from frontier.eval.config import EvaluateConfig
 from frontier.finetune.config import FinetuneConfig
 from frontier.kernels.config import KernelsConfig
@@ -172,6 +172,21 @@ def _check_bounds(key: str, value: float, meta: dict[str, Any] | None) -> None:
             raise _Invalid(key, f"got {_fmt(value)}, expected a value {sym} {meta[name]}")
 
 
+def _unknown_key_message(key: str, prefix: str, names: list[str]) -> str:
+    """'unknown key' with the closest valid key: a near spelling here, else the same name elsewhere."""
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+    elsewhere = [k for k in _all_leaf_keys() if k.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f"unknown key; did you mean '{elsewhere[0]}'?"
+    return f"unknown key; valid keys here: {', '.join(names)}"
+
+
+def _all_leaf_keys() -> list[str]:
+    return [k for name in typing.get_type_hints(Params) for k in section_keys(name)]
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     """Build dataclass `cls` from mapping `data`, rejecting unknown keys and wrong types."""
     where = prefix or "top level"
@@ -184,10 +199,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if key not in fields:
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
-            valid = "" if close else f"; valid keys here: {', '.join(fields)}"
-            raise _Invalid(dotted, f"unknown key{hint}{valid}")
+            raise _Invalid(dotted, _unknown_key_message(str(key), prefix, list(fields)))
     kwargs = {}
     for name, f in fields.items():
         dotted = f"{prefix}.{name}" if prefix else name
@@ -291,9 +303,7 @@ def _check_key_path(key: str) -> None:
         names = [f.name for f in dataclasses.fields(cls)]
         dotted = f"{prefix}.{part}" if prefix else part
         if part not in names:
-            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
-            hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
-            raise _Invalid(dotted, f"unknown key{hint}")
+            raise _Invalid(dotted, _unknown_key_message(part, prefix, names))
         cls = _unwrap_optional(typing.get_type_hints(cls)[part])
         prefix = dotted
 
