@@ -20,12 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Benchmarks run only under `pytest --benchmark-only`; a plain `pytest` skips them.
-    if hasattr(config.option, "benchmark_only") and not config.option.benchmark_only:
-        config.option.benchmark_skip = True
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
