@@ -1,7 +1,16 @@
-"""Schemas of the data stages: prepare, tokenizer, tokenize."""
+"""Schemas of the data stages: prepare, tokenizer, tokenize.
+
+Source weights (``prepare.sources[].weight``) shape the *training* mixture deterministically:
+every unique train document of a source is written ``floor(weight)`` times, plus once more when
+a hash of its content falls below ``weight - floor(weight)``. So 2.0 doubles a source, 0.5 keeps
+(about) half of its documents, 1.5 doubles half of them; the same documents are picked on every
+machine and run. Validation documents are written once whatever the weight, so the val loss
+measures each document once.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -10,26 +19,42 @@ from frontier.config_fields import bounds
 
 @dataclass
 class SourceConfig:
-    """One input corpus. kind=stdlib reads the running interpreter's standard-library .py files."""
+    """One input corpus.
+
+    kind=stdlib reads the running interpreter's standard-library .py files (site-/dist-packages
+    excluded). kind=files reads `path`: a file, a directory (walked recursively, hidden entries
+    skipped) or a glob (``**`` recurses). `format` auto picks by extension under any compression
+    suffix: .jsonl/.ndjson/.json -> jsonl (one document per line, the `text_field` string),
+    .parquet -> parquet (the `text_field` column, one document per row), anything else -> text
+    (one document per file). Compression (.gz, .zst, .xz) is recognised by the last suffix.
+    """
 
     name: str = "stdlib"
     kind: Literal["stdlib", "files"] = "stdlib"
     path: str | None = None  # file, directory or glob (kind=files)
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    compression: Literal["auto", "none", "gzip", "zstd", "xz"] = "auto"
     text_field: str = "text"  # JSONL field / Parquet column holding the document text
-    weight: float = field(default=1.0, metadata=bounds(gt=0))
+    weight: float = field(default=1.0, metadata=bounds(gt=0, le=100))
 
     def validate(self) -> None:
         if self.kind == "files" and not self.path:
             raise ValueError("path: required when kind is 'files' (a file, directory or glob)")
+        if not self.name or not re.fullmatch(r"[\w.-]+", self.name):
+            raise ValueError(f"name: {self.name!r} must be non-empty letters, digits, '_', '-' or '.'")
 
 
 @dataclass
 class CleanConfig:
-    """Normalisation and document filters; each filter's drop count is reported."""
+    """Normalisation and document filters; each filter's drop count is reported.
+
+    Filters run in this order and a dropped document counts under the first that drops it:
+    min_chars, max_chars, max_line_chars, min_alnum_ratio, max_repeated_line_ratio (share of
+    non-blank lines repeating an earlier line), drop_regex[i] (a document matching any pattern).
+    """
 
     nfc: bool = True
-    strip_control: bool = True
+    strip_control: bool = True  # also turns \r\n and lone \r into \n; keeps \n and \t
     min_chars: int = field(default=32, metadata=bounds(ge=0))
     max_chars: int = field(default=1_000_000, metadata=bounds(ge=1))
     max_line_chars: int = field(default=10_000, metadata=bounds(ge=1))
@@ -37,24 +62,38 @@ class CleanConfig:
     max_repeated_line_ratio: float = field(default=1.0, metadata=bounds(ge=0, le=1))
     drop_regex: list[str] = field(default_factory=list)
 
+    def validate(self) -> None:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars: {self.min_chars} is above max_chars {self.max_chars}")
+        for i, pattern in enumerate(self.drop_regex):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"drop_regex[{i}]: {pattern!r} is not a valid regular expression ({exc})") from None
+
 
 @dataclass
 class DedupConfig:
-    """Exact (content hash) and near-duplicate (MinHash + LSH) removal."""
+    """Exact (content hash) and near-duplicate (MinHash + LSH over word n-gram shingles) removal.
+
+    Near duplicates are pairs whose estimated Jaccard similarity of `shingle_size`-word shingles
+    is at least `threshold`; each connected cluster keeps its document with the smallest id.
+    """
 
     exact: bool = True
     near: bool = True
     threshold: float = field(default=0.8, metadata=bounds(gt=0, le=1))
-    num_perm: int = field(default=128, metadata=bounds(ge=8))
+    num_perm: int = field(default=128, metadata=bounds(ge=8, le=1024))
     shingle_size: int = field(default=5, metadata=bounds(ge=1))
 
 
 @dataclass
 class PrepareConfig:
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    # share of unique documents held out, chosen by content hash; val gets at least one document
     val_fraction: float = field(default=0.05, metadata=bounds(gt=0, lt=1))
-    encoding_errors: Literal["replace", "skip"] = "replace"
-    max_docs: int | None = field(default=None, metadata=bounds(ge=1))
+    encoding_errors: Literal["replace", "skip"] = "replace"  # invalid UTF-8: U+FFFD, or drop the document
+    max_docs: int | None = field(default=None, metadata=bounds(ge=1))  # per source, in sorted file order
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
@@ -69,22 +108,31 @@ class PrepareConfig:
 
 @dataclass
 class TokenizerConfig:
+    """kind: bpe (byte-level BPE trained on train.jsonl), char (the distinct characters of the train
+    text + specials + unk), byte (256 bytes + specials), pretrained (a local tokenizer directory)."""
+
     kind: Literal["bpe", "char", "byte", "pretrained"] = "bpe"
-    vocab_size: int = field(default=4096, metadata=bounds(ge=64))  # bpe only
+    vocab_size: int = field(default=4096, metadata=bounds(ge=64, le=1 << 20))  # bpe only, specials included
     min_frequency: int = field(default=2, metadata=bounds(ge=1))
+    train_max_bytes: int | None = field(default=None, metadata=bounds(ge=1))  # bpe/char: train on a prefix
     path: str | None = None  # kind=pretrained: a local tokenizer directory
     bos_token: str = "<|bos|>"
     eos_token: str = "<|eos|>"
     pad_token: str = "<|pad|>"
+    unk_token: str = "<|unk|>"  # char only: characters never seen in the train text
 
     def validate(self) -> None:
         if self.kind == "pretrained" and not self.path:
             raise ValueError("path: required when kind is 'pretrained' (a local tokenizer directory)")
+        specials = [self.bos_token, self.eos_token, self.pad_token, self.unk_token]
+        if any(not s for s in specials) or len(set(specials)) != len(specials):
+            raise ValueError("bos_token: bos/eos/pad/unk tokens must be non-empty and distinct")
 
 
 @dataclass
 class TokenizeConfig:
     workers: int = field(default=0, metadata=bounds(ge=0))  # 0: the cores the stage was given
     shard_tokens: int = field(default=1 << 24, metadata=bounds(ge=1024))
-    append_eos: bool = True
+    append_eos: bool = True  # an EOS after every document (the boundary the model sees)
+    prepend_bos: bool = False
     batch_docs: int = field(default=256, metadata=bounds(ge=1))

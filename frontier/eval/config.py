@@ -1,4 +1,4 @@
-"""Schema of the evaluate stage."""
+"""Schema of the evaluate stage: held-out loss, generation samples and the pass@k harness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,55 @@ from frontier.config_fields import bounds
 
 
 @dataclass
+class SamplingConfig:
+    """How to draw tokens: temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off."""
+
+    temperature: float = field(default=0.8, metadata=bounds(ge=0))
+    top_k: int = field(default=50, metadata=bounds(ge=0))
+    top_p: float = field(default=0.95, metadata=bounds(gt=0, le=1))
+    max_new_tokens: int = field(default=64, metadata=bounds(ge=1))
+
+
+@dataclass
+class PassKSamplingConfig(SamplingConfig):
+    """Sampling for pass@k: nucleus only and room for a whole function body (Codex paper settings)."""
+
+    top_k: int = field(default=0, metadata=bounds(ge=0))
+    max_new_tokens: int = field(default=256, metadata=bounds(ge=1))
+
+
+@dataclass
+class PassKConfig:
+    """The pass@k harness: how many completions to draw and the sandbox every one runs in."""
+
+    n: int = field(default=10, metadata=bounds(ge=1))  # completions sampled per problem
+    k: list[int] = field(default_factory=lambda: [1, 5, 10])
+    sampling: PassKSamplingConfig = field(default_factory=PassKSamplingConfig)
+    stop: list[str] = field(default_factory=lambda: ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"])
+    timeout_s: float = field(default=10.0, metadata=bounds(gt=0))  # wall clock per completion
+    cpu_s: int = field(default=10, metadata=bounds(ge=1))  # RLIMIT_CPU per completion
+    memory_mb: int = field(default=1024, metadata=bounds(ge=64))  # RLIMIT_AS per completion
+    max_processes: int = field(default=32, metadata=bounds(ge=1))  # RLIMIT_NPROC where it applies
+    workers: int = field(default=2, metadata=bounds(ge=1))  # completions executed at once
+    max_problems: int | None = field(default=None, metadata=bounds(ge=1))  # None: all of the file
+
+    def validate(self) -> None:
+        if not self.k:
+            raise ValueError("k: expected at least one k")
+        for k in self.k:
+            if k < 1 or k > self.n:
+                raise ValueError(f"k: {k} is outside [1, n={self.n}]; pass@k needs n >= k samples")
+
+
+@dataclass
 class EvaluateConfig:
     batch_size: int = field(default=16, metadata=bounds(ge=1))
     seq_len: int | None = field(default=None, metadata=bounds(ge=1))  # None: the model's context
     max_tokens: int | None = field(default=None, metadata=bounds(ge=1))  # None: the whole val split
+    per_source_max_tokens: int = field(default=262_144, metadata=bounds(ge=1))  # whole docs, per source
+    prompts: list[str] = field(
+        default_factory=lambda: ["def fibonacci(n):\n", "import os\n\n\ndef ", "class Stack:\n    def "]
+    )
+    samples_per_prompt: int = field(default=2, metadata=bounds(ge=0))  # sampled besides the greedy one
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    passk: PassKConfig = field(default_factory=PassKConfig)

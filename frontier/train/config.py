@@ -10,6 +10,12 @@ from frontier.config_fields import bounds
 
 @dataclass
 class ScheduleConfig:
+    """Learning rate per optimizer step (see frontier.train.schedule for the exact formulas).
+
+    The peak is optimizer.lr; warmup rises linearly over `warmup_steps`; the floor is
+    ``min_lr_ratio * optimizer.lr``, reached at train.max_steps.
+    """
+
     kind: Literal["constant", "linear", "cosine", "wsd", "polynomial"] = "cosine"
     warmup_steps: int = field(default=50, metadata=bounds(ge=0))
     min_lr_ratio: float = field(default=0.1, metadata=bounds(ge=0, le=1))
@@ -19,10 +25,59 @@ class ScheduleConfig:
 
 @dataclass
 class CheckpointConfig:
+    """When checkpoints are written (besides the end of the run and a stop signal) and how many stay."""
+
     every_steps: int = field(default=0, metadata=bounds(ge=0))  # 0: off
     every_minutes: float = field(default=0.0, metadata=bounds(ge=0))  # 0: off
     keep_last: int = field(default=2, metadata=bounds(ge=1))
-    keep_best: bool = True
+    keep_best: bool = True  # also save when the val loss improves, and keep that checkpoint
+
+
+@dataclass
+class NanGuardConfig:
+    """A non-finite loss skips the optimizer step; `max_consecutive` in a row roll back to the newest
+    checkpoint with the learning rate multiplied by `lr_factor`, at most `max_rollbacks` times."""
+
+    max_consecutive: int = field(default=3, metadata=bounds(ge=1))
+    max_rollbacks: int = field(default=2, metadata=bounds(ge=0))
+    lr_factor: float = field(default=0.5, metadata=bounds(gt=0, le=1))
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the val loss has not improved by more than `min_delta` for `patience` evaluations."""
+
+    patience: int = field(default=0, metadata=bounds(ge=0))  # 0: off
+    min_delta: float = field(default=0.0, metadata=bounds(ge=0))
+
+
+@dataclass
+class AlertsConfig:
+    """Thresholds of the alert rules (frontier.train.alerts); 0 switches a rule off."""
+
+    loss_spike_factor: float = field(default=3.0, metadata=bounds(ge=0))  # loss > factor x its EMA
+    grad_norm_max: float = field(default=0.0, metadata=bounds(ge=0))
+    gpu_memory_pct: float = field(default=95.0, metadata=bounds(ge=0, le=100))
+    gpu_temperature_c: float = field(default=85.0, metadata=bounds(ge=0))
+    throughput_drop: float = field(default=0.5, metadata=bounds(ge=0, lt=1))  # tokens/s < drop x its EMA
+    ema_beta: float = field(default=0.9, metadata=bounds(gt=0, lt=1))
+    warmup_steps: int = field(default=20, metadata=bounds(ge=0))  # EMA rules stay quiet while it settles
+
+
+@dataclass
+class MonitorConfig:
+    progress_bar: bool = True
+    tensorboard: bool = True
+    system_every_s: float = field(default=10.0, metadata=bounds(ge=0))  # CPU/RAM/disk/GPU sampling; 0: off
+    peak_tflops: float | None = field(default=None, metadata=bounds(gt=0))  # per device; None: known table
+
+
+@dataclass
+class ProfileConfig:
+    """A torch.profiler trace of steps [start_step, start_step + num_steps) (chrome trace per rank)."""
+
+    start_step: int = field(default=0, metadata=bounds(ge=0))
+    num_steps: int = field(default=0, metadata=bounds(ge=0))  # 0: off
 
 
 @dataclass
@@ -41,6 +96,19 @@ class TrainConfig:
     document_aware: bool = False  # sample windows starting at document boundaries
     log_every: int = field(default=10, metadata=bounds(ge=1))
     eval_every: int = field(default=100, metadata=bounds(ge=0))  # 0: off
-    eval_batches: int = field(default=8, metadata=bounds(ge=1))
+    eval_batches: int = field(default=8, metadata=bounds(ge=1))  # global batches of fixed val windows
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str = "auto"  # auto | none | a checkpoint directory
+    nan_guard: NanGuardConfig = field(default_factory=NanGuardConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+    def validate(self) -> None:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(f"offload_params: parameter offload needs zero_stage 3, got {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3, got 0")
+        if self.resume not in ("auto", "none") and not self.resume.strip():
+            raise ValueError("resume: expected 'auto', 'none' or a checkpoint directory")
