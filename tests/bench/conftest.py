@@ -18,17 +18,19 @@ def _median_ms(fn: Any) -> float:
     return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
 
 
+def _copy_gbps(n: int) -> float:
+    src = torch.randn(n, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
 @pytest.fixture(scope="session")
 def device_limits() -> dict[str, float]:
     """Measured ceilings of the current GPU: copy GB/s (bytes read + written) and bf16 matmul TFLOP/s."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    n = 1 << 28  # 1 GiB of fp32: far larger than L2
-    src = torch.randn(n, device="cuda")
-    dst = torch.empty_like(src)
-    copy_ms = _median_ms(lambda: dst.copy_(src))
-    copy_gbps = 2 * src.numel() * src.element_size() / (copy_ms * 1e-3) / 1e9
-    del src, dst
+    copy_gbps = _copy_gbps(1 << 28)  # 1 GiB of fp32: far larger than L2
     m = 8192
     a = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
