@@ -1,0 +1,204 @@
+"""fused_linear_cross_entropy: chunked loss and gradients against the float64 eager reference, the
+no-(N, V)-tensor memory property, frozen weights, schema checks, torch.compile."""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from frontier.kernels.fused_linear_cross_entropy import (
+    _chunked,
+    fused_linear_cross_entropy,
+    fused_linear_cross_entropy_reference,
+)
+from tests.kernels.reference_check import check_against_reference, leaves
+from tests.kernels.test_cross_entropy import IGNORE, _UnitGrad
+
+
+def _inputs(n: int, h: int, v: int, dtype: torch.dtype, *, bias: bool, seed: str = "") -> tuple:
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{n}{h}{v}{dtype}{bias}{seed}".encode()))
+    hidden = torch.randn(n, h, generator=gen).to(dtype)
+    weight = (torch.randn(v, h, generator=gen) / h**0.25).to(dtype)  # logits of a few units
+    tensors = [hidden, weight] + ([torch.randn(v, generator=gen).to(dtype)] if bias else [])
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[2::5] = IGNORE
+    return tensors, targets
+
+
+def _ops(targets: torch.Tensor, unit_grad: bool, chunk_size: int | None, **kw):  # type: ignore[no-untyped-def]
+    wrap = _UnitGrad.apply if unit_grad else (lambda y: y)
+
+    def kernel(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        t = targets.to(hidden.device)
+        return wrap(
+            fused_linear_cross_entropy(hidden, weight, t, bias=bias, chunk_size=chunk_size, impl="triton", **kw)
+        )
+
+    def reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return wrap(fused_linear_cross_entropy_reference(hidden, weight, targets.to(hidden.device), bias=bias, **kw))
+
+    return kernel, reference
+
+
+CASES = [  # (N, H, V, chunk, dtype, reduction, bias, label_smoothing, z_loss): chunks that do not divide N
+    (37, 16, 300, 16, torch.float32, "mean", True, 0.1, 1e-3),
+    (37, 16, 300, 16, torch.bfloat16, "sum", False, 0.0, 1e-3),
+    (30, 16, 257, 7, torch.float16, "mean", True, 0.1, 0.0),
+    (20, 8, 100, 6, torch.bfloat16, "none", True, 0.1, 1e-3),
+    (1, 8, 257, 4, torch.float32, "sum", False, 0.0, 0.0),
+    (12, 8, 100, None, torch.float32, "none", False, 0.0, 1e-3),  # default chunk: one chunk of all rows
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_matches_reference(case: tuple) -> None:
+    # "mean"/"sum" compute the gradients in the forward and scale them by grad_output in the backward:
+    # random grad_output in fp32; grad_output 1 in half precision (a second rounding otherwise, documented).
+    # "none" recomputes in the backward with the per-row grad_output inside the kernel: random everywhere.
+    n, h, v, chunk, dtype, reduction, bias, smoothing, z = case
+    tensors, targets = _inputs(n, h, v, dtype, bias=bias)
+    unit_grad = dtype != torch.float32 and reduction != "none"
+    kernel, reference = _ops(targets, unit_grad, chunk, reduction=reduction, label_smoothing=smoothing, z_loss=z)
+    check_against_reference(kernel, reference, leaves(*tensors))
+
+
+def test_frozen_weight_and_eval_compute_only_what_is_needed() -> None:
+    (hidden, weight), targets = _inputs(10, 8, 60, torch.float32, bias=False)
+    ref = fused_linear_cross_entropy_reference(hidden, weight, targets)
+    h = hidden.clone().requires_grad_()
+    loss = fused_linear_cross_entropy(h, weight, targets, chunk_size=4, impl="triton")
+    loss.backward()
+    h64 = hidden.double().requires_grad_()
+    fused_linear_cross_entropy_reference(h64, weight.double(), targets).backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(h.grad, h64.grad.float())
+    assert weight.grad is None
+    with torch.no_grad():
+        torch.testing.assert_close(fused_linear_cross_entropy(hidden, weight, targets, impl="triton"), ref)
+
+
+def test_all_rows_ignored_gives_zero_loss_and_zero_grads() -> None:
+    (hidden, weight, bias), _ = _inputs(5, 8, 40, torch.float32, bias=True)
+    targets = torch.full((5,), IGNORE)
+    for reduction in ("mean", "sum", "none"):
+        h, w, b = leaves(hidden.clone(), weight.clone(), bias.clone())
+        loss = fused_linear_cross_entropy(h, w, targets, bias=b, reduction=reduction, chunk_size=2, impl="triton")
+        loss.sum().backward()
+        assert torch.equal(loss, torch.zeros_like(loss)), reduction
+        for g in (h.grad, w.grad, b.grad):
+            assert torch.equal(g, torch.zeros_like(g)), reduction
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor (in bytes) any ATen op returns, views and Triton's storage views included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())
+        return out
+
+
+@pytest.mark.parametrize("per_row_scale", [False, True], ids=["forward", "recompute"])
+def test_no_tensor_of_n_by_v_is_ever_allocated(per_row_scale: bool) -> None:
+    # The loop behind both ops (forward with gradients, and the backward recompute of "none"), watched
+    # op by op: nothing may be larger than the (chunk, V) buffer or the (V, H) weight gradient, both well
+    # below the (N, V) logits. The same watcher sees the eager reference build them (it can fail).
+    n, h, v, chunk = 48, 8, 300, 16
+    (hidden, weight, bias), targets = _inputs(n, h, v, torch.float32, bias=True)
+    scale = torch.rand(n) if per_row_scale else torch.tensor(0.5)
+    watch = _LargestTensor()
+    with watch:
+        _chunked(
+            hidden, weight, targets, bias, scale, (True, True, True),
+            ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3, chunk_size=chunk,
+        )  # fmt: skip
+    allowed = 4 * max(chunk * v, v * h, n * h)
+    assert watch.largest <= allowed < 4 * n * v
+    eager = _LargestTensor()
+    with eager:
+        fused_linear_cross_entropy_reference(hidden, weight, targets, bias=bias)
+    assert eager.largest >= 4 * n * v
+
+
+def test_opcheck() -> None:
+    (hidden, weight, bias), targets = _inputs(6, 8, 40, torch.float32, bias=True)
+    h, w, b = leaves(hidden, weight, bias)
+    frontier = torch.ops.frontier
+    opts = (IGNORE, 0.1, 1e-3)
+    torch.library.opcheck(
+        frontier.fused_linear_cross_entropy.default, (h, w, targets, b, *opts, "mean", 4, True, True, True)
+    )
+    torch.library.opcheck(
+        frontier.fused_linear_cross_entropy_bwd.default,
+        (hidden, weight, targets, None, torch.rand(6), *opts, 4, True, True, False),
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_compiled_fullgraph_matches_eager(reduction: str) -> None:
+    (hidden, weight, bias), targets = _inputs(20, 8, 100, torch.float32, bias=True)
+
+    def step(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        loss = fused_linear_cross_entropy(h * 2, w, targets, bias=b, reduction=reduction, chunk_size=8, impl="triton")
+        return loss.sum()
+
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
+        inputs = leaves(hidden.clone(), weight.clone(), bias.clone())
+        loss = fn(*inputs)
+        results.append((loss.detach(), *torch.autograd.grad(loss, inputs)))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager)
+
+
+def test_bad_arguments_are_named() -> None:
+    (hidden, weight), targets = _inputs(4, 8, 20, torch.float32, bias=False)
+    with pytest.raises(ValueError, match="expected hidden"):
+        fused_linear_cross_entropy(hidden, weight[:, :4], targets)
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        fused_linear_cross_entropy(hidden, weight, targets, chunk_size=0, impl="triton")
+    with pytest.raises(ValueError, match="one dtype"):
+        fused_linear_cross_entropy(hidden, weight.half(), targets, impl="triton")
+    with pytest.raises(ValueError, match="reduction='avg'"):
+        fused_linear_cross_entropy(hidden, weight, targets, reduction="avg")
+
+
+@pytest.mark.gpu
+def test_gpu_peak_memory_stays_far_below_eager_and_compiles() -> None:
+    n, h, v = 4096, 1024, 32000
+    (hidden, weight), targets = _inputs(n, h, v, torch.float32, bias=False)
+    hidden, weight, targets = hidden.cuda().bfloat16(), weight.cuda().bfloat16(), targets.cuda()
+
+    def peak_extra(fn) -> int:  # type: ignore[no-untyped-def]
+        h, w = leaves(hidden.clone(), weight.clone())
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(h, w, targets).backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    logits_bytes = n * v * 2
+    fused = peak_extra(lambda h, w, t: fused_linear_cross_entropy(h, w, t, chunk_size=512))
+    eager = peak_extra(fused_linear_cross_entropy_reference)
+    # extra memory: dweight + dhidden (which any method needs) + one (512, V) chunk; eager holds several (N, V)
+    assert fused < logits_bytes < eager, (fused, logits_bytes, eager)
+
+    step = lambda h, w: fused_linear_cross_entropy(h, w, targets, chunk_size=512)  # noqa: E731
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True)):
+        inputs = leaves(hidden.clone(), weight.clone())
+        loss = fn(*inputs)
+        results.append((loss.detach(), *torch.autograd.grad(loss, inputs)))
+    for eager_t, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager_t)
