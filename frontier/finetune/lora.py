@@ -1,0 +1,250 @@
+"""The finetune stage (LoRA / QLoRA on prompt/response pairs) and merging an adapter into its base.
+
+The run is the pre-training machinery with another model and other batches: the same
+DeepSpeed engine (frontier.train.engine), loss module (frontier.model.loss), optimizer groups,
+training loop with its NaN guard, checkpoints, resume and stop signals (frontier.train.loop,
+.checkpoint), and monitoring (TensorBoard, CSV logs, alerts). Engine settings (precision, ZeRO
+stage, clipping, monitoring) come from the train section; the step budget, batch size, learning
+rate and warmup from the finetune section. The fused kernels are swapped in as in pre-training
+(frontier.model.kernels; they call the projection modules, so the adapter's layers stay in the
+path) before the adapter is attached.
+
+out_dir::
+
+    adapter/             adapter_config.json + adapter_model.safetensors (peft) and the tokenizer
+    metrics.json         base vs fine-tuned loss on the held-out pairs, counts, timing
+    plots/train.csv      step, loss, lr, grad_norm, tokens_per_s
+    plots/val.csv        step, val_loss (the held-out pairs)
+    tb/                  TensorBoard events
+    params.resolved.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frontier.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("frontier.finetune")
+
+ADAPTER_DIR = "adapter"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def run_config(params: Any) -> Any:
+    """The TrainConfig the loop runs with: the train section's engine settings, finetune's budget."""
+    ft, tc = params.finetune, params.train
+    return dataclasses.replace(
+        tc,
+        micro_batch_size=ft.micro_batch_size,
+        grad_accum_steps=ft.grad_accum_steps,
+        max_steps=ft.max_steps,
+        max_minutes=0.0,
+        seq_len=None,
+        eval_every=ft.eval_every or ft.max_steps,
+        log_every=ft.log_every,
+        checkpoint=dataclasses.replace(tc.checkpoint, every_steps=ft.checkpoint_every, every_minutes=0.0),
+        resume=ft.resume,
+        early_stopping=dataclasses.replace(tc.early_stopping, patience=0),
+        profile=dataclasses.replace(tc.profile, num_steps=0),
+    )
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
+    """Stage: LoRA-tune `base_model_dir` on sft_dir/train.jsonl, score sft_dir/heldout.jsonl before and after."""
+    from frontier.eval.generate import model_context
+    from frontier.eval.model_io import load_tokenizer
+    from frontier.finetune.adapter import attach_lora, load_base, trainable_parameters
+    from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records
+    from frontier.model.flops import model_flops_per_token
+    from frontier.model.kernels import apply_kernels
+    from frontier.model.loss import CausalLMWithLoss
+    from frontier.train.checkpoint import CheckpointStore
+    from frontier.train.data import Layout, TrainBatches
+    from frontier.train.distributed import init_distributed
+    from frontier.train.ds_config import build_ds_config
+    from frontier.train.engine import make_engine
+    from frontier.train.loop import LoopParts, Trainer
+    from frontier.train.metrics import device_peak_flops
+    from frontier.train.monitor import RunMonitor
+    from frontier.train.optimizer import build_client_optimizer
+    from frontier.train.run import _seed_all, _setup_logging
+    from frontier.train.schedule import LRSchedule
+    from frontier.train.stability import StepGate
+    from frontier.train.state import TrainerState
+    from frontier.train.step import evaluate
+
+    ft = params.finetune
+    if params.kernels.fused_linear_cross_entropy and "lm_head" in ft.target_modules:
+        raise ConfigError(
+            "finetune.target_modules: 'lm_head' cannot take an adapter while kernels.fused_linear_cross_entropy is "
+            "true (the fused loss reads the head weight directly); drop one of them"
+        )
+    base_model_dir, sft_dir = Path(base_model_dir), Path(sft_dir)
+    out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
+    cfg = run_config(params)
+    info = init_distributed()
+    _setup_logging(info.rank)
+
+    tokenizer = load_tokenizer(base_model_dir)
+    _seed_all(params.seed)  # the same LoRA initialisation on every rank
+    lm = load_base(base_model_dir, ft.quantize, cfg.zero_stage, info.device)
+    max_len = ft.max_seq_len or model_context(lm) or 1024
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    train_examples = encode_all(tokenizer, read_records(sft_dir / "train.jsonl", tokenizer), max_len, sft_dir)
+    held_examples = encode_all(tokenizer, read_records(sft_dir / "heldout.jsonl", tokenizer), max_len, sft_dir)
+
+    apply_kernels(lm, params.kernels)
+    peft_model = attach_lora(lm, ft)  # injects the adapter into `lm` in place
+    trainable, total = trainable_parameters(lm)
+    log.info("finetune: %d trainable of %d parameters (LoRA r=%d on %s)", trainable, total, ft.r, ft.target_modules)
+    module = CausalLMWithLoss(lm, params.kernels)
+    opt_cfg = dataclasses.replace(params.optimizer, lr=ft.lr, weight_decay=ft.weight_decay)
+    optimizer = build_client_optimizer(module, opt_cfg)
+    gate = StepGate(optimizer)
+    engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
+    _seed_all(params.seed + 1000 * info.rank)
+
+    layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)
+    heldout = eval_batches(held_examples, layout, pad_id)
+    with peft_model.disable_adapter():  # the base model, whatever state a resume brings
+        base_loss = evaluate(engine, heldout, info)
+
+    store = CheckpointStore(checkpoints_dir, info)
+    state = TrainerState(seed=params.seed, world_size=info.world_size)
+    start = store.resolve(cfg.resume)
+    if start is not None:
+        state = store.load(engine, start)
+        log.info("finetune: resumed from %s at step %d", start, state.step)
+    schedule_cfg = dataclasses.replace(params.schedule, warmup_steps=ft.warmup_steps)
+    parts = LoopParts(
+        cfg=cfg,
+        info=info,
+        engine=engine,
+        gate=gate,
+        store=store,
+        batches=TrainBatches(ExampleSampler(train_examples, params.seed, pad_id), layout),
+        val=heldout,
+        schedule=LRSchedule(schedule_cfg, ft.lr, cfg.max_steps),
+        monitor=RunMonitor(cfg, checkpoints_dir / "logs", info, state),
+        seq_len=max(e.input_ids.size for e in train_examples),
+        flops_per_token=model_flops_per_token(lm, max_len),
+        peak_flops=(cfg.monitor.peak_tflops * 1e12)
+        if cfg.monitor.peak_tflops
+        else device_peak_flops(info.device, cfg.precision),
+    )
+    trainer = Trainer(parts, state, saved_step=state.step if start is not None else None)
+    state = trainer.run()
+    tuned_loss = evaluate(engine, heldout, info)
+
+    metrics = {
+        "base_heldout_loss": base_loss,
+        "finetuned_heldout_loss": tuned_loss,
+        "heldout_loss_change": tuned_loss - base_loss,
+        "heldout_pairs": len(held_examples),
+        "train_pairs": len(train_examples),
+        "steps": state.step,
+        "stop_reason": trainer.stop_reason,
+        "train_loss": state.train_rows[-1]["loss"] if state.train_rows else None,
+        "trainable_params": trainable,
+        "total_params": total,
+        "lora": {"r": ft.r, "alpha": ft.alpha, "dropout": ft.dropout, "target_modules": list(ft.target_modules)},
+        "quantize": ft.quantize,
+        "base_model": str(base_model_dir.resolve()),
+        "train_time_s": state.wall_seconds,
+    }
+    log.info("finetune: held-out loss %.4f -> %.4f", base_loss, tuned_loss)
+    _export(out_dir, peft_model, engine, params, base_model_dir, checkpoints_dir / "logs", state, metrics, info)
+    return metrics
+
+
+def _export(
+    out_dir: Path,
+    peft_model: Any,
+    engine: Any,
+    params: Any,
+    base_model_dir: Path,
+    logs_dir: Path,
+    state: Any,
+    metrics: dict[str, Any],
+    info: Any,
+) -> None:
+    """Collective (ZeRO-3 gathers the adapter on every rank); rank 0 writes `out_dir` atomically."""
+    from frontier.config import dump_resolved
+    from frontier.train.distributed import barrier
+    from frontier.train.engine import gathered_params
+    from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
+    from frontier.utils.atomic import atomic_dir, write_json
+
+    with gathered_params(engine):
+        if info.is_main:
+            with atomic_dir(out_dir) as tmp:
+                adapter = tmp / ADAPTER_DIR
+                peft_model.save_pretrained(str(adapter), safe_serialization=True)
+                _point_at_base(adapter, base_model_dir)
+                _copy_tokenizer(base_model_dir, adapter)
+                write_json(tmp / "metrics.json", metrics)
+                write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
+                write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
+                if (logs_dir / "tb").is_dir():
+                    shutil.copytree(logs_dir / "tb", tmp / "tb")
+                dump_resolved(params, tmp, ["seed", "train", "optimizer", "schedule", "kernels", "finetune"])
+    barrier(info)
+
+
+def _point_at_base(adapter_dir: Path, base_model_dir: Path) -> None:
+    """Record the base model's absolute path in adapter_config.json (what `merge` loads)."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = str(Path(base_model_dir).resolve())
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def merge(adapter_dir: Path, out_dir: Path) -> Path:
+    """Fold a LoRA adapter into its (full-precision) base and write a plain HF model directory.
+
+    `adapter_dir` is the adapter itself or a finetune out_dir holding ``adapter/``. The result
+    loads with transformers alone (safetensors + config + tokenizer), no peft needed.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from frontier.utils.atomic import atomic_dir
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if (adapter_dir / ADAPTER_DIR / "adapter_config.json").is_file():
+        adapter_dir = adapter_dir / ADAPTER_DIR
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{adapter_dir}: no adapter_config.json (expected a LoRA adapter directory)")
+    try:
+        base_dir = Path(json.loads(config_path.read_text(encoding="utf-8"))["base_model_name_or_path"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{config_path}: no base_model_name_or_path naming the base model directory") from None
+    if not (base_dir / "config.json").is_file():
+        raise CheckpointError(f"{config_path}: base model {base_dir} is not a local Hugging Face model directory")
+    try:
+        base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True, dtype=torch.float32)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir), local_files_only=True).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"{adapter_dir}: cannot apply the adapter to {base_dir}: {first}") from None
+    with atomic_dir(out_dir) as tmp:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        source = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir
+        _copy_tokenizer(source, tmp)
+    log.info("merge: %s + %s -> %s", base_dir, adapter_dir, out_dir)
+    return out_dir

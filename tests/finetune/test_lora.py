@@ -1,0 +1,192 @@
+"""LoRA fine-tuning through the training engine, the masked dataset, QLoRA's error, and merging."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from frontier.config import load_params
+from frontier.errors import ConfigError
+from frontier.finetune.dataset import ExampleSampler, encode, eval_batches, read_records
+from frontier.finetune.lora import finetune, merge
+from frontier.finetune.sft_data import build_sft_pairs
+from frontier.model.loss import IGNORE_INDEX
+from frontier.train.data import Layout
+from tests.eval.tiny import TRAIN_OVERRIDES, corpus_texts, make_tokenizer, trained_run
+from tests.finetune.test_sft_data import MODULES, prepared_dir
+
+FT_OVERRIDES = (
+    *TRAIN_OVERRIDES,
+    "finetune.r=4",
+    "finetune.alpha=8",
+    "finetune.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+    "finetune.lr=2e-2",
+    "finetune.warmup_steps=2",
+    "finetune.max_steps=40",
+    "finetune.micro_batch_size=8",
+    "finetune.eval_every=10",
+    "finetune.log_every=5",
+    "finetune.heldout_fraction=0.2",
+    "finetune.max_prompt_chars=150",  # short pairs: most fit the tiny model's 64-token context
+    "finetune.max_response_chars=300",
+)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """The tiny pre-trained model fine-tuned once on docstring -> body pairs from real stdlib code."""
+    root = tmp_path_factory.mktemp("finetune")
+    params = load_params(None, list(FT_OVERRIDES))
+    build_sft_pairs(params, prepared_dir(root / "prepared", MODULES), root / "sft")
+    base = trained_run()["out"] / "model"
+    metrics = finetune(params, base, root / "sft", root / "out", root / "ckpt")
+    return {"root": root, "params": params, "base": base, "metrics": metrics}
+
+
+def test_finetuning_lowers_the_heldout_loss(tuned):
+    m = tuned["metrics"]
+    assert m["finetuned_heldout_loss"] < m["base_heldout_loss"]
+    assert m["steps"] == 40 and m["heldout_pairs"] > 0
+    assert 0 < m["trainable_params"] < m["total_params"] / 2
+    assert json.loads((tuned["root"] / "out" / "metrics.json").read_text()) == m
+
+
+def test_base_loss_is_the_base_models_own_loss_on_response_tokens(tuned):
+    """Recompute the base model's held-out loss with transformers alone (labels masked on prompts)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tuned["base"])
+    model = AutoModelForCausalLM.from_pretrained(tuned["base"]).eval()
+    total, count = 0.0, 0
+    limit = model.config.max_position_embeddings + 1  # examples are cut to the context (+1 for the shift)
+    with torch.no_grad():
+        for prompt, response in read_records(tuned["root"] / "sft" / "heldout.jsonl", tokenizer):
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids = (p + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:limit]
+            if len(p) >= len(ids):
+                continue
+            labels = torch.tensor([[-100] * len(p) + ids[len(p) :]])
+            n = int((labels[0, 1:] != -100).sum())
+            total += float(model(input_ids=torch.tensor([ids]), labels=labels).loss) * n
+            count += n
+    assert tuned["metrics"]["base_heldout_loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_outputs_reuse_the_training_monitoring_and_checkpoints(tuned):
+    out, ckpt = tuned["root"] / "out", tuned["root"] / "ckpt"
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "adapter" / "tokenizer.json").is_file()
+    val = (out / "plots" / "val.csv").read_text().splitlines()
+    assert val[0] == "step,val_loss" and [r.split(",")[0] for r in val[1:]] == ["10", "20", "30", "40"]
+    assert float(val[-1].split(",")[1]) == pytest.approx(tuned["metrics"]["finetuned_heldout_loss"], rel=1e-6)
+    assert (out / "plots" / "train.csv").read_text().startswith("step,loss,lr,grad_norm,tokens_per_s")
+    assert any((out / "tb").iterdir())
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.startswith("step_"))[-1] == "step_00000040"
+
+
+def test_rerun_resumes_from_the_checkpoint(tuned):
+    """Same command again: the run resumes at step 40 (nothing left to train) and reports the same loss."""
+    root = tuned["root"]
+    again = finetune(tuned["params"], tuned["base"], root / "sft", root / "out_again", root / "ckpt")
+    assert again["steps"] == 40
+    assert again["finetuned_heldout_loss"] == pytest.approx(tuned["metrics"]["finetuned_heldout_loss"], rel=1e-6)
+
+
+def test_merged_model_matches_the_adapter_and_loads_without_frontier(tuned, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = tuned["root"] / "out"
+    merged_dir = merge(adapter, tmp_path / "merged")
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3, 64]])
+    base = AutoModelForCausalLM.from_pretrained(tuned["base"]).eval()
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+        peft_logits = PeftModel.from_pretrained(base, str(adapter / "adapter")).eval()(input_ids=ids).logits
+    np.save(tmp_path / "ids.npy", ids.numpy())
+    np.save(tmp_path / "expected.npy", peft_logits.numpy())
+    assert not torch.allclose(peft_logits, base_logits, atol=1e-3)  # the adapter changed the model
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"d = {str(merged_dir)!r}\n"
+        "m = AutoModelForCausalLM.from_pretrained(d).eval(); AutoTokenizer.from_pretrained(d)\n"
+        f"ids = torch.from_numpy(np.load({str(tmp_path / 'ids.npy')!r}))\n"
+        f"want = np.load({str(tmp_path / 'expected.npy')!r})\n"
+        "got = m(input_ids=ids).logits.detach().numpy()\n"
+        "assert 'frontier' not in sys.modules and 'peft' not in sys.modules\n"
+        "print(float(np.abs(got - want).max()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def test_quantized_base_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the CPU error path does not apply")
+    params = load_params(None, [*FT_OVERRIDES, "finetune.quantize=4bit"])
+    with pytest.raises(ConfigError, match=r"finetune.quantize: '4bit' \(QLoRA\) needs a CUDA device"):
+        finetune(params, trained_run()["out"] / "model", tmp_path / "sft", tmp_path / "out", tmp_path / "ckpt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_qlora_on_cuda_trains_and_merges(tuned, tmp_path, bits):
+    """QLoRA proper (bitsandbytes base): only where CUDA and bitsandbytes exist."""
+    pytest.importorskip("bitsandbytes")
+    params = load_params(None, [*FT_OVERRIDES, f"finetune.quantize={bits}", "finetune.max_steps=20"])
+    metrics = finetune(params, tuned["base"], tuned["root"] / "sft", tmp_path / "out", tmp_path / "ckpt")
+    assert metrics["quantize"] == bits
+    assert metrics["finetuned_heldout_loss"] < metrics["base_heldout_loss"]
+    assert (merge(tmp_path / "out", tmp_path / "merged") / "model.safetensors").is_file()
+
+
+def test_unknown_target_modules_are_named(tuned, tmp_path):
+    params = load_params(None, [*FT_OVERRIDES, "finetune.target_modules=[q_proj,c_attn]"])
+    with pytest.raises(ConfigError, match=r"\['c_attn'\] match no linear layer.*q_proj"):
+        finetune(params, tuned["base"], tuned["root"] / "sft", tmp_path / "out", tmp_path / "ckpt")
+
+
+def test_prompt_tokens_are_masked_and_response_tokens_kept():
+    tokenizer = make_tokenizer(corpus_texts(10), vocab_size=300)
+    prompt, response = "def f(x):\n    '''Double.'''\n", "    return 2 * x\n"
+    ex = encode(tokenizer, prompt, response, max_len=64)
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False)["input_ids"]
+    assert ex.input_ids.tolist() == p + r
+    assert ex.targets.tolist() == [IGNORE_INDEX] * (len(p) - 1) + r + [tokenizer.eos_token_id]
+    cut = encode(tokenizer, prompt, response, max_len=len(p) + 1)
+    assert cut.targets.tolist() == [IGNORE_INDEX] * (len(p) - 1) + r[:2]
+    assert encode(tokenizer, prompt, response, max_len=len(p) - 1) is None
+
+
+def test_chat_records_use_the_last_assistant_message(tmp_path):
+    tokenizer = make_tokenizer(corpus_texts(10), vocab_size=300)
+    path = tmp_path / "chat.jsonl"
+    msgs = [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]
+    path.write_text(json.dumps({"messages": msgs}) + "\n" + json.dumps({"prompt": "a", "response": "b"}) + "\n")
+    (prompt, response), plain = read_records(path, tokenizer)
+    assert response == "hi" and "Say hi" in prompt and prompt.endswith("### Assistant:\n")
+    assert plain == ("a", "b")
+    path.write_text(json.dumps({"messages": msgs[:1]}) + "\n")
+    with pytest.raises(Exception, match="last message must be the assistant"):
+        read_records(path, tokenizer)
+
+
+def test_batches_are_a_function_of_seed_and_index_and_eval_covers_everything_once():
+    tokenizer = make_tokenizer(corpus_texts(10), vocab_size=300)
+    examples = [encode(tokenizer, f"# {i}\n", "x = 1\n" * (i % 3 + 1), 64) for i in range(10)]
+    a, b = ExampleSampler(examples, 7, 2), ExampleSampler(examples, 7, 2)
+    first = a.batch(range(0, 10))
+    assert torch.equal(first.input_ids, b.batch(range(0, 10)).input_ids)
+    assert first.num_targets == sum(int((e.targets != IGNORE_INDEX).sum()) for e in examples)  # a permutation
+    batches = [eval_batches(examples, Layout(3, 1, 4, rank), 2) for rank in range(4)]
+    assert len({len(b) for b in batches}) == 1  # every rank runs the same number of batches
+    assert sum(b.num_targets for rank in batches for b in rank) == first.num_targets
