@@ -97,8 +97,15 @@ def cmd_passk(ns: argparse.Namespace) -> Any:
 
 def cmd_report(ns: argparse.Namespace) -> Any:
     finetune = Path(ns.finetune) if ns.finetune else None
+    eval_finetuned = Path(ns.eval_finetuned) if ns.eval_finetuned else None
     return _call(
-        "frontier.report.build:build_report", _params(ns), Path(ns.train), Path(ns.eval), Path(ns.out), finetune
+        "frontier.report.build:build_report",
+        _params(ns),
+        Path(ns.train),
+        Path(ns.eval),
+        Path(ns.out),
+        finetune,
+        eval_finetuned,
     )
 
 
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_params(p)
         for flag, text in paths.items():
             optional = text.startswith("?")
-            p.add_argument(f"--{flag}", required=not optional, help=text.lstrip("?"))
+            p.add_argument(f"--{flag.replace('_', '-')}", required=not optional, help=text.lstrip("?"))
 
     stage("prepare", cmd_prepare, "read sources, clean, dedup, split into train/val documents", out="output directory")
     stage(
@@ -234,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         eval="evaluate output directory",
         out="output directory",
         finetune="?finetune output directory",
+        eval_finetuned="?evaluate output directory of the fine-tuned model",
     )
     stage("check", cmd_check, "validate params and print the resolved values")
     p = sub.add_parser("env", help="versions, extension ops, GPU and its peak figures")

@@ -87,7 +87,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("runs/train", "data/tokens", "data/prepared"),
             outs=("runs/eval",),
-            params=("evaluate",),
+            params=("evaluate", "tokenize"),
             metrics=("runs/eval/metrics.json",),
         ),
         Stage(
@@ -111,15 +111,21 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("runs/train", "data/sft"),
             outs=("runs/finetune",),
-            params=("seed", "optimizer", "train", "finetune"),
+            params=("seed", "kernels", "optimizer", "schedule", "train", "finetune"),
             metrics=("runs/finetune/metrics.json",),
             persist=("checkpoints/finetune",),
+        ),
+        Stage(
+            "merge",
+            ("--adapter", "runs/finetune", "--out", "runs/merged"),
+            deps=("runs/finetune",),
+            outs=("runs/merged",),
         ),
         Stage(
             "evaluate_finetuned",
             (
                 "--model",
-                "runs/finetune/merged",
+                "runs/merged",
                 "--data",
                 "data/tokens",
                 "--prepared",
@@ -127,9 +133,9 @@ STAGES: dict[str, Stage] = {
                 "--out",
                 "runs/eval_finetuned",
             ),
-            deps=("runs/finetune", "data/tokens", "data/prepared"),
+            deps=("runs/merged", "data/tokens", "data/prepared"),
             outs=("runs/eval_finetuned",),
-            params=("evaluate",),
+            params=("evaluate", "tokenize"),
             metrics=("runs/eval_finetuned/metrics.json",),
         ),
         Stage(
@@ -159,7 +165,8 @@ def command(stage: Stage) -> str:
     """The shell command of `stage`, as DVC runs it (Snakemake appends ``--workers {threads}``
     to parallel stages; the worker count never changes a stage's output)."""
     sub = SUBCOMMAND.get(stage.name, stage.name)
-    return " ".join(["frontier", sub, "--params", PARAMS_FILE, *stage.args])
+    params = ["--params", PARAMS_FILE] if stage.params else []
+    return " ".join(["frontier", sub, *params, *stage.args])
 
 
 def fingerprint(params_data: dict[str, Any], stage: Stage) -> str:

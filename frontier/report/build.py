@@ -129,7 +129,20 @@ def _samples(samples: list[dict[str, Any]]) -> str:
     return "".join(blocks)
 
 
-def build_report(params: Any, train_dir: Path, eval_dir: Path, out_dir: Path, finetune_dir: Path | None = None) -> Path:
+def _compare_evals(base: dict[str, Any], tuned: dict[str, Any]) -> str:
+    """The evaluate stage's headline figures for the pretrained and the fine-tuned (merged) model."""
+    rows = [(label, base.get(key), tuned.get(key)) for key, label in _HEADLINE if key in base and key in tuned]
+    return table(rows, ["metric (val split)", "pretrained", "fine-tuned"])
+
+
+def build_report(
+    params: Any,
+    train_dir: Path,
+    eval_dir: Path,
+    out_dir: Path,
+    finetune_dir: Path | None = None,
+    eval_finetuned_dir: Path | None = None,
+) -> Path:
     """Stage: write report.html (self-contained) and loss.png into `out_dir`; returns the HTML path."""
     from frontier.config import dump_resolved, to_dict
     from frontier.utils.atomic import atomic_dir
@@ -160,6 +173,9 @@ def build_report(params: Any, train_dir: Path, eval_dir: Path, out_dir: Path, fi
     if finetune_dir is not None:
         ft = _read_json(Path(finetune_dir) / "metrics.json", "the finetune stage writes it")
         sections.append(("Fine-tune", _finetune(ft, Path(finetune_dir), cfg)))
+    if eval_finetuned_dir is not None:
+        tuned = _read_json(Path(eval_finetuned_dir) / "metrics.json", "the evaluate stage writes it")
+        sections.append(("Pretrained vs fine-tuned on val", _compare_evals(eval_metrics, tuned)))
     sections += [
         ("Samples", _samples(samples)),
         ("Evaluation metrics", kv_table(eval_metrics)),

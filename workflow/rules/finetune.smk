@@ -1,4 +1,5 @@
-# LoRA fine-tune demo: docstring -> function-body pairs from the prepared corpus.
+# LoRA fine-tune demo: docstring -> function-body pairs from the prepared corpus, then the
+# adapter merged into a plain Hugging Face model directory.
 
 
 rule sft_data:
@@ -26,5 +27,19 @@ rule finetune:
     threads: workflow.cores
     log:
         "logs/finetune.log",
+    shell:
+        "{params.cmd} 2>&1 | tee {log}"
+
+
+rule merge:
+    input:
+        stage_inputs("merge"),
+    output:
+        stage_outputs("merge"),
+    params:
+        cmd=stage_cmd("merge"),
+        fingerprint=stage_fingerprint("merge"),
+    log:
+        "logs/merge.log",
     shell:
         "{params.cmd} 2>&1 | tee {log}"
