@@ -1,0 +1,281 @@
+"""Reading raw documents from the configured sources.
+
+A source resolves to a sorted list of files (so the documents read, and `max_docs`, never depend
+on directory listing order); each file yields documents by its format. Bad input never stops
+the stage: binary files, unreadable files, invalid UTF-8 and malformed JSONL records are
+counted in the source's stats and the first few are logged as ``file:line: why``. Only a
+missing path (or a glob matching nothing) is an error, since it is almost always a typo.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import gzip
+import io
+import json
+import logging
+import lzma
+import os
+import sys
+import sysconfig
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from frontier.data.config import SourceConfig
+from frontier.errors import DataError
+
+log = logging.getLogger("frontier.data.sources")
+
+MAX_PROBLEMS = 5  # problems kept (and logged) per source; the rest are only counted
+_BINARY_PROBE = 8192  # like git: a NUL byte in the first 8 KiB marks a binary file
+_COMPRESSION_SUFFIX = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".xz": "xz"}
+_JSONL_SUFFIX = {".jsonl", ".ndjson", ".json"}
+
+
+@dataclass
+class RawDoc:
+    text: str
+    where: str  # "file" or "file:line" / "file:row", for messages
+    invalid_utf8: bool = False
+
+
+@dataclass
+class ReadStats:
+    """Per-source counts of what was read and what was skipped while reading."""
+
+    files: int = 0
+    docs_read: int = 0
+    bytes_read: int = 0  # UTF-8 bytes of the decoded documents
+    binary_files: int = 0
+    unreadable_files: int = 0
+    malformed_records: int = 0
+    invalid_utf8_docs: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def problem(self, message: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(message)
+            log.warning("%s", message)
+
+
+class ByteCounter:
+    """On-disk bytes consumed so far across a source's files (drives the progress bar)."""
+
+    def __init__(self) -> None:
+        self.done = 0  # bytes of finished files
+        self._raw: IO[bytes] | None = None
+
+    @property
+    def value(self) -> int:
+        if self._raw is None:
+            return self.done
+        try:
+            return self.done + self._raw.tell()
+        except (OSError, ValueError):
+            return self.done
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning "this file cannot be read": I/O, truncated or corrupt compression, bad Parquet."""
+    errors: list[type[BaseException]] = [OSError, EOFError, ValueError, lzma.LZMAError, zlib.error]
+    # Only libraries already imported can have raised; checking sys.modules avoids importing them.
+    if "zstandard" in sys.modules:
+        errors.append(sys.modules["zstandard"].ZstdError)
+    if "pyarrow" in sys.modules:
+        errors.append(sys.modules["pyarrow"].ArrowException)
+    return tuple(errors)
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _walk(root: Path, *, suffix: str | None = None) -> list[Path]:
+    """Files under `root`, recursively, skipping hidden entries and site-/dist-packages."""
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("site-packages", "dist-packages")]
+        for name in filenames:
+            if not name.startswith(".") and (suffix is None or name.endswith(suffix)):
+                out.append(Path(dirpath) / name)
+    return out
+
+
+def resolve_files(src: SourceConfig) -> list[Path]:
+    """The files of a source, sorted; DataError if the path does not exist or matches nothing."""
+    if src.kind == "stdlib":
+        root = stdlib_root()
+        files = _walk(root, suffix=".py")
+        if not files:
+            raise DataError(f"source {src.name!r}: no .py files under the standard library {root}")
+        return sorted(files)
+    assert src.path is not None  # SourceConfig.validate guarantees it
+    path = Path(os.path.expanduser(src.path))
+    if any(ch in src.path for ch in "*?["):
+        files = [Path(p) for p in globlib.glob(str(path), recursive=True) if Path(p).is_file()]
+        if not files:
+            raise DataError(f"source {src.name!r}: glob {src.path!r} matches no files")
+        return sorted(files)
+    if path.is_dir():
+        files = _walk(path)
+        if not files:
+            raise DataError(f"source {src.name!r}: directory {src.path!r} holds no files")
+        return sorted(files)
+    if path.exists():
+        return [path]
+    raise DataError(f"source {src.name!r}: path {src.path!r} does not exist (expected a file, directory or glob)")
+
+
+def detect(path: Path, src: SourceConfig) -> tuple[str, str]:
+    """(format, compression) of a file: configured values, or guessed from its suffixes."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = src.compression
+    if compression == "auto":
+        compression = _COMPRESSION_SUFFIX.get(suffixes[-1], "none") if suffixes else "none"
+    if compression != "none" and suffixes and suffixes[-1] in _COMPRESSION_SUFFIX:
+        suffixes = suffixes[:-1]
+    fmt = src.format
+    if fmt == "auto":
+        last = suffixes[-1] if suffixes else ""
+        fmt = "jsonl" if last in _JSONL_SUFFIX else "parquet" if last == ".parquet" else "text"
+    return fmt, compression
+
+
+def _open_stream(raw: IO[bytes], compression: str) -> IO[bytes]:
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if compression == "xz":
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[return-value]
+    return raw
+
+
+class SourceReader:
+    """Iterate the documents of one source; counts land in `stats`, progress in `counter`."""
+
+    def __init__(self, src: SourceConfig, *, encoding_errors: str, max_docs: int | None = None) -> None:
+        self.src = src
+        self.skip_invalid = encoding_errors == "skip"
+        self.max_docs = max_docs
+        self.stats = ReadStats()
+        self.counter = ByteCounter()
+        self.files = resolve_files(src)
+
+    def total_bytes(self) -> int:
+        total = 0
+        for f in self.files:
+            try:
+                total += f.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    def __iter__(self) -> Iterator[RawDoc]:
+        for path in self.files:
+            if self.max_docs is not None and self.stats.docs_read >= self.max_docs:
+                return
+            self.stats.files += 1
+            fmt, compression = detect(path, self.src)
+            try:
+                with open(path, "rb") as raw:
+                    self.counter._raw = raw
+                    yield from self._read_file(path, raw, fmt, compression)
+            except _read_errors() as exc:
+                self.stats.unreadable_files += 1
+                self.stats.problem(f"{path}: unreadable, skipped ({exc.__class__.__name__}: {exc})")
+            finally:
+                self.counter._raw = None
+                try:
+                    self.counter.done += path.stat().st_size
+                except OSError:
+                    pass
+
+    def _take(self) -> bool:
+        """Whether another document may be read (max_docs)."""
+        return self.max_docs is None or self.stats.docs_read < self.max_docs
+
+    def _decode(self, data: bytes, where: str) -> RawDoc | None:
+        try:
+            return RawDoc(data.decode("utf-8"), where)
+        except UnicodeDecodeError as exc:
+            self.stats.invalid_utf8_docs += 1
+            if self.skip_invalid:
+                self.stats.problem(f"{where}: invalid UTF-8 at byte {exc.start}, document skipped")
+                return None
+            self.stats.problem(f"{where}: invalid UTF-8 at byte {exc.start}, replaced with U+FFFD")
+            return RawDoc(data.decode("utf-8", errors="replace"), where, invalid_utf8=True)
+
+    def _emit(self, doc: RawDoc) -> RawDoc:
+        self.stats.docs_read += 1
+        self.stats.bytes_read += len(doc.text.encode("utf-8"))
+        return doc
+
+    def _read_file(self, path: Path, raw: IO[bytes], fmt: str, compression: str) -> Iterator[RawDoc]:
+        stream = _open_stream(raw, compression)
+        if fmt == "parquet":
+            yield from self._read_parquet(path, stream if compression == "none" else io.BytesIO(stream.read()))
+            return
+        buffered = io.BufferedReader(stream) if compression == "zstd" else stream  # zstd reader lacks peek
+        head = buffered.peek(_BINARY_PROBE)[:_BINARY_PROBE] if hasattr(buffered, "peek") else b""
+        if b"\x00" in head:
+            self.stats.binary_files += 1
+            self.stats.problem(f"{path}: binary file (NUL byte in the first {_BINARY_PROBE} bytes), skipped")
+            return
+        if fmt == "text":
+            doc = self._decode(buffered.read(), str(path))
+            if doc is not None and self._take():
+                yield self._emit(doc)
+            return
+        yield from self._read_jsonl(path, buffered)
+
+    def _read_jsonl(self, path: Path, stream: IO[bytes]) -> Iterator[RawDoc]:
+        field_name = self.src.text_field
+        for lineno, line in enumerate(stream, start=1):
+            if not self._take():
+                return
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            doc = self._decode(line, where)
+            if doc is None:
+                continue
+            try:
+                record = json.loads(doc.text)
+            except json.JSONDecodeError as exc:
+                self._malformed(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}), line skipped")
+                continue
+            text = record.get(field_name) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                why = "missing" if not isinstance(record, dict) or field_name not in record else "not a string"
+                self._malformed(f"{where}: field {field_name!r} {why}, line skipped")
+                continue
+            yield self._emit(RawDoc(text, where, doc.invalid_utf8))
+
+    def _read_parquet(self, path: Path, stream: Any) -> Iterator[RawDoc]:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(stream)
+        column = self.src.text_field
+        if column not in pf.schema_arrow.names:
+            self._malformed(f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)}), file skipped")
+            return
+        row = 0
+        for batch in pf.iter_batches(columns=[column], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                if not self._take():
+                    return
+                if not isinstance(value, str):
+                    self._malformed(f"{path}:row {row}: column {column!r} is {type(value).__name__}, row skipped")
+                    continue
+                yield self._emit(RawDoc(value, f"{path}:row {row}"))
+
+    def _malformed(self, message: str) -> None:
+        self.stats.malformed_records += 1
+        self.stats.problem(message)
