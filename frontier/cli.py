@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,13 +32,6 @@ def _params(ns: argparse.Namespace) -> Any:
     return load_params(ns.params, ns.overrides)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
 def cmd_prepare(ns: argparse.Namespace) -> Any:
     return _call("frontier.data.prepare:prepare", _params(ns), Path(ns.out))
 
@@ -49,10 +41,9 @@ def cmd_tokenizer(ns: argparse.Namespace) -> Any:
 
 
 def cmd_tokenize(ns: argparse.Namespace) -> Any:
-    params = _params(ns)
-    workers = ns.workers or params.tokenize.workers or _cores()
+    # workers 0: tokenize.workers from params, else every core this process may use
     return _call(
-        "frontier.data.pack:tokenize", params, Path(ns.data), Path(ns.tokenizer), Path(ns.out), workers=workers
+        "frontier.data.pack:tokenize", _params(ns), Path(ns.data), Path(ns.tokenizer), Path(ns.out), workers=ns.workers
     )
 
 
