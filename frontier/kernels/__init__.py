@@ -5,9 +5,11 @@ functions. Everything is imported lazily (PEP 562): ``frontier.config`` imports
 ``frontier.kernels.config``, and the CLI must not pay for torch and Triton just to read a parameter file.
 
 Each op lives in a submodule of the same name (``frontier.kernels.rms_norm`` defines ``rms_norm``).
-Python binds a submodule on its package when it is first imported, which would make
-``frontier.kernels.rms_norm`` the module or the function depending on import order; the package keeps
-the function. Import implementation details with ``from frontier.kernels.rms_norm import ...``.
+Python binds a submodule on its package when it is first imported, which would make the attribute
+``frontier.kernels.rms_norm`` the module or the function depending on import order; here it is always
+the function, as with an eager ``from .rms_norm import rms_norm`` re-export. So reach a submodule's other
+names with ``from frontier.kernels.rms_norm import rms_norm_reference`` (or ``sys.modules``), not with
+``import frontier.kernels.rms_norm as m``.
 """
 
 from __future__ import annotations

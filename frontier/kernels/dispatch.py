@@ -1,0 +1,134 @@
+"""Choosing an implementation for a fused op: Triton on CUDA, the PyTorch reference elsewhere.
+
+Every op in frontier.kernels takes ``impl="auto" | "triton" | "torch"`` (attention adds "sdpa") and
+calls :func:`resolve_impl` once per call. The rule lives here so that all ops agree on it:
+
+* ``"auto"``   -> ``"triton"`` when the tensor is on a CUDA device and Triton is installed, else ``"torch"``.
+* ``"triton"`` -> allowed on CUDA, or on the CPU only under Triton's interpreter (``TRITON_INTERPRET=1``,
+  which the test suite sets); anything else raises a FrontierError naming the op and the reason.
+* any other name is passed through when the op lists it in ``extra`` (for example attention's "sdpa").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from frontier.errors import FrontierError
+
+IMPLS = ("auto", "triton", "torch")
+
+
+class KernelUnavailableError(FrontierError):
+    """The requested kernel implementation cannot run here (for example Triton on a CPU tensor)."""
+
+
+# Whether Triton is installed, looked up once without importing it (a plain constant also keeps
+# resolve_impl traceable by torch.compile with fullgraph=True).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def triton_available() -> bool:
+    """True when Triton is installed (it still needs a CUDA device, or the interpreter, to launch)."""
+    return _TRITON_INSTALLED
+
+
+def triton_interpreting() -> bool:
+    """True when TRITON_INTERPRET is set (tests set it before Triton is imported, as Triton requires)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_impl(impl: str, device: torch.device | str, *, op: str = "kernel", extra: Iterable[str] = ()) -> str:
+    """Turn a requested implementation into the one that will run for a tensor on `device`.
+
+    `op` names the operation in error messages; `extra` lists op-specific names accepted as is.
+    """
+    device = torch.device(device)
+    allowed = (*IMPLS, *extra)
+    if impl not in allowed:
+        raise KernelUnavailableError(f"{op}: impl={impl!r} is not one of {', '.join(allowed)}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if impl != "triton":
+        return impl
+    if not triton_available():
+        raise KernelUnavailableError(
+            f"{op}: impl='triton' was requested but Triton is not installed; use 'torch' or 'auto'"
+        )
+    if device.type == "cuda":
+        return "triton"
+    if device.type == "cpu" and triton_interpreting():
+        return "triton"
+    raise KernelUnavailableError(
+        f"{op}: impl='triton' needs a CUDA tensor (got one on {device}); "
+        "use impl='torch' or 'auto', or set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter"
+    )
+
+
+# --- launch shapes shared by the row-wise kernels (rms_norm, rope; cross_entropy may reuse) ---
+
+MAX_FUSED_COLS = 65536  # one row must fit in one program's registers
+TILE_ELEMENTS = 4096  # elements one program handles per step: ~16 fp32 per thread at 8 warps
+
+
+def row_tile(n_cols: int, op: str = "kernel") -> tuple[int, int, int]:
+    """(block_rows, block_cols, num_warps) for a kernel that keeps whole rows of `n_cols` in one program.
+
+    Narrow rows are stacked so one program still moves ~TILE_ELEMENTS (a hidden size of 64 gets 64 rows
+    per program instead of a mostly idle one); wide rows get one row and more warps, keeping ~16 fp32
+    values per thread (no register spills on H100 up to a hidden size of 16k).
+    """
+    if n_cols > MAX_FUSED_COLS:
+        raise KernelUnavailableError(f"{op}: rows of {n_cols} elements exceed the fused limit {MAX_FUSED_COLS}")
+    block_cols = max(16, 1 << (max(n_cols, 1) - 1).bit_length())
+    block_rows = max(1, TILE_ELEMENTS // block_cols)
+    num_warps = min(32, max(4, block_rows * block_cols // 512))
+    return block_rows, block_cols, num_warps
+
+
+def num_programs(device: torch.device) -> int:
+    """How many persistent programs to launch for reductions across rows (each writes one partial sum).
+
+    Two per SM on a GPU: a wide row (8 warps, ~100 registers a thread) leaves room for two programs per
+    SM, enough to overlap one program's loads with the other's reduction, while the partial sums stay
+    a few percent of the traffic. The interpreter runs programs one after another: a few suffice.
+    """
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+# --- output buffers: kernels allocate through here so tests can catch elements a kernel never writes ---
+
+_poison = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs() -> Iterator[None]:
+    """Within this block, buffers from :func:`empty_output` start as NaN (max int for integer dtypes)."""
+    global _poison
+    previous, _poison = _poison, True
+    try:
+        yield
+    finally:
+        _poison = previous
+
+
+def empty_output(shape: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``torch.empty`` for a buffer the kernel fully overwrites (poisoned inside :func:`poisoned_outputs`)."""
+    return _maybe_poison(torch.empty(tuple(shape), dtype=dtype, device=device))
+
+
+def empty_output_like(t: torch.Tensor) -> torch.Tensor:
+    """``torch.empty_like`` (same layout as `t`) for a buffer the kernel fully overwrites."""
+    return _maybe_poison(torch.empty_like(t))
+
+
+def _maybe_poison(out: torch.Tensor) -> torch.Tensor:
+    if _poison:
+        out.fill_(float("nan") if out.dtype.is_floating_point else torch.iinfo(out.dtype).max)
+    return out

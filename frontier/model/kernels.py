@@ -1,0 +1,224 @@
+"""Swap the fused kernels into a Hugging Face Llama model, per instance, without touching its weights.
+
+`apply_kernels(model, cfg)` changes the class of each LlamaRMSNorm, LlamaMLP and LlamaAttention module
+of *this* model to a subclass whose forward calls frontier.kernels (no global monkeypatching: another
+model in the same process is unaffected), and points the model's attention implementation at either
+Hugging Face's own "sdpa" or the "frontier" entry registered in transformers' AttentionInterface.
+Parameters and buffers are the same objects as before, so the state_dict keeps its keys and tensors and
+checkpoints stay loadable by plain transformers.
+
+Document masking: when a batch of packed documents carries position_ids that restart at each
+document, the "frontier" attention derives per-token document ids from them (the way transformers
+detects packed sequences) and no token attends across a document boundary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, find_packed_sequence_indices, sdpa_mask
+from transformers.models.llama.modeling_llama import (
+    ALL_ATTENTION_FUNCTIONS,
+    LlamaAttention,
+    LlamaMLP,
+    LlamaRMSNorm,
+    eager_attention_forward,
+)
+
+from frontier.errors import ConfigError
+from frontier.kernels.config import KernelsConfig
+from frontier.kernels.rms_norm import rms_norm
+from frontier.kernels.rope import rope
+from frontier.kernels.swiglu import swiglu
+
+ATTENTION_NAME = "frontier"
+_SILU = ("silu", "swish")
+
+
+class FrontierRMSNorm(LlamaRMSNorm):
+    """LlamaRMSNorm computed by frontier.kernels.rms_norm (same parameters)."""
+
+    kernel_impl = "auto"
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon, impl=self.kernel_impl)
+
+
+class FrontierMLP(LlamaMLP):
+    """LlamaMLP with silu(gate) * up fused by frontier.kernels.swiglu (same projections)."""
+
+    kernel_impl = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), impl=self.kernel_impl))
+
+
+class FrontierAttention(LlamaAttention):
+    """LlamaAttention with the rotary embedding applied by frontier.kernels.rope.
+
+    The body is LlamaAttention.forward (transformers 5.x) with apply_rotary_pos_emb replaced; the
+    attention itself still goes through ALL_ATTENTION_FUNCTIONS[config._attn_implementation].
+    """
+
+    kernel_impl = "auto"  # rope
+    attention_impl = "auto"  # read by the "frontier" attention function
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: object | None = None,
+        **kwargs: object,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        # (B, S, H*D) -> (B, S, H, D) -> (B, H, S, D)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = rope(query_states, key_states, cos, sin, impl=self.kernel_impl)
+
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, S, H*D)
+        return self.o_proj(attn_output), attn_weights
+
+
+def frontier_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention-interface entry: q (B, Hq, S, D), k/v (B, Hkv, S, D) -> (B, S, Hq, D).
+
+    The fused kernel covers training and full-sequence evaluation: causal, no padding mask, no
+    dropout, as many keys as queries. Anything else (padded batches, decoding with a KV cache,
+    attention dropout) goes to transformers' SDPA with the mask transformers built for it.
+    """
+    if attention_mask is not None or dropout > 0.0 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    from frontier.kernels.attention import attention
+
+    impl = getattr(module, "attention_impl", "auto")
+    if impl == "auto" and not query.is_cuda:
+        impl = "sdpa"  # on the CPU torch's SDPA beats the float32 reference
+    out = attention(
+        query,
+        key,
+        value,
+        causal=bool(kwargs.get("is_causal", getattr(module, "is_causal", True))),
+        doc_ids=_doc_ids(kwargs.get("position_ids"), query.shape[0]),
+        scale=scaling,
+        impl=impl,
+    )
+    return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
+
+
+def _doc_ids(position_ids: object, batch: int) -> torch.Tensor | None:
+    """(B, S) document index per token from positions that restart per packed document; None if unpacked."""
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2:
+        return None
+    return find_packed_sequence_indices(position_ids.expand(batch, -1))
+
+
+def frontier_attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | torch.Tensor = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: object,
+) -> torch.Tensor | None:
+    """Mask builder for "frontier": none for full causal sequences (the kernel masks, packed documents
+    included); SDPA's mask where SDPA will run (padding, cache offsets)."""
+    plain = (
+        (attention_mask is None or bool(attention_mask.all()))
+        and q_length == kv_length
+        and isinstance(q_offset, int)
+        and q_offset == 0
+    )
+    if plain:
+        return None
+    return sdpa_mask(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        **kwargs,
+    )
+
+
+def register_attention() -> None:
+    """Make "frontier" a valid attn_implementation (idempotent; registering a name changes no model)."""
+    AttentionInterface.register(ATTENTION_NAME, frontier_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, frontier_attention_mask)
+
+
+def _swap(module: nn.Module, cls: type[nn.Module], **attrs: str) -> None:
+    module.__class__ = cls  # same object, same parameters: only the forward changes
+    for name, value in attrs.items():
+        setattr(module, name, value)
+
+
+def apply_kernels(model: nn.Module, cfg: KernelsConfig) -> nn.Module:
+    """Route this Llama model's RMSNorm, rotary embedding, SwiGLU and attention through frontier.kernels.
+
+    Per-op choice from `cfg` ("auto": Triton on CUDA, the PyTorch reference elsewhere; "torch": the
+    reference; "triton": the kernel, which then requires CUDA or TRITON_INTERPRET=1; attention "sdpa":
+    transformers' own SDPA). The loss (cfg.cross_entropy, fused_linear_cross_entropy) is the trainer's.
+    A model without Llama modules is returned as is, unless a kernel was explicitly asked for.
+    Returns the same model object.
+    """
+    found = {"rms_norm": 0, "swiglu": 0, "rope": 0}
+    for module in model.modules():
+        if isinstance(module, LlamaRMSNorm):
+            _swap(module, FrontierRMSNorm, kernel_impl=cfg.rms_norm)
+            found["rms_norm"] += 1
+        elif isinstance(module, LlamaMLP) and module.config.hidden_act in _SILU:
+            _swap(module, FrontierMLP, kernel_impl=cfg.swiglu)
+            found["swiglu"] += 1
+        elif isinstance(module, LlamaAttention):
+            _swap(module, FrontierAttention, kernel_impl=cfg.rope, attention_impl=cfg.attention)
+            found["rope"] += 1
+    found["attention"] = found["rope"]
+    for key, count in found.items():
+        if not count and getattr(cfg, key) == "triton":
+            raise ConfigError(
+                f"kernels.{key}: 'triton' was requested but {type(model).__name__} has no Llama module it "
+                "applies to (the fused kernels support model.arch=llama with hidden_act=silu); use 'auto' or 'torch'"
+            )
+    if not found["attention"]:
+        return model  # not a Llama: nothing to route
+    if cfg.attention == "sdpa":
+        model.set_attn_implementation("sdpa")
+    else:
+        register_attention()
+        model.set_attn_implementation(ATTENTION_NAME)
+    return model

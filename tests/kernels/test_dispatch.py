@@ -1,0 +1,118 @@
+"""Implementation choice, launch shapes, poisoned buffers and the package's lazy exports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import frontier.kernels as kernels
+from frontier.errors import FrontierError
+from frontier.kernels import dispatch
+from frontier.kernels.dispatch import (
+    MAX_FUSED_COLS,
+    KernelUnavailableError,
+    empty_output,
+    empty_output_like,
+    poisoned_outputs,
+    resolve_impl,
+    row_tile,
+)
+
+
+def test_auto_picks_triton_on_cuda_and_the_reference_elsewhere() -> None:
+    assert resolve_impl("auto", torch.device("cuda", 0)) == "triton"
+    assert resolve_impl("auto", "cpu") == "torch"
+    assert resolve_impl("auto", "meta") == "torch"
+
+
+def test_explicit_choices() -> None:
+    assert resolve_impl("torch", "cuda") == "torch"
+    assert resolve_impl("triton", "cuda") == "triton"
+    assert resolve_impl("sdpa", "cpu", extra=("sdpa",)) == "sdpa"
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_impl("triton", "cpu") == "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(KernelUnavailableError, match=r"rms_norm: impl='triton' needs a CUDA tensor \(got one on cpu\)"):
+        resolve_impl("triton", "cpu", op="rms_norm")
+
+
+def test_without_triton_auto_falls_back_and_triton_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "_TRITON_INSTALLED", False)
+    assert resolve_impl("auto", "cuda") == "torch"
+    with pytest.raises(KernelUnavailableError, match="swiglu: impl='triton' was requested but Triton is not installed"):
+        resolve_impl("triton", "cuda", op="swiglu")
+
+
+def test_unknown_impl_names_the_op_and_the_choices() -> None:
+    with pytest.raises(KernelUnavailableError, match="rope: impl='cuda' is not one of auto, triton, torch") as info:
+        resolve_impl("cuda", "cpu", op="rope")
+    assert isinstance(info.value, FrontierError)  # ends a stage with one line, like every user error
+    with pytest.raises(KernelUnavailableError):
+        resolve_impl("sdpa", "cpu")  # only ops that list it accept it
+
+
+@pytest.mark.parametrize(
+    "n_cols, expected",
+    [(1, (256, 16, 8)), (96, (32, 128, 8)), (127, (32, 128, 8)), (4096, (1, 4096, 8)), (16384, (1, 16384, 32))],
+)
+def test_row_tile_fills_a_program_with_whole_rows(n_cols: int, expected: tuple[int, int, int]) -> None:
+    block_rows, block_cols, _ = tile = row_tile(n_cols)
+    assert tile == expected
+    assert block_cols >= n_cols and block_cols & (block_cols - 1) == 0 and block_rows & (block_rows - 1) == 0
+
+
+def test_row_tile_refuses_rows_that_do_not_fit() -> None:
+    with pytest.raises(KernelUnavailableError, match=f"rms_norm: rows of {MAX_FUSED_COLS + 1} elements"):
+        row_tile(MAX_FUSED_COLS + 1, "rms_norm")
+
+
+def test_poisoned_outputs_only_inside_the_block() -> None:
+    with poisoned_outputs():
+        assert torch.isnan(empty_output((3, 2), dtype=torch.float32, device=torch.device("cpu"))).all()
+        ints = empty_output((4,), dtype=torch.int32, device=torch.device("cpu"))
+        assert (ints == torch.iinfo(torch.int32).max).all()
+        like = empty_output_like(torch.zeros(4, 6).t())
+        assert like.stride() == (1, 6) and torch.isnan(like).all()  # keeps the layout of its model
+    assert not torch.isnan(torch.zeros(1)).any() and not dispatch._poison
+
+
+def test_package_exports_the_op_functions_even_after_submodule_imports() -> None:
+    import frontier.kernels.rms_norm  # noqa: F401 - binds the submodule on the package in plain Python
+    from frontier.kernels import rms_norm, rope, swiglu
+
+    for op in (rms_norm, rope, swiglu, kernels.rms_norm):
+        assert callable(op) and not isinstance(op, type(sys))
+    assert sys.modules["frontier.kernels.rms_norm"].rms_norm is rms_norm
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        kernels.nope  # noqa: B018
+
+
+def test_reading_the_config_does_not_import_torch() -> None:
+    code = "import sys, frontier.config; assert 'torch' not in sys.modules and 'triton' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compiled_fullgraph_traces_dispatch_and_fake_kernels() -> None:
+    # aot_eager traces with the fake implementations and runs the real (interpreted) kernels: the
+    # dispatch and the registrations must be traceable with fullgraph=True on any machine.
+    from frontier.kernels import rms_norm, rope, swiglu
+
+    def block(x, w, q, k, cos, sin):  # type: ignore[no-untyped-def]
+        q2, k2 = rope(q, k, cos, sin, impl="triton")
+        h = rms_norm(x, w, impl="triton")
+        return swiglu(h, h, impl="triton").sum() + q2.sum() + k2.sum()
+
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(s, generator=gen) for s in [(3, 16), (16,), (1, 2, 3, 8), (1, 1, 3, 8), (1, 3, 8), (1, 3, 8)]]
+    leaves = [a.requires_grad_(i in (0, 1, 2, 3)) for i, a in enumerate(args)]
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    eager_grads = torch.autograd.grad(block(*leaves), leaves[:4])
+    comp_grads = torch.autograd.grad(compiled(*leaves), leaves[:4])
+    for a, b in zip(comp_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

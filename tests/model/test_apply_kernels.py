@@ -1,0 +1,123 @@
+"""apply_kernels on a tiny transformers Llama built from config: same logits, same state_dict, per instance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
+
+from frontier.errors import ConfigError
+from frontier.kernels.config import KernelsConfig
+from frontier.model.kernels import FrontierAttention, FrontierMLP, FrontierRMSNorm, apply_kernels
+
+ALL_TRITON = KernelsConfig(attention="triton", rms_norm="triton", rope="triton", swiglu="triton")
+ALL_TORCH = KernelsConfig(attention="torch", rms_norm="torch", rope="torch", swiglu="torch")
+
+
+def tiny_llama(seed: int = 0, **overrides: object) -> LlamaForCausalLM:
+    """2 layers, hidden 64, 4 query heads over 2 KV heads of dim 16, SwiGLU width 96, vocab 128."""
+    torch.manual_seed(seed)
+    sizes: dict[str, object] = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    config = LlamaConfig(**{**sizes, **overrides}, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a kernel that ignored them would show
+        for module in model.modules():
+            if isinstance(module, LlamaRMSNorm):
+                module.weight.normal_(1.0, 0.2)
+    return model
+
+
+def _ids(batch: int, seq: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("cfg", [ALL_TRITON, ALL_TORCH], ids=["triton", "torch"])
+def test_logits_and_gradients_match_the_unpatched_model(cfg: KernelsConfig) -> None:
+    base = tiny_llama()
+    patched = apply_kernels(copy.deepcopy(base), cfg)
+    ids = _ids(2, 13)
+    out_base = base(ids, labels=ids)
+    out_patched = patched(ids, labels=ids)
+    # fp32 end to end: only summation order differs (kernels vs SDPA), well below 1e-5 on O(1) logits.
+    torch.testing.assert_close(out_patched.logits, out_base.logits, rtol=1e-5, atol=2e-5)
+    out_base.loss.backward()
+    out_patched.loss.backward()
+    base_params = dict(base.named_parameters())
+    for name, param in patched.named_parameters():
+        torch.testing.assert_close(param.grad, base_params[name].grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_state_dict_is_unchanged_and_modules_are_swapped() -> None:
+    model = tiny_llama()
+    before = model.state_dict()
+    apply_kernels(model, ALL_TRITON)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, tensor in before.items():
+        assert after[key].data_ptr() == tensor.data_ptr() and torch.equal(after[key], tensor), key
+    kinds = [type(m) for m in model.modules()]
+    assert kinds.count(FrontierRMSNorm) == 5 and kinds.count(FrontierMLP) == 2 and kinds.count(FrontierAttention) == 2
+    assert LlamaRMSNorm not in kinds and LlamaMLP not in kinds and LlamaAttention not in kinds
+    assert model.config._attn_implementation == "frontier"
+
+
+def test_other_models_are_untouched() -> None:
+    patched, other = tiny_llama(), tiny_llama()
+    apply_kernels(patched, ALL_TRITON)
+    assert other.config._attn_implementation == "sdpa"
+    assert {type(m) for m in other.modules()}.isdisjoint({FrontierRMSNorm, FrontierMLP, FrontierAttention})
+
+
+def test_sdpa_choice_uses_transformers_sdpa() -> None:
+    model = apply_kernels(tiny_llama(), KernelsConfig(attention="sdpa", rms_norm="torch", rope="torch", swiglu="torch"))
+    assert model.config._attn_implementation == "sdpa"
+    ids = _ids(1, 9)
+    # torch references are HF's own formulas and SDPA is HF's: bit-identical logits
+    assert torch.equal(model(ids).logits, tiny_llama()(ids).logits)
+
+
+def test_packed_documents_do_not_attend_across_boundaries() -> None:
+    # Two documents packed in one row with position_ids restarting at the second: each document's
+    # logits must equal those of the document run alone.
+    model = apply_kernels(tiny_llama(), ALL_TRITON)
+    doc_a, doc_b = _ids(1, 7, seed=2), _ids(1, 9, seed=3)
+    packed = torch.cat([doc_a, doc_b], dim=1)
+    position_ids = torch.cat([torch.arange(7), torch.arange(9)])[None]
+    logits = model(packed, position_ids=position_ids).logits
+    torch.testing.assert_close(logits[:, :7], model(doc_a).logits, rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(logits[:, 7:], model(doc_b).logits, rtol=1e-5, atol=2e-5)
+
+
+def test_padding_mask_and_generation_fall_back_to_sdpa() -> None:
+    base = tiny_llama()
+    model = apply_kernels(copy.deepcopy(base), ALL_TORCH)
+    ids = _ids(2, 8)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row
+    torch.testing.assert_close(
+        model(ids, attention_mask=mask).logits[mask.bool()],
+        base(ids, attention_mask=mask).logits[mask.bool()],
+        rtol=1e-5,
+        atol=2e-5,
+    )
+    prompt = _ids(1, 5)
+    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(prompt, **gen), base.generate(prompt, **gen))
+
+
+def test_explicit_triton_on_a_model_without_llama_modules_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="kernels.rms_norm"):
+        apply_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)), KernelsConfig(rms_norm="triton"))
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    assert apply_kernels(model, KernelsConfig()) is model  # "auto" everywhere: nothing to do
