@@ -42,7 +42,10 @@ def _extensions() -> tuple[list, dict]:
         )
     else:
         ext = CppExtension(
-            "frontier._C", sources, include_dirs=include_dirs, extra_compile_args=extra["cxx"],
+            "frontier._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args=extra["cxx"],
             extra_link_args=LINK_FLAGS,
         )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
