@@ -25,6 +25,7 @@ import numpy as np
 
 from frontier.errors import DataError
 from frontier.eval.sandbox import ExecResult, SandboxLimits, isolation, run_program
+from frontier.utils.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +43,20 @@ class Problem:
 
 def load_problems(path: Path, max_problems: int | None = None) -> list[Problem]:
     """Problems from a HumanEval-format JSONL file; DataError naming the line that is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: problems file not found (expected HumanEval-format JSONL)")
     problems: list[Problem] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            missing = [k for k in _FIELDS if not isinstance(rec.get(k), str)]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing or non-string field(s) {', '.join(missing)}")
-            if rec["task_id"] in seen:
-                raise DataError(f"{path}:{lineno}: duplicate task_id {rec['task_id']!r}")
-            seen.add(rec["task_id"])
-            problems.append(
-                Problem(
-                    rec["task_id"], rec["prompt"], rec["test"], rec["entry_point"], rec.get("canonical_solution") or ""
-                )
-            )
-            if max_problems is not None and len(problems) >= max_problems:
-                break
+    for where, rec in iter_jsonl(path, "expected a HumanEval-format JSONL problems file"):
+        missing = [k for k in _FIELDS if not isinstance(rec.get(k), str)]
+        if missing:
+            raise DataError(f"{where}: missing or non-string field(s) {', '.join(missing)}")
+        if rec["task_id"] in seen:
+            raise DataError(f"{where}: duplicate task_id {rec['task_id']!r}")
+        seen.add(rec["task_id"])
+        problems.append(
+            Problem(rec["task_id"], rec["prompt"], rec["test"], rec["entry_point"], rec.get("canonical_solution") or "")
+        )
+        if max_problems is not None and len(problems) >= max_problems:
+            break
     if not problems:
         raise DataError(f"{path}: no problems in the file")
     return problems

@@ -7,7 +7,6 @@ documents only, up to a token budget per source, so the byte count is exact rath
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,16 @@ import torch
 
 from frontier.errors import DataError
 from frontier.eval.loss import bits_per_byte, perplexity, sum_nats
+from frontier.utils.jsonl import iter_jsonl
 
 
 def read_val_docs(prepared_dir: Path) -> dict[str, list[str]]:
     """Texts of val.jsonl grouped by their "source" field, in file order."""
-    path = Path(prepared_dir) / "val.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: not found (the prepare stage writes val.jsonl)")
     by_source: dict[str, list[str]] = defaultdict(list)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                text, source = rec["text"], str(rec.get("source", "unknown"))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f'{path}:{lineno}: expected a JSON object with a "text" field') from None
-            by_source[source].append(text)
+    for where, rec in iter_jsonl(Path(prepared_dir) / "val.jsonl", "the prepare stage writes val.jsonl"):
+        if not isinstance(rec.get("text"), str):
+            raise DataError(f'{where}: expected a JSON object with a "text" field')
+        by_source[str(rec.get("source", "unknown"))].append(rec["text"])
     return dict(by_source)
 
 

@@ -13,7 +13,6 @@ the closing EOS) are learned and scored. Batches follow the trainer's contract
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +25,7 @@ import torch
 from frontier.errors import DataError
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.data import Batch, Layout
+from frontier.utils.jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -68,18 +68,10 @@ def _record(rec: Any, tokenizer: Any, where: str) -> tuple[str, str]:
 def read_records(path: Path, tokenizer: Any) -> list[tuple[str, str]]:
     """(prompt, response) pairs of a JSONL file; DataError naming the line that is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: not found (the sft-data stage writes train.jsonl and heldout.jsonl)")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            out.append(_record(rec, tokenizer, f"{path}:{lineno}"))
+    out = [
+        _record(rec, tokenizer, where)
+        for where, rec in iter_jsonl(path, "the sft-data stage writes train.jsonl and heldout.jsonl")
+    ]
     if not out:
         raise DataError(f"{path}: no records")
     return out
