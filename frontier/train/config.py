@@ -66,7 +66,7 @@ class AlertsConfig:
 
 @dataclass
 class MonitorConfig:
-    progress_bar: bool = True
+    progress_bar: bool = True  # loss, tokens/s and ETA on a terminal (log lines only when stderr is a file)
     tensorboard: bool = True
     system_every_s: float = field(default=10.0, metadata=bounds(ge=0))  # CPU/RAM/disk/GPU sampling; 0: off
     peak_tflops: float | None = field(default=None, metadata=bounds(gt=0))  # per device; None: known table
@@ -93,7 +93,7 @@ class TrainConfig:
     offload_params: bool = False
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))
     deepspeed_config: str | None = None  # a user DeepSpeed JSON that may override generated values
-    document_aware: bool = False  # sample windows starting at document boundaries
+    document_aware: bool = False  # windows start at document starts and never cross one (padded)
     log_every: int = field(default=10, metadata=bounds(ge=1))
     eval_every: int = field(default=100, metadata=bounds(ge=0))  # 0: off
     eval_batches: int = field(default=8, metadata=bounds(ge=1))  # global batches of fixed val windows

@@ -1,0 +1,123 @@
+"""Build the model through transformers: Llama-style or GPT-2-style from config, or a local HF directory.
+
+Models are plain ``LlamaForCausalLM`` / ``GPT2LMHeadModel`` instances (or whatever causal LM a
+local directory holds), so the weights they save load with ``transformers`` alone. Nothing is
+ever downloaded: ``init_from`` must be a local directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from frontier.errors import ConfigError
+from frontier.model.config import ModelConfig
+from frontier.model.presets import resolve
+
+log = logging.getLogger("frontier.model")
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, *, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> Any:
+    """The transformers config of `cfg` (preset resolved) for a `vocab_size`-token vocabulary."""
+    from transformers import GPT2Config, LlamaConfig
+
+    cfg = resolve(cfg)
+    common = dict(
+        vocab_size=vocab_size,
+        initializer_range=cfg.init_std,
+        tie_word_embeddings=cfg.tie_embeddings,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_cache=True,  # for generation after export; training passes use_cache=False
+    )
+    if cfg.arch == "llama":
+        return LlamaConfig(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads,
+            max_position_embeddings=cfg.max_seq_len,
+            rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+            rms_norm_eps=1e-5,
+            attention_dropout=cfg.dropout,
+            **common,
+        )
+    return GPT2Config(
+        n_embd=cfg.hidden_size,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        n_inner=cfg.intermediate_size,
+        n_positions=cfg.max_seq_len,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        **common,
+    )
+
+
+def build_model(
+    cfg: ModelConfig,
+    vocab_size: int,
+    *,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+) -> Any:
+    """A fp32 causal LM: fresh from `cfg` (seed torch first for a reproducible init) or `cfg.init_from`."""
+    if cfg.init_from:
+        return load_pretrained(Path(cfg.init_from), vocab_size)
+    from transformers import AutoModelForCausalLM
+
+    config = hf_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if model.generation_config is not None:  # generate() stops at EOS and pads with PAD after export
+        model.generation_config.bos_token_id = bos_id
+        model.generation_config.eos_token_id = eos_id
+        model.generation_config.pad_token_id = pad_id
+    return model
+
+
+def load_pretrained(path: Path, vocab_size: int) -> Any:
+    """Continue from a local HF model directory; its own config decides the architecture and sizes."""
+    from transformers import AutoModelForCausalLM
+
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"model.init_from: {path} is not a Hugging Face model directory (config.json missing)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise ConfigError(f"model.init_from: cannot load {path}: {first}") from None
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < vocab_size:
+        raise ConfigError(
+            f"model.init_from: {path} has {rows} embedding rows but the tokens use a {vocab_size}-token vocabulary; "
+            "tokenize with that model's tokenizer (tokenizer.kind: pretrained)"
+        )
+    log.info("continuing from %s (%s); model.* sizes are taken from its config", path, type(model).__name__)
+    return model
+
+
+_SHAPE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "n_inner",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+)
+
+
+def shape_signature(lm: Any) -> dict[str, Any]:
+    """The config values that decide the weights' shapes (what a checkpoint must agree with to load)."""
+    cfg = lm.config
+    return {k: getattr(cfg, k) for k in _SHAPE_KEYS if getattr(cfg, k, None) is not None}

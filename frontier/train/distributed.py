@@ -1,0 +1,120 @@
+"""Process-group setup for every launcher, and the few collectives the trainer uses.
+
+The same code runs under ``deepspeed --num_gpus N`` / ``--hostfile`` (multi-node), ``torchrun``,
+``srun`` (SLURM) and ``mpirun`` (Open MPI), which all start one process per rank and describe it
+in the environment; a plain single process needs nothing. NCCL on CUDA, gloo on the CPU; the
+device follows DeepSpeed's accelerator (CUDA when present, the CPU with DS_ACCELERATOR=cpu).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from frontier.errors import ConfigError
+
+# (rank, world size, local rank) variables, in order of preference
+_ENV_SCHEMES = (
+    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),  # deepspeed launcher, torchrun
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _read_env() -> tuple[int, int, int]:
+    for rank_key, size_key, local_key in _ENV_SCHEMES:
+        if rank_key in os.environ and size_key in os.environ:
+            try:
+                rank, size = int(os.environ[rank_key]), int(os.environ[size_key])
+                local = int(os.environ.get(local_key, rank))
+            except ValueError:
+                raise ConfigError(
+                    f"environment: {rank_key}={os.environ[rank_key]!r} / {size_key}={os.environ[size_key]!r} "
+                    "are not integers"
+                ) from None
+            if not 0 <= rank < size:
+                raise ConfigError(f"environment: {rank_key}={rank} is outside [0, {size_key}={size})")
+            return rank, size, local
+    return 0, 1, 0
+
+
+def _disable_cpu_shm_build() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (~40 s) used only for inference
+    all-reduce; training collectives go through torch.distributed. Skip the build on the CPU."""
+    module = sys.modules.get("deepspeed.comm.torch")
+    if module is not None and hasattr(module, "build_shm_op"):
+        module.build_shm_op = lambda: None
+
+
+def init_distributed() -> DistInfo:
+    """Join (or create) the process group from the launcher's environment; idempotent.
+
+    Multi-process runs need MASTER_ADDR / MASTER_PORT (every launcher above sets them). A single
+    process uses an in-memory store, so no port is opened.
+    """
+    rank, world, local = _read_env()
+    from deepspeed.accelerator import get_accelerator
+
+    # follow DeepSpeed's accelerator (DS_ACCELERATOR=cpu trains on the CPU even where CUDA exists)
+    cuda = get_accelerator().device_name() == "cuda" and torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    device = torch.device("cuda", local % max(torch.cuda.device_count(), 1)) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if world > 1:
+            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            if missing:
+                raise ConfigError(f"environment: {', '.join(missing)} not set for a {world}-rank run (use a launcher)")
+            dist.init_process_group(backend, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    # DeepSpeed reads these even for one process; launchers set them, a plain run does not.
+    for key, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", local)):
+        os.environ.setdefault(key, str(value))
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401  (so the patch below finds the module)
+
+    if not cuda:
+        _disable_cpu_shm_build()
+    deepspeed.init_distributed(dist_backend=backend)  # wraps the existing group
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise sum of `values` over ranks (float64, one collective)."""
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    if info.world_size > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    """Rank 0's `obj` on every rank."""
+    if info.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,166 @@
+"""The DeepSpeed config: generated from params, optionally overridden by a user JSON.
+
+params is the source of truth for everything it has a key for; ``train.deepspeed_config`` may
+add or change anything else (bucket sizes, communication dtype, offload details, ...). A JSON
+value that contradicts params is a ConfigError naming both keys, never a silent winner. A JSON
+value of ``"auto"`` (the Hugging Face convention) takes the generated value.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from frontier.errors import ConfigError
+from frontier.train.config import TrainConfig
+
+# Blocks owned by params: the client optimizer is built from `optimizer.*` and the learning rate
+# is set every step from `schedule.*`, so a DeepSpeed optimizer/scheduler would fight them.
+_OWNED_BLOCKS = {"optimizer": "optimizer.*", "scheduler": "schedule.*"}
+
+
+def _offload(enabled: bool) -> dict[str, Any]:
+    return {"device": "cpu", "pin_memory": True} if enabled else {"device": "none"}
+
+
+def generate(train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config implied by params alone."""
+    fp16 = train.precision == "fp16"
+    return {
+        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": {
+            "stage": train.zero_stage,
+            "offload_optimizer": _offload(train.offload_optimizer),
+            "offload_param": _offload(train.offload_params),
+        },
+        "bf16": {"enabled": train.precision == "bf16"},
+        # dynamic loss scaling: loss_scale 0 starts at 2**initial_scale_power and adapts
+        "fp16": {
+            "enabled": fp16,
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+        "zero_allow_untested_optimizer": True,  # the client optimizer is frontier's or torch's AdamW
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,  # frontier logs; DeepSpeed's own step lines would duplicate them
+        "wall_clock_breakdown": False,
+    }
+
+
+def _params_view(train: TrainConfig, world_size: int) -> dict[str, tuple[str, Any, Any]]:
+    """DeepSpeed key -> (params key, params value, predicate(json value) -> agrees)."""
+    batch = train.micro_batch_size * train.grad_accum_steps * world_size
+
+    def offload_agrees(flag: bool) -> Any:
+        return lambda v: (str(v).lower() not in ("none", "")) == flag
+
+    return {
+        "train_batch_size": (
+            f"train.micro_batch_size x train.grad_accum_steps x world size ({world_size})",
+            batch,
+            lambda v: v == batch,
+        ),
+        "train_micro_batch_size_per_gpu": (
+            "train.micro_batch_size",
+            train.micro_batch_size,
+            lambda v: v == train.micro_batch_size,
+        ),
+        "gradient_accumulation_steps": (
+            "train.grad_accum_steps",
+            train.grad_accum_steps,
+            lambda v: v == train.grad_accum_steps,
+        ),
+        "gradient_clipping": ("train.grad_clip", train.grad_clip, lambda v: float(v) == train.grad_clip),
+        "zero_optimization.stage": ("train.zero_stage", train.zero_stage, lambda v: v == train.zero_stage),
+        "zero_optimization.offload_optimizer.device": (
+            "train.offload_optimizer",
+            train.offload_optimizer,
+            offload_agrees(train.offload_optimizer),
+        ),
+        "zero_optimization.offload_param.device": (
+            "train.offload_params",
+            train.offload_params,
+            offload_agrees(train.offload_params),
+        ),
+        "bf16.enabled": ("train.precision", train.precision, lambda v: bool(v) == (train.precision == "bf16")),
+        "fp16.enabled": ("train.precision", train.precision, lambda v: bool(v) == (train.precision == "fp16")),
+    }
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def read_user_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed_config: {path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"train.deepspeed_config: {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"train.deepspeed_config: {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def merge(generated: dict[str, Any], user: dict[str, Any], train: TrainConfig, world_size: int, source: str) -> dict:
+    """`generated` overridden by `user`; ConfigError for any user value that contradicts params."""
+    for block, owner in _OWNED_BLOCKS.items():
+        if block in user:
+            raise ConfigError(
+                f"{source}: '{block}' is set by params ({owner}) in Frontier; remove it from the DeepSpeed JSON"
+            )
+    view = _params_view(train, world_size)
+    merged = copy.deepcopy(generated)
+    for key, value in _flatten(user).items():
+        if value == "auto":
+            continue  # keep the generated value
+        if key in view:
+            params_key, params_value, agrees = view[key]
+            try:
+                ok = agrees(value)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"{source}: '{key}' = {json.dumps(value)} contradicts {params_key} = {params_value!r} in params; "
+                    f"set it in one place (remove '{key}' from the JSON or change {params_key})"
+                )
+        _set(merged, key, value)
+    return merged
+
+
+def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
+    """The config passed to deepspeed.initialize."""
+    generated = generate(train, world_size)
+    if not train.deepspeed_config:
+        return generated
+    user = read_user_config(train.deepspeed_config)
+    return merge(generated, user, train, world_size, f"train.deepspeed_config ({train.deepspeed_config})")

@@ -1,0 +1,104 @@
+"""The DeepSpeed engine around the model, and loading its checkpoint files without unrestricted pickle.
+
+Why DeepSpeed's own checkpoint files: they cover every ZeRO stage, offload and the loss scaler
+(partitioned optimizer state included), which re-implementing would duplicate. What makes them
+safe to load: (1) frontier.train.checkpoint verifies every file against the sha256 manifest
+written with it before anything is read, and (2) every ``torch.load`` during the load runs with
+``weights_only=True`` (a checkpoint engine that asks for it, plus TORCH_FORCE_WEIGHTS_ONLY_LOAD
+for any other DeepSpeed code path), allowing only the few plain-data DeepSpeed classes those
+files hold (SAFE_GLOBAL_NAMES). Pickled code can therefore never run from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import deepspeed
+import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+from frontier.model.loss import CausalLMWithLoss
+
+# plain-data classes pickled into DeepSpeed checkpoints (enum, loss-scaler state, fragment address)
+SAFE_GLOBAL_NAMES = (
+    "deepspeed.runtime.zero.config:ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler:LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler:DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment:fragment_address",
+)
+
+
+def _safe_globals() -> list[Any]:
+    out = []
+    for dotted in SAFE_GLOBAL_NAMES:
+        module, _, name = dotted.partition(":")
+        with contextlib.suppress(ImportError, AttributeError):
+            out.append(getattr(importlib.import_module(module), name))
+    return out
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every torch.load inside runs with weights_only=True and only SAFE_GLOBAL_NAMES allowed."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine with weights_only loads (DeepSpeed's passes weights_only=False)."""
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        with weights_only_loads():
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def make_engine(module: CausalLMWithLoss, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any]) -> Any:
+    """deepspeed.initialize with a client optimizer; the engine loads checkpoints weights-only."""
+    if ds_config["zero_optimization"]["stage"] == 3 and module.fused:
+        # the fused loss reads the head weight outside the head's forward: ZeRO-3 must gather it there
+        deepspeed.zero.register_external_parameter(module, module.head_weight())
+    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, dist_init_required=False)
+    engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+    return engine
+
+
+def zero_stage(engine: Any) -> int:
+    return int(engine.zero_optimization_stage())
+
+
+def full_grad_norm(engine: Any) -> float:
+    """L2 norm of the (already averaged) gradients when no ZeRO partitioning is active."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def loss_scale(engine: Any) -> float | None:
+    """The current fp16 loss scale (None without fp16)."""
+    if not engine.fp16_enabled():
+        return None
+    scale = getattr(engine.optimizer, "loss_scale", None) or getattr(engine.optimizer, "cur_scale", None)
+    return float(scale) if scale is not None else None
+
+
+@contextlib.contextmanager
+def gathered_params(engine: Any) -> Iterator[None]:
+    """Full parameters on every rank inside the block (a no-op below ZeRO-3)."""
+    if zero_stage(engine) == 3:
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield

@@ -1,0 +1,76 @@
+"""The train stage's out_dir, written atomically once training ends.
+
+model/               Hugging Face directory: config.json, generation_config.json, model.safetensors
+                     and the tokenizer files (loads with transformers alone, no frontier import)
+metrics.json         final metrics (frontier.train.run.final_metrics)
+plots/train.csv      step, loss, lr, grad_norm, tokens_per_s   (dvc plots)
+plots/val.csv        step, val_loss
+tb/                  TensorBoard event files
+alerts.jsonl         every alert fired during the run (empty file when none)
+profile/             torch.profiler traces, when train.profile asked for them
+params.resolved.yaml the parameters the run used
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from frontier.config import Params, dump_resolved
+from frontier.model.loss import CausalLMWithLoss
+from frontier.train.distributed import DistInfo, barrier
+from frontier.train.engine import gathered_params
+from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
+from frontier.train.state import TrainerState
+from frontier.utils.atomic import atomic_dir, write_json
+
+
+def _copy_if_exists(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst)
+    elif src.is_file():
+        shutil.copy2(src, dst)
+
+
+def copy_tokenizer(tokenizer_dir: Path, model_dir: Path) -> None:
+    """Every file of the tokenizer directory, so AutoTokenizer loads from the model directory."""
+    for path in sorted(Path(tokenizer_dir).iterdir()):
+        if path.is_file() and path.name != "params.resolved.yaml":
+            shutil.copy2(path, model_dir / path.name)
+
+
+def export_run(
+    *,
+    out_dir: Path,
+    engine: Any,
+    module: CausalLMWithLoss,
+    params: Params,
+    tokenizer_dir: Path,
+    logs_dir: Path,
+    state: TrainerState,
+    metrics: dict[str, Any],
+    info: DistInfo,
+) -> None:
+    """Collective (ZeRO-3 gathers the weights on every rank); rank 0 writes `out_dir`."""
+    state_dict = None
+    with gathered_params(engine):
+        if info.is_main:
+            state_dict = {k: v.detach().to("cpu", copy=True) for k, v in module.lm.state_dict().items()}
+    if info.is_main:
+        with atomic_dir(out_dir) as tmp:
+            model_dir = tmp / "model"
+            module.lm.save_pretrained(str(model_dir), state_dict=state_dict)
+            copy_tokenizer(tokenizer_dir, model_dir)
+            write_json(tmp / "metrics.json", metrics)
+            write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
+            write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
+            _copy_if_exists(logs_dir / "tb", tmp / "tb")
+            _copy_if_exists(logs_dir / "profile", tmp / "profile")
+            alerts = logs_dir / "alerts.jsonl"
+            if alerts.is_file():
+                shutil.copy2(alerts, tmp / "alerts.jsonl")
+            else:
+                (tmp / "alerts.jsonl").touch()
+            dump_resolved(params, tmp)
+    barrier(info)

@@ -1,0 +1,209 @@
+"""The training loop: steps, evaluation, checkpoints, stop signals, NaN rollback, early stopping.
+
+Everything that must agree across ranks (stop by signal, time limits, time-based checkpoints)
+is decided by one small all-reduce at the top of each step, so ranks never diverge in which
+collectives they run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from frontier.errors import TrainingError
+from frontier.train.checkpoint import CheckpointStore
+from frontier.train.config import TrainConfig
+from frontier.train.data import Batch, TrainBatches
+from frontier.train.distributed import DistInfo, all_reduce_sum
+from frontier.train.engine import loss_scale
+from frontier.train.metrics import mfu
+from frontier.train.monitor import RunMonitor
+from frontier.train.schedule import LRSchedule
+from frontier.train.signals import StopRequest, TrainingInterrupted
+from frontier.train.stability import EarlyStopping, NanGuard, StepGate
+from frontier.train.state import TrainerState
+from frontier.train.step import evaluate, run_step
+
+log = logging.getLogger("frontier.train")
+
+
+@dataclass
+class LoopParts:
+    """What the loop drives; built by frontier.train.run."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    engine: Any
+    gate: StepGate
+    store: CheckpointStore
+    batches: TrainBatches
+    val: list[Batch]
+    schedule: LRSchedule
+    monitor: RunMonitor
+    seq_len: int
+    flops_per_token: float
+    peak_flops: float | None
+
+
+class Trainer:
+    def __init__(self, parts: LoopParts, state: TrainerState, saved_step: int | None = None) -> None:
+        self.p = parts
+        self.cfg = parts.cfg
+        self.state = state
+        self.guard = NanGuard(parts.cfg.nan_guard)
+        self.early = EarlyStopping(parts.cfg.early_stopping)
+        self.stop_reason = "max_steps"
+        self._saved_step = saved_step  # the step whose checkpoint exists already (a resume point)
+        self._window_tokens = 0
+        self._window_seconds = 0.0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> TrainerState:
+        try:
+            with StopRequest() as stop:
+                self._loop(stop)
+        finally:
+            self.p.monitor.close()
+        if self._saved_step != self.state.step:
+            self.save()
+        return self.state
+
+    def _loop(self, stop: StopRequest) -> None:
+        start = last_ckpt = time.monotonic()
+        every_minutes = self.cfg.checkpoint.every_minutes
+        while self.state.step < self.cfg.max_steps:
+            now = time.monotonic()
+            out_of_time = self.cfg.max_minutes > 0 and now - start >= 60 * self.cfg.max_minutes
+            ckpt_due = every_minutes > 0 and now - last_ckpt >= 60 * every_minutes
+            signalled, out_of_time, ckpt_due = all_reduce_sum(
+                [float(stop.requested), float(out_of_time), float(ckpt_due)], self.p.info
+            )
+            if signalled:
+                self.save()
+                raise TrainingInterrupted(
+                    f"train: stopped by {stop.name or 'a signal on another rank'} at step {self.state.step}; "
+                    f"checkpoint saved in {self.p.store.root}. Run the same command again to resume"
+                )
+            if out_of_time:
+                self.stop_reason = "max_minutes"
+                return
+            if ckpt_due:
+                self.save()
+                last_ckpt = time.monotonic()
+            stop_now = self.train_one_step()
+            self.state.elapsed_seconds += time.monotonic() - now
+            if stop_now:
+                return
+
+    def train_one_step(self) -> bool:
+        """Run one step and what follows it; True when training should stop early."""
+        st, cfg = self.state, self.cfg
+        self.p.monitor.begin_step(st.step)
+        lr = self.p.schedule(st.step) * st.lr_scale
+        for group in self.p.engine.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        result = run_step(self.p.engine, self.p.batches.step(st.step), self.p.info, self.p.gate)
+        seconds = time.perf_counter() - t0
+        verdict = self.guard.observe(st, result.finite)
+        step_tokens = self.p.batches.layout.global_batch * self.p.seq_len
+        st.step += 1
+        st.tokens += step_tokens
+        st.target_tokens += result.targets
+        st.wall_seconds += seconds
+        self._window_tokens += step_tokens
+        self._window_seconds += seconds
+        self.p.monitor.end_step(st.step, result.loss, result.grad_norm)
+        if st.step % cfg.log_every == 0 or st.step == cfg.max_steps or not result.finite:
+            self._log_row(result.loss, lr, result.grad_norm)
+        if verdict == "skip":
+            log.warning("step %d: non-finite loss/gradients (%s); update skipped (%d in a row)", st.step,
+                        result.loss, st.nan_streak)  # fmt: skip
+        elif verdict == "rollback":
+            self.rollback()
+            return False
+        return self._after_step()
+
+    def _after_step(self) -> bool:
+        st, cfg = self.state, self.cfg
+        stop = False
+        val_loss = None
+        if cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.max_steps):
+            val_loss = evaluate(self.p.engine, self.p.val, self.p.info)
+            improved = self.early.observe(st, val_loss)
+            st.val_rows.append({"step": st.step, "val_loss": val_loss})
+            self.p.monitor.log_val(st.step, val_loss, st.best_val_loss)
+            if improved and cfg.checkpoint.keep_best and st.step != cfg.max_steps:
+                self.save(val_loss=val_loss)
+            if self.early.should_stop(st):
+                log.info("early stopping at step %d: no val improvement > %g in %d evaluations", st.step,
+                         cfg.early_stopping.min_delta, cfg.early_stopping.patience)  # fmt: skip
+                self.stop_reason = "early_stopping"
+                stop = True
+        every = cfg.checkpoint.every_steps
+        if (every and st.step % every == 0) or (stop or st.step == cfg.max_steps):
+            if self._saved_step != st.step:
+                self.save(val_loss=val_loss)
+        return stop
+
+    def _log_row(self, loss: float, lr: float, grad_norm: float | None) -> None:
+        st = self.state
+        tps = self._window_tokens / self._window_seconds if self._window_seconds > 0 else None
+        self._window_tokens, self._window_seconds = 0, 0.0
+        row = {"step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps}
+        st.train_rows.append(row)
+        achieved = self.p.flops_per_token * tps if tps else None
+        extra = {
+            "mfu": mfu(self.p.flops_per_token, tps or 0.0, self.p.peak_flops, self.p.info.world_size),
+            "flops_per_s": achieved,
+            "memory_gb": _memory_gb(self.p.info.device),
+            "loss_scale": loss_scale(self.p.engine),
+        }
+        self.p.monitor.log_train(row, extra)
+
+    # -- checkpoints and recovery --------------------------------------------------------------
+
+    def save(self, val_loss: float | None = None) -> None:
+        st = self.state
+        st.world_size = self.p.info.world_size
+        st.global_batch = self.p.batches.layout.global_batch
+        path = self.p.store.save(self.p.engine, st, val_loss=val_loss)
+        self._saved_step = st.step
+        removed = self.p.store.prune(self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best)
+        log.info("checkpoint %s saved%s", path, f" ({len(removed)} old removed)" if removed else "")
+
+    def rollback(self) -> None:
+        st, nan_cfg = self.state, self.cfg.nan_guard
+        what = f"the loss was non-finite for {st.nan_streak} consecutive steps (up to step {st.step})"
+        if not self.guard.can_roll_back(st):
+            raise TrainingError(
+                f"train: {what} after {st.rollbacks} rollback(s) with the learning rate scaled to {st.lr_scale:g}x; "
+                f"giving up (train.nan_guard.max_rollbacks={nan_cfg.max_rollbacks}). Lower optimizer.lr, use "
+                "train.grad_clip, or check the data; the last good checkpoint is kept"
+            )
+        path = self.p.store.newest_valid()
+        if path is None:
+            raise TrainingError(
+                f"train: {what} and there is no checkpoint to roll back to; set train.checkpoint.every_steps "
+                "or lower optimizer.lr"
+            )
+        carried = (st.rollbacks + 1, st.lr_scale * nan_cfg.lr_factor, st.nan_skipped, st.elapsed_seconds)
+        self.state = self.p.store.load(self.p.engine, path)
+        s = self.state
+        s.rollbacks, s.lr_scale, s.nan_skipped, s.elapsed_seconds = carried
+        self.state.nan_streak = 0
+        self._saved_step = None
+        log.warning("%s: rolled back to %s (step %d) with the learning rate scaled to %gx (rollback %d of %d)",
+                    what, path, self.state.step, self.state.lr_scale, self.state.rollbacks,
+                    nan_cfg.max_rollbacks)  # fmt: skip
+
+
+def _memory_gb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return None

@@ -1,0 +1,41 @@
+"""Throughput and MFU.
+
+MFU = achieved model FLOP/s / (peak FLOP/s per device x devices), with the model FLOPs per
+token from frontier.model.flops (6N + 12 L H S). Peaks are dense tensor-core numbers from the
+vendors' data sheets, by precision; unknown devices (and every CPU) have no peak, so MFU is
+None and only the achieved FLOP/s is reported (``train.monitor.peak_tflops`` supplies one).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# substring of torch.cuda.get_device_name() -> (bf16/fp16 peak, fp32 peak) in FLOP/s, dense
+_PEAKS: tuple[tuple[str, float, float], ...] = (
+    ("H200", 989e12, 67e12),
+    ("H100 PCIe", 756e12, 51e12),
+    ("H100", 989e12, 67e12),
+    ("A100", 312e12, 19.5e12),
+    ("L40S", 362e12, 91.6e12),
+    ("L4", 121e12, 30.3e12),
+    ("A10", 125e12, 31.2e12),
+    ("RTX 4090", 165e12, 82.6e12),
+    ("V100", 125e12, 15.7e12),
+)
+
+
+def device_peak_flops(device: torch.device, precision: str) -> float | None:
+    """Per-device peak FLOP/s for `precision` (fp32 | bf16 | fp16), or None when unknown."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, half, single in _PEAKS:
+        if key in name:
+            return single if precision == "fp32" else half
+    return None
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_per_device: float | None, devices: int) -> float | None:
+    if not peak_per_device or tokens_per_s <= 0:
+        return None
+    return flops_per_token * tokens_per_s / (peak_per_device * devices)

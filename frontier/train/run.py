@@ -1,0 +1,192 @@
+"""The train stage: tokens -> a trained model (out_dir) with checkpoints in checkpoints_dir.
+
+``train(params, tokens_dir, tokenizer_dir, out_dir, checkpoints_dir)`` is what the CLI,
+Snakemake and DVC call, once per rank under a launcher (deepspeed / torchrun / srun / mpirun;
+frontier.train.distributed reads the rank from the environment). It resumes from
+checkpoints_dir by default (train.resume: auto), trains, and writes out_dir atomically
+(frontier.train.export). A stop signal saves a checkpoint and raises TrainingInterrupted
+(exit code 3); rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from frontier.config import Params
+from frontier.data.tokens import TokenShards
+from frontier.errors import ConfigError, DataError
+from frontier.model.build import build_model, shape_signature
+from frontier.model.flops import matmul_parameters, model_flops_per_token
+from frontier.model.loss import CausalLMWithLoss
+from frontier.model.presets import resolve
+
+log = logging.getLogger("frontier.train")
+
+
+def _setup_logging(rank: int) -> None:
+    """INFO lines on stderr from rank 0 (warnings from every rank), unless the caller configured logging."""
+    logger = logging.getLogger("frontier")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its per-save/-load INFO lines are noise here
+
+
+def _apply_kernels(lm: Any, params: Params) -> Any:
+    """Swap in frontier's fused modules (per params.kernels); the weights and their names are unchanged."""
+    try:
+        from frontier.model.kernels import apply_kernels
+    except ModuleNotFoundError as exc:
+        if exc.name != "frontier.model.kernels":
+            raise
+        log.warning("frontier.model.kernels is not available; training with the stock transformers modules")
+        return lm
+    patched = apply_kernels(lm, params.kernels)
+    return lm if patched is None else patched
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _open_tokens(tokens_dir: Path) -> tuple[TokenShards, TokenShards]:
+    train, val = TokenShards(tokens_dir / "train"), TokenShards(tokens_dir / "val")
+    if val.vocab_size != train.vocab_size:
+        raise DataError(f"{tokens_dir}: train vocab_size {train.vocab_size} != val vocab_size {val.vocab_size}")
+    return train, val
+
+
+def _check(params: Params, seq_len: int, max_seq_len: int, device: torch.device) -> None:
+    if seq_len > max_seq_len:
+        raise ConfigError(f"train.seq_len: {seq_len} exceeds the model's context model.max_seq_len={max_seq_len}")
+    if params.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            "train.precision: fp16 needs a CUDA device (DeepSpeed has no fp16 on the CPU); use fp32 or bf16"
+        )
+
+
+def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
+    """Train per params; returns the final metrics (also in out_dir/metrics.json)."""
+    from frontier.train.checkpoint import CheckpointStore
+    from frontier.train.data import Layout, TrainBatches, WindowSampler, val_batches
+    from frontier.train.distributed import init_distributed
+    from frontier.train.ds_config import build_ds_config
+    from frontier.train.engine import make_engine
+    from frontier.train.export import export_run
+    from frontier.train.loop import LoopParts, Trainer
+    from frontier.train.metrics import device_peak_flops
+    from frontier.train.monitor import RunMonitor
+    from frontier.train.optimizer import build_client_optimizer
+    from frontier.train.schedule import LRSchedule
+    from frontier.train.stability import StepGate
+    from frontier.train.state import TrainerState
+
+    tokens_dir, tokenizer_dir = Path(tokens_dir), Path(tokenizer_dir)
+    out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
+    cfg = params.train
+    info = init_distributed()
+    _setup_logging(info.rank)
+    train_tokens, val_tokens = _open_tokens(tokens_dir)
+
+    _seed_all(params.seed)  # identical initial weights on every rank
+    lm = build_model(
+        params.model, train_tokens.vocab_size,
+        bos_id=train_tokens.bos_id, eos_id=train_tokens.eos_id, pad_id=train_tokens.pad_id,
+    )  # fmt: skip
+    max_seq_len = lm.config.max_position_embeddings if params.model.init_from else resolve(params.model).max_seq_len
+    seq_len = cfg.seq_len or max_seq_len
+    _check(params, seq_len, max_seq_len, info.device)
+    lm = _apply_kernels(lm, params)
+    n_params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
+    flops_per_token = model_flops_per_token(lm, seq_len)
+    module = CausalLMWithLoss(lm, params.kernels)
+    optimizer = build_client_optimizer(module, params.optimizer)
+    gate = StepGate(optimizer)
+    engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
+    _seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
+
+    store = CheckpointStore(checkpoints_dir, info, model=shape_signature(lm))
+    state = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
+    start = store.resolve(cfg.resume)
+    if start is not None:
+        state = store.load(engine, start)
+        log.info("resumed from %s at step %d", start, state.step)
+        if state.seed is not None and state.seed != params.seed:
+            log.warning("seed changed from %d (checkpoint) to %d: the data order changes from here", state.seed,
+                        params.seed)  # fmt: skip
+            state.seed = params.seed
+    layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)
+    if state.global_batch and state.global_batch != layout.global_batch:
+        log.warning("global batch changed from %d (checkpoint) to %d: samples from step %d on differ from the "
+                    "original run's", state.global_batch, layout.global_batch, state.step)  # fmt: skip
+    val_sampler = WindowSampler(val_tokens, seq_len, params.seed + 1, cfg.document_aware) if cfg.eval_every else None
+    parts = LoopParts(
+        cfg=cfg,
+        info=info,
+        engine=engine,
+        gate=gate,
+        store=store,
+        batches=TrainBatches(WindowSampler(train_tokens, seq_len, params.seed, cfg.document_aware), layout),
+        val=val_batches(val_sampler, layout, cfg.eval_batches) if val_sampler else [],
+        schedule=LRSchedule(params.schedule, params.optimizer.lr, cfg.max_steps),
+        monitor=RunMonitor(cfg, checkpoints_dir / "logs", info, state),
+        seq_len=seq_len,
+        flops_per_token=flops_per_token,
+        peak_flops=(cfg.monitor.peak_tflops * 1e12) if cfg.monitor.peak_tflops else device_peak_flops(
+            info.device, cfg.precision),
+    )  # fmt: skip
+    trainer = Trainer(parts, state, saved_step=state.step if start is not None else None)
+    state = trainer.run()
+    metrics = final_metrics(state, trainer.stop_reason, parts, n_params=n_params, matmul_params=matmul_parameters(lm))
+    export_run(
+        out_dir=out_dir, engine=engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
+        logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info,
+    )  # fmt: skip
+    log.info("train: done (%s) at step %d; best val loss %s; model in %s", trainer.stop_reason, state.step,
+             metrics["best_val_loss"], out_dir / "model")  # fmt: skip
+    return metrics
+
+
+def final_metrics(state: Any, stop_reason: str, parts: Any, *, n_params: int, matmul_params: int) -> dict[str, Any]:
+    from frontier.train.metrics import mfu
+
+    finite = [r["loss"] for r in state.train_rows if r["loss"] == r["loss"] and abs(r["loss"]) != float("inf")]
+    tps = state.tokens / state.wall_seconds if state.wall_seconds > 0 else 0.0
+    cfg, info = parts.cfg, parts.info
+    return {
+        "train_loss": finite[-1] if finite else None,
+        "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
+        "final_val_loss": state.val_rows[-1]["val_loss"] if state.val_rows else None,
+        "steps": state.step,
+        "tokens": state.tokens,
+        "target_tokens": state.target_tokens,
+        "tokens_per_s": tps,
+        "flops_per_token": parts.flops_per_token,
+        "flops_per_s": parts.flops_per_token * tps,
+        "mfu": mfu(parts.flops_per_token, tps, parts.peak_flops, info.world_size),
+        "train_time_s": state.wall_seconds,
+        "wall_time_s": state.elapsed_seconds,
+        "params": n_params,
+        "matmul_params": matmul_params,
+        "nan_skipped": state.nan_skipped,
+        "rollbacks": state.rollbacks,
+        "stop_reason": stop_reason,
+        "world_size": info.world_size,
+        "global_batch": parts.batches.layout.global_batch,
+        "seq_len": parts.seq_len,
+        "precision": cfg.precision,
+        "zero_stage": cfg.zero_stage,
+        "device": str(info.device),
+    }

@@ -1,0 +1,62 @@
+"""Models built through transformers from config, and continued from a local HF directory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+from frontier.errors import ConfigError
+from frontier.model.build import build_model
+from frontier.model.config import ModelConfig
+
+LLAMA = ModelConfig(arch="llama", hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=16,
+                    rope_theta=5000.0, init_std=0.05)  # fmt: skip
+
+
+def test_llama_style_architecture():
+    torch.manual_seed(0)
+    model = build_model(LLAMA, 70, bos_id=1, eos_id=2, pad_id=0)
+    assert isinstance(model, LlamaForCausalLM)
+    c = model.config
+    assert (c.num_key_value_heads, c.hidden_act, c.rope_parameters["rope_theta"], c.vocab_size) == (
+        2,
+        "silu",
+        5000.0,
+        70,
+    )
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied by default
+    assert type(model.model.norm).__name__ == "LlamaRMSNorm"
+    assert model.model.layers[0].self_attn.k_proj.out_features == 2 * 8  # GQA: 2 kv heads of dim 8
+    assert (model.generation_config.eos_token_id, model.generation_config.pad_token_id) == (2, 0)
+    std = model.model.layers[0].mlp.up_proj.weight.std().item()
+    assert 0.04 < std < 0.06  # init_std is honoured
+
+
+def test_gpt2_style_with_dropout():
+    cfg = ModelConfig(arch="gpt2", hidden_size=32, num_layers=1, num_heads=4, max_seq_len=16, dropout=0.2)
+    model = build_model(cfg, 50)
+    assert isinstance(model, GPT2LMHeadModel)
+    assert (model.config.resid_pdrop, model.config.attn_pdrop, model.config.n_inner) == (0.2, 0.2, 128)
+    model.train()
+    ids = torch.randint(0, 50, (2, 16))
+    assert not torch.equal(model(ids).logits, model(ids).logits)  # dropout active in training
+
+
+def test_init_from_a_local_directory(tmp_path):
+    torch.manual_seed(1)
+    source = build_model(LLAMA, 70)
+    source.save_pretrained(tmp_path / "hf")
+    cfg = ModelConfig(arch="gpt2", hidden_size=8, init_from=str(tmp_path / "hf"))  # sizes ignored: the dir decides
+    model = build_model(cfg, 60)
+    assert isinstance(model, LlamaForCausalLM)
+    for (name, a), (_, b) in zip(source.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_init_from_errors(tmp_path):
+    with pytest.raises(ConfigError, match="model.init_from: .* is not a Hugging Face model directory"):
+        build_model(ModelConfig(init_from=str(tmp_path / "nope")), 10)
+    build_model(LLAMA, 70).save_pretrained(tmp_path / "hf")
+    with pytest.raises(ConfigError, match="has 70 embedding rows but the tokens use a 100-token vocabulary"):
+        build_model(ModelConfig(init_from=str(tmp_path / "hf")), 100)

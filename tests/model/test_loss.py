@@ -1,0 +1,32 @@
+"""The training module returns the SUM of non-padding token losses, through frontier's loss kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from frontier.kernels.config import KernelsConfig
+from frontier.model.build import build_model
+from frontier.model.config import ModelConfig
+from frontier.model.loss import IGNORE_INDEX, CausalLMWithLoss
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["lm_head+cross_entropy", "fused_linear_cross_entropy"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sum_of_unmasked_token_losses(arch, fused):
+    torch.manual_seed(0)
+    lm = build_model(ModelConfig(arch=arch, hidden_size=32, num_layers=1, num_heads=4, max_seq_len=12), 40)
+    module = CausalLMWithLoss(lm, KernelsConfig(fused_linear_cross_entropy=fused, cross_entropy="torch"))
+    ids = torch.randint(0, 40, (3, 12))
+    targets = torch.randint(0, 40, (3, 12))
+    targets[1, 5:] = IGNORE_INDEX  # padding
+    targets[2, :] = IGNORE_INDEX
+    loss = module(ids, targets)
+    logits = lm(input_ids=ids).logits.double()
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-5)
+    loss.backward()
+    head = module.head_weight()
+    assert head.grad is not None and head.grad.abs().sum() > 0

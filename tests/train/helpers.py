@@ -1,0 +1,154 @@
+"""Shared pieces of the training tests: a tiny corpus, tiny params, and launching ranks as processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from frontier.config import Params, load_params
+from frontier.data.tokenizer import train_tokenizer
+from frontier.data.tokens import write_split
+
+VOCAB = 259  # the byte tokenizer: pad 0, bos 1, eos 2, bytes 3..258
+EOS, BOS, PAD = 2, 1, 0
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Corpus:
+    tokens: Path
+    tokenizer: Path
+
+
+def _docs(rng: np.random.Generator, n: int, min_len: int, max_len: int) -> list[list[int]]:
+    """Learnable documents of varied length: arithmetic runs over the byte ids, then EOS."""
+    out = []
+    for _ in range(n):
+        length, start, stride = int(rng.integers(min_len, max_len)), int(rng.integers(0, 256)), int(rng.integers(1, 4))
+        out.append([3 + (start + stride * i) % 256 for i in range(length)] + [EOS])
+    return out
+
+
+def make_corpus(root: Path, *, n_train: int = 240, n_val: int = 40, min_len: int = 4, max_len: int = 40) -> Corpus:
+    """A byte tokenizer directory (the real tokenizer stage) and train/val token splits with documents."""
+    train_tokenizer(load_params(None, ["tokenizer.kind=byte"]), root / "prepared", root / "tokenizer")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        write_split(root / "tokens" / split, _docs(rng, n, min_len, max_len), vocab_size=VOCAB, eos_id=EOS, bos_id=BOS,
+                    pad_id=PAD)  # fmt: skip
+    return Corpus(tokens=root / "tokens", tokenizer=root / "tokenizer")
+
+
+TINY = [
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.max_seq_len=16",
+    "train.micro_batch_size=4",
+    "train.max_steps=6",
+    "train.log_every=1",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+    "train.monitor.progress_bar=false",
+    "train.monitor.system_every_s=0",
+    "schedule.warmup_steps=2",
+    "optimizer.lr=3e-3",
+]
+
+
+def tiny_params(*overrides: str) -> list[str]:
+    return [*TINY, *overrides]
+
+
+def params(*overrides: str) -> Params:
+    return load_params(None, tiny_params(*overrides))
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: float(v) if v not in ("", None) else None for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def losses(out_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_rows(out_dir / "plots" / "train.csv")]
+
+
+def weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out_dir / "model" / "model.safetensors"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(
+    ranks: int,
+    overrides: list[str],
+    corpus: Corpus,
+    out: Path,
+    checkpoints: Path,
+    *,
+    threads_per_rank: int = 1,
+) -> list[subprocess.Popen]:
+    """Start `ranks` processes of ``python -m frontier.train`` with a launcher's environment."""
+    port = free_port()
+    procs = []
+    for rank in range(ranks):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank), PYTHONPATH=str(REPO))  # fmt: skip
+        env["OMP_NUM_THREADS"] = str(threads_per_rank)  # as the in-process runs (tests/train/conftest.py)
+        cmd = [sys.executable, "-m", "frontier.train", "--tokens", str(corpus.tokens), "--tokenizer",
+               str(corpus.tokenizer), "--out", str(out), "--checkpoints", str(checkpoints)]  # fmt: skip
+        for item in overrides:
+            cmd += ["--set", item]
+        log = open(out.parent / f"{out.name}.rank{rank}.log", "w")  # noqa: SIM115 (closed with the process)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+    return procs
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+def log_tail(out: Path, rank: int = 0, chars: int = 3000) -> str:
+    path = out.parent / f"{out.name}.rank{rank}.log"
+    return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
+
+
+def assert_same_run(expected_dir, got_dir):
+    """Same per-step loss and grad norm (fp32 summation order aside), same weights.
+
+    The grad norm catches a wrong overall gradient scale, which Adam's update would hide. Weights get
+    atol 1e-5 against Adam steps of ~1e-2: an element whose gradient is ~0 moves by lr x m/sqrt(v),
+    which turns 1e-7 differences in summation order into ~1e-6 differences in the weight.
+    """
+    expected, got = read_rows(expected_dir / "plots" / "train.csv"), read_rows(got_dir / "plots" / "train.csv")
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == [1.0, 2.0, 3.0]
+    for a, b in zip(expected, got):
+        for key in ("loss", "grad_norm", "lr"):
+            assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, expected, got)
+    w1, w2 = weights(expected_dir), weights(got_dir)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)

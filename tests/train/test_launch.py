@@ -1,0 +1,73 @@
+"""Launcher environments, stop signals and the exit code of an interrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from frontier.errors import ConfigError
+from frontier.train.distributed import _read_env, init_distributed
+from frontier.train.signals import EXIT_INTERRUPTED, StopRequest, TrainingInterrupted
+
+_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+         "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")  # fmt: skip
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in _KEYS:
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, (0, 1, 0)),
+        ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (5, 8, 1)),  # deepspeed / torchrun
+        ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "3"}, (3, 4, 3)),
+        ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (9, 16, 1)),
+        ({"RANK": "2", "WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (2, 4, 2)),  # launcher wins
+    ],
+)
+def test_rank_from_the_launcher_environment(clean_env, env, expected):
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    assert _read_env() == expected
+
+
+@pytest.mark.parametrize("env", [{"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}])
+def test_bad_launcher_environment_is_a_config_error(clean_env, env):
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(ConfigError, match="environment: RANK"):
+        _read_env()
+
+
+def test_single_process_group_on_the_cpu():
+    info = init_distributed()
+    assert (info.rank, info.world_size, info.backend, info.device.type) == (0, 1, "gloo", "cpu")
+    assert init_distributed() == info  # idempotent
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+def test_stop_signals_become_a_flag_and_handlers_are_restored(sig):
+    before = signal.getsignal(sig)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), sig)
+        assert stop.requested and stop.name == signal.Signals(sig).name
+    assert signal.getsignal(sig) is before
+
+
+def test_second_ctrl_c_interrupts_immediately():
+    with StopRequest():
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_is_a_frontier_error_with_its_own_exit_code():
+    assert TrainingInterrupted("x").exit_code == EXIT_INTERRUPTED == 3

@@ -1,0 +1,59 @@
+"""The loss of a global batch is the mean over all its non-masked tokens, whatever the accumulation split."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from frontier.data.tokens import TokenShards
+from frontier.model.build import build_model
+from frontier.model.loss import IGNORE_INDEX
+from frontier.train.data import Layout, TrainBatches, WindowSampler
+from frontier.train.run import _seed_all, train
+from tests.train.helpers import assert_same_run, losses, params, weights
+
+# document-aware windows over documents of 4..40 tokens with seq_len 16: padded, variable-length batches
+BASE = ("train.document_aware=true", "train.max_steps=3", "optimizer.lr=1e-2")
+
+
+def _run(tmp_path, corpus, name, *overrides):
+    out = tmp_path / name
+    train(params(*BASE, *overrides), corpus.tokens, corpus.tokenizer, out, tmp_path / f"{name}-ckpt")
+    return out
+
+
+def test_first_step_loss_is_the_token_mean_of_the_global_batch(tmp_path, corpus):
+    # a wide init spreads the per-token losses, so a mean of micro-batch means visibly differs
+    setup = (*BASE, "model.init_std=0.5", "train.micro_batch_size=1", "train.grad_accum_steps=4")
+    p = params(*setup)
+    shards = TokenShards(corpus.tokens / "train")
+    micro = TrainBatches(WindowSampler(shards, 16, p.seed, True), Layout(1, 4, 1, 0)).step(0)
+    counts = [b.num_targets for b in micro]
+    assert len(set(counts)) > 1, f"the test needs micro-batches of different lengths, got {counts}"
+
+    _seed_all(p.seed)  # the weights train() starts from
+    lm = build_model(p.model, shards.vocab_size, bos_id=1, eos_id=2, pad_id=0)
+    with torch.no_grad():
+        sums = [
+            F.cross_entropy(lm(input_ids=b.input_ids).logits.flatten(0, 1).double(), b.targets.flatten(),
+                            ignore_index=IGNORE_INDEX, reduction="sum").item()
+            for b in micro
+        ]  # fmt: skip
+    token_mean = sum(sums) / sum(counts)
+    mean_of_means = sum(s / c for s, c in zip(sums, counts)) / len(counts)
+    tolerance = 1e-5 * token_mean
+    assert abs(token_mean - mean_of_means) > 100 * tolerance  # the two definitions really differ here
+
+    out = _run(tmp_path, corpus, "a", *setup[len(BASE) :])
+    assert abs(losses(out)[0] - token_mean) < tolerance
+
+
+def test_micro4_accum1_equals_micro1_accum4(tmp_path, corpus):
+    a = _run(tmp_path, corpus, "m4", "train.micro_batch_size=4", "train.grad_accum_steps=1")
+    b = _run(tmp_path, corpus, "m1", "train.micro_batch_size=1", "train.grad_accum_steps=4")
+    assert_same_run(a, b)
+    wa = weights(a)
+    # the updates were real: weights moved by far more than the tolerance
+    init = weights(_run(tmp_path, corpus, "zero", "train.micro_batch_size=4", "optimizer.lr=1e-12"))
+    moved = max((wa[n] - init[n]).abs().max().item() for n in wa)
+    assert moved > 1e-3
