@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         finetune="?finetune output directory",
         eval_finetuned="?evaluate output directory of the fine-tuned model",
     )
+    for name in ("train", "finetune"):
+        # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
+        sub.choices[name].add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     stage("check", cmd_check, "validate params and print the resolved values")
     p = sub.add_parser("env", help="versions, extension ops, GPU and its peak figures")
     p.set_defaults(fn=cmd_env)

@@ -81,7 +81,7 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     from frontier.train.metrics import device_peak_flops
     from frontier.train.monitor import RunMonitor
     from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.run import _seed_all, _setup_logging
+    from frontier.train.run import seed_all, setup_logging
     from frontier.train.schedule import LRSchedule
     from frontier.train.stability import StepGate
     from frontier.train.state import TrainerState
@@ -97,10 +97,10 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
     cfg = run_config(params)
     info = init_distributed()
-    _setup_logging(info.rank)
+    setup_logging(info.rank)
 
     tokenizer = load_tokenizer(base_model_dir)
-    _seed_all(params.seed)  # the same LoRA initialisation on every rank
+    seed_all(params.seed)  # the same LoRA initialisation on every rank
     lm = load_base(base_model_dir, ft.quantize, cfg.zero_stage, info.device)
     max_len = ft.max_seq_len or model_context(lm) or 1024
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -116,7 +116,7 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     optimizer = build_client_optimizer(module, opt_cfg)
     gate = StepGate(optimizer)
     engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
-    _seed_all(params.seed + 1000 * info.rank)
+    seed_all(params.seed + 1000 * info.rank)
 
     layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)
     heldout = eval_batches(held_examples, layout, pad_id)

@@ -66,10 +66,7 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
 
 def build_client_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """frontier.optim.build_optimizer over the groups (names dropped: optimizers reject unknown keys)."""
+    from frontier.optim import build_optimizer
+
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
-    try:
-        from frontier.optim import build_optimizer
-    except ImportError:  # frontier.optim not built yet: plain AdamW with the same settings
-        log.warning("frontier.optim.build_optimizer is unavailable; using torch.optim.AdamW")
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     return build_optimizer(groups, cfg)

@@ -30,7 +30,7 @@ from frontier.model.presets import resolve
 log = logging.getLogger("frontier.train")
 
 
-def _setup_logging(rank: int) -> None:
+def setup_logging(rank: int) -> None:
     """INFO lines on stderr from rank 0 (warnings from every rank), unless the caller configured logging."""
     logger = logging.getLogger("frontier")
     if not logger.handlers and not logging.getLogger().handlers:
@@ -43,18 +43,14 @@ def _setup_logging(rank: int) -> None:
 
 def _apply_kernels(lm: Any, params: Params) -> Any:
     """Swap in frontier's fused modules (per params.kernels); the weights and their names are unchanged."""
-    try:
-        from frontier.model.kernels import apply_kernels
-    except ModuleNotFoundError as exc:
-        if exc.name != "frontier.model.kernels":
-            raise
-        log.warning("frontier.model.kernels is not available; training with the stock transformers modules")
-        return lm
+    from frontier.model.kernels import apply_kernels
+
     patched = apply_kernels(lm, params.kernels)
     return lm if patched is None else patched
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch RNGs (per rank callers add a rank offset)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -96,10 +92,10 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
     cfg = params.train
     info = init_distributed()
-    _setup_logging(info.rank)
+    setup_logging(info.rank)
     train_tokens, val_tokens = _open_tokens(tokens_dir)
 
-    _seed_all(params.seed)  # identical initial weights on every rank
+    seed_all(params.seed)  # identical initial weights on every rank
     lm = build_model(
         params.model, train_tokens.vocab_size,
         bos_id=train_tokens.bos_id, eos_id=train_tokens.eos_id, pad_id=train_tokens.pad_id,
@@ -114,7 +110,7 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     optimizer = build_client_optimizer(module, params.optimizer)
     gate = StepGate(optimizer)
     engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
-    _seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
+    seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
 
     store = CheckpointStore(checkpoints_dir, info, model=shape_signature(lm))
     state = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)

@@ -9,7 +9,7 @@ from frontier.data.tokens import TokenShards
 from frontier.model.build import build_model
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.data import Layout, TrainBatches, WindowSampler
-from frontier.train.run import _seed_all, train
+from frontier.train.run import seed_all, train
 from tests.train.helpers import assert_same_run, losses, params, weights
 
 # document-aware windows over documents of 4..40 tokens with seq_len 16: padded, variable-length batches
@@ -31,7 +31,7 @@ def test_first_step_loss_is_the_token_mean_of_the_global_batch(tmp_path, corpus)
     counts = [b.num_targets for b in micro]
     assert len(set(counts)) > 1, f"the test needs micro-batches of different lengths, got {counts}"
 
-    _seed_all(p.seed)  # the weights train() starts from
+    seed_all(p.seed)  # the weights train() starts from
     lm = build_model(p.model, shards.vocab_size, bos_id=1, eos_id=2, pad_id=0)
     with torch.no_grad():
         sums = [
