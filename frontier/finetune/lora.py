@@ -81,7 +81,7 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     from frontier.train.metrics import device_peak_flops
     from frontier.train.monitor import RunMonitor
     from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.run import seed_all, setup_logging
+    from frontier.train.run import run_params, seed_all, setup_logging
     from frontier.train.schedule import LRSchedule
     from frontier.train.stability import StepGate
     from frontier.train.state import TrainerState
@@ -123,7 +123,9 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     with peft_model.disable_adapter():  # the base model, whatever state a resume brings
         base_loss = evaluate(engine, heldout, info)
 
-    store = CheckpointStore(checkpoints_dir, info)
+    # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
+    weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
+    store = CheckpointStore(checkpoints_dir, info, run_params=run_params(params, weights, sections=("finetune",)))
     state = TrainerState(seed=params.seed, world_size=info.world_size)
     start = store.resolve(cfg.resume)
     if start is not None:

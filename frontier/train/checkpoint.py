@@ -47,10 +47,19 @@ def step_dir_name(step: int) -> str:
 
 
 class CheckpointStore:
-    def __init__(self, root: Path, info: DistInfo, model: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        info: DistInfo,
+        model: dict[str, Any] | None = None,
+        run_params: dict[str, Any] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.info = info
         self.model = model or {}  # the current model's shape signature; a checkpoint must match it
+        # The params that define the run's result: resume=auto continues only a checkpoint made with
+        # the same ones, so a changed params.yaml retrains instead of returning the old run's model.
+        self.run_params = run_params
 
     def checkpoints(self) -> list[Path]:
         """Complete-looking checkpoint directories, oldest first (not yet verified)."""
@@ -79,7 +88,10 @@ class CheckpointStore:
         if self.info.is_main:
             with atomic_file(tmp / STATE_FILE) as f:
                 f.write(state.to_json())
-            manifest.write_manifest(tmp, {"step": state.step, "val_loss": val_loss, "world_size": self.info.world_size})
+            meta = {"step": state.step, "val_loss": val_loss, "world_size": self.info.world_size}
+            if self.run_params is not None:
+                meta["run_params"] = self.run_params
+            manifest.write_manifest(tmp, meta)
             fsync_tree(tmp)
             if final.exists():  # the same step saved again (after a rollback): replace it
                 old = self.root / f".{final.name}.old"
@@ -144,13 +156,31 @@ class CheckpointStore:
             self._archive_previous_run()
             return None
         if resume == "auto":
-            return self.newest_valid()
+            newest = self.newest_valid()
+            if newest is not None and self.run_params is not None:
+                changed = broadcast_object(self._changed_params(newest) if self.info.is_main else None, self.info)
+                if changed:
+                    log.warning(
+                        "checkpoint %s was made with other params (%s): starting a fresh run",
+                        newest,
+                        ", ".join(changed),
+                    )
+                    self._archive_previous_run()
+                    return None
+            return newest
         path = Path(resume)
         problem = manifest.verify(path) if self.info.is_main else None
         problem = broadcast_object(problem, self.info)
         if problem is not None:
             raise CheckpointError(f"train.resume: {path}: {problem}")
         return path
+
+    def _changed_params(self, path: Path) -> list[str]:
+        """Dotted keys whose value differs between `path`'s run and this one (at most 5)."""
+        then = manifest.read_manifest(path).get("run_params")
+        if not isinstance(then, dict):
+            return ["run params not recorded"]
+        return _diff_keys(then, self.run_params or {})[:5]
 
     def _archive_previous_run(self) -> None:
         """Move an earlier run's checkpoints and logs to archived/<time>/ so that the fresh run's saves are
@@ -202,3 +232,13 @@ class CheckpointStore:
         else:
             restore_rng(rng)
         return state
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if a == b else [prefix or "params"]

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from frontier.config import Params
+from frontier.config import Params, to_dict
 from frontier.data.tokens import TokenShards
 from frontier.errors import ConfigError, DataError
 from frontier.model.build import build_model, shape_signature
 from frontier.model.flops import matmul_parameters, model_flops_per_token
 from frontier.model.loss import CausalLMWithLoss
 from frontier.model.presets import resolve
+from frontier.train.manifest import sha256_file
 
 log = logging.getLogger("frontier.train")
 
@@ -47,6 +48,26 @@ def _apply_kernels(lm: Any, params: Params) -> Any:
 
     patched = apply_kernels(lm, params.kernels)
     return lm if patched is None else patched
+
+
+# Keys that do not change what a run computes: how it is logged, monitored, checkpointed and which
+# (numerically equivalent) implementation runs. Everything else in the train stage's sections does.
+_OPERATIONAL = {
+    "train": ("checkpoint", "resume", "log_every", "eval_every", "eval_batches", "monitor", "alerts", "profile",
+              "max_minutes"),
+    "optimizer": ("impl",),
+}  # fmt: skip
+
+
+def run_params(params: Params, inputs: list[Path], sections: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """What defines a run's result: its params sections and the content of its input files
+    (recorded in, and matched against, checkpoints)."""
+    data = to_dict(params)
+    out: dict[str, Any] = {k: data[k] for k in ("seed", *sections, "optimizer", "schedule", "train")}
+    for section, keys in _OPERATIONAL.items():
+        out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    out["inputs"] = {f"{p.parent.name}/{p.name}": sha256_file(p) for p in inputs}
+    return out
 
 
 def seed_all(seed: int) -> None:
@@ -112,7 +133,12 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
     seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
 
-    store = CheckpointStore(checkpoints_dir, info, model=shape_signature(lm))
+    store = CheckpointStore(
+        checkpoints_dir,
+        info,
+        model=shape_signature(lm),
+        run_params=run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"]),
+    )
     state = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
     start = store.resolve(cfg.resume)
     if start is not None:

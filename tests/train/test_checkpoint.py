@@ -129,8 +129,9 @@ def test_resuming_a_different_model_is_a_clear_error(tmp_path, saved, corpus):
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(saved / "ckpt", ckpt)
+    explicit = f"train.resume={ckpt / 'step_00000006'}"
     with pytest.raises(CheckpointError, match=r"written for a different model \(hidden_size=32 there, 48 now\)"):
-        train(params("train.zero_stage=1", "model.hidden_size=48"), corpus.tokens, corpus.tokenizer,
+        train(params("train.zero_stage=1", "model.hidden_size=48", explicit), corpus.tokens, corpus.tokenizer,
               tmp_path / "out", ckpt)  # fmt: skip
     metrics = train(params("train.zero_stage=1", "model.hidden_size=48", "train.resume=none"), corpus.tokens,
                     corpus.tokenizer, tmp_path / "out", ckpt)  # fmt: skip
@@ -139,3 +140,25 @@ def test_resuming_a_different_model_is_a_clear_error(tmp_path, saved, corpus):
     assert sorted(p.name for p in archived.iterdir()) == ["logs", "step_00000006"]
     assert [p.name for p in CheckpointStore(ckpt, init_distributed()).checkpoints()] == ["step_00000006"]
     assert manifest.verify(archived / "step_00000006") is None
+
+
+def test_auto_resume_starts_fresh_when_params_changed(tmp_path, saved, corpus, caplog):
+    """A changed params.yaml must retrain, never hand back the old run's model from its final checkpoint."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(saved / "ckpt", ckpt)
+    with caplog.at_level("WARNING", logger="frontier.train"):
+        metrics = train(params("train.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
+                        tmp_path / "out", ckpt)  # fmt: skip
+    assert "made with other params (optimizer.lr)" in caplog.text
+    assert metrics["steps"] == 6
+    assert (ckpt / "archived").is_dir()  # the earlier run is kept aside, not resumed
+    # With the same params, auto resumes the finished run instead of training again.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="frontier.train"):
+        again = train(params("train.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
+                      tmp_path / "out2", ckpt)  # fmt: skip
+    assert again["steps"] == 6
+    assert "made with other params" not in caplog.text
+    assert "resumed from" in caplog.text
