@@ -58,8 +58,18 @@ def test_snakemake_rules_match_stages() -> None:
 
 
 def test_snakemake_commands_match_dvc(tmp_path: Path) -> None:
-    proc = _snakemake("-n", "-p", "--cores", "3", "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
-                      "--configfile", str(REPO / "params.yaml"))
+    proc = _snakemake(
+        "-n",
+        "-p",
+        "--cores",
+        "3",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "params.yaml"),
+    )
     assert proc.returncode == 0, proc.stderr
     dvc_cmds = {s["cmd"] for s in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()}
     for cmd in dvc_cmds:

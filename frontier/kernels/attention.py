@@ -36,8 +36,10 @@ _INTERPRETED = type(attn_fwd_kernel).__name__ == "InterpretedFunction"
 
 # ---------------------------------------------------------------- reference and SDPA
 
-def visibility_mask(seq_len: int, *, causal: bool, doc_ids: torch.Tensor | None,
-                    device: torch.device) -> torch.Tensor | None:
+
+def visibility_mask(
+    seq_len: int, *, causal: bool, doc_ids: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
     """Boolean (B or 1, 1, S, S) mask, True where query i may attend to key j; None when all may."""
     mask = None
     if causal:
@@ -48,9 +50,16 @@ def visibility_mask(seq_len: int, *, causal: bool, doc_ids: torch.Tensor | None,
     return mask
 
 
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-                        doc_ids: torch.Tensor | None = None, scale: float | None = None,
-                        upcast: bool = True) -> torch.Tensor:
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    upcast: bool = True,
+) -> torch.Tensor:
     """Attention in plain PyTorch; returns (B, Hq, S, D) in q's dtype.
 
     upcast=True (the fallback): float32 math (float64 for float64 inputs). upcast=False: matmuls in
@@ -71,8 +80,15 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     return (probs.to(compute) @ v).to(q.dtype)
 
 
-def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-                   doc_ids: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+def attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     """torch's scaled_dot_product_attention with the same semantics (flash backend when no doc mask)."""
     _check_inputs(q, k, v, doc_ids)
     gqa = q.shape[1] != k.shape[1]
@@ -84,6 +100,7 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
 
 # ---------------------------------------------------------------- launchers
 
+
 def _config(kernel: str, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
     """Block sizes and launch settings; fixed (no autotuning) so results are reproducible run to run.
 
@@ -91,20 +108,28 @@ def _config(kernel: str, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
     in numpy, and small blocks make the odd-shape tests cross several blocks.
     """
     if _INTERPRETED:
-        return {"fwd": dict(BLOCK_M=32, BLOCK_N=16), "dq": dict(BLOCK_M=32, BLOCK_N=16),
-                "dkdv": dict(BLOCK_M=16, BLOCK_N=32), "pre": dict(BLOCK_M=32)}[kernel]
+        return {
+            "fwd": dict(BLOCK_M=32, BLOCK_N=16),
+            "dq": dict(BLOCK_M=32, BLOCK_N=16),
+            "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
+            "pre": dict(BLOCK_M=32),
+        }[kernel]
     if dtype == torch.float32:  # a correctness path (exact fp32 dots, no tensor cores): small tiles
-        return {"fwd": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2),
-                "dq": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2),
-                "dkdv": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1),
-                "pre": dict(BLOCK_M=64, num_warps=4)}[kernel]
+        return {
+            "fwd": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2),
+            "dq": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2),
+            "dkdv": dict(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1),
+            "pre": dict(BLOCK_M=64, num_warps=4),
+        }[kernel]
     # 16-bit inputs. Chosen so that ptxas (sm_90a) reports no or few (< 200 B) register spills:
     # the dK/dV program keeps K, V, dK and dV of BLOCK_N keys in registers, hence only 64 keys at D=128.
     wide = head_dim > 64
-    return {"fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-            "dq": dict(BLOCK_M=128, BLOCK_N=32 if wide else 64, num_warps=8, num_stages=3),
-            "dkdv": dict(BLOCK_M=32, BLOCK_N=64 if wide else 128, num_warps=8, num_stages=3),
-            "pre": dict(BLOCK_M=64, num_warps=4)}[kernel]
+    return {
+        "fwd": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+        "dq": dict(BLOCK_M=128, BLOCK_N=32 if wide else 64, num_warps=8, num_stages=3),
+        "dkdv": dict(BLOCK_M=32, BLOCK_N=64 if wide else 128, num_warps=8, num_stages=3),
+        "pre": dict(BLOCK_M=64, num_warps=4),
+    }[kernel]
 
 
 def triton_supports(q: torch.Tensor) -> bool:
@@ -143,9 +168,17 @@ def _skip_launch(*tensors: torch.Tensor) -> bool:
     return _INTERPRETED and any(torch._subclasses.fake_tensor.is_fake(t) for t in tensors)
 
 
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, causal: bool,
-                  scale: float, *, out: torch.Tensor | None = None,
-                  lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    doc_ids: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    *,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel: returns out (like q) and lse (B, Hq, S) float32 in log2 units
     (natural logsumexp of the scaled, masked scores times log2 e). Given buffers (out: q's shape and
     dtype, unit stride in the last dimension; lse: contiguous) are filled and returned."""
@@ -159,16 +192,45 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: to
     cfg = _config("fwd", dim, q.dtype)
     grid = (triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)
     wrap_triton(attn_fwd_kernel)[grid](
-        q, k, v, out, lse, doc_start, doc_end, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-        heads, heads // k.shape[1], seq, scale * math.log2(math.e),
-        D=dim, CAUSAL=causal, HAS_DOC=has_doc, **_dot_args(q.dtype), **cfg)
+        q,
+        k,
+        v,
+        out,
+        lse,
+        doc_start,
+        doc_end,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(out),
+        heads,
+        heads // k.shape[1],
+        seq,
+        scale * math.log2(math.e),
+        D=dim,
+        CAUSAL=causal,
+        HAS_DOC=has_doc,
+        **_dot_args(q.dtype),
+        **cfg,
+    )
     return out, lse
 
 
-def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                  lse: torch.Tensor, doc_ids: torch.Tensor | None, causal: bool, scale: float, *,
-                  dq: torch.Tensor | None = None, dk: torch.Tensor | None = None,
-                  dv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    doc_ids: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+    *,
+    dq: torch.Tensor | None = None,
+    dk: torch.Tensor | None = None,
+    dv: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernels (delta preprocess, dK/dV, dQ): returns dq, dk, dv like q, k, v."""
     do, q, k, v, out = (_lastdim_contiguous(t) for t in (do, q, k, v, out))
     batch, heads, seq, dim = q.shape
@@ -184,16 +246,58 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     qk_scale = scale * math.log2(math.e)
     cfg = _config("pre", dim, q.dtype)
     wrap_triton(attn_bwd_preprocess_kernel)[(triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)](
-        out, do, delta, *_strides(out), *_strides(do), heads, seq, D=dim, **cfg)
+        out, do, delta, *_strides(out), *_strides(do), heads, seq, D=dim, **cfg
+    )
     cfg = _config("dkdv", dim, q.dtype)
     wrap_triton(attn_bwd_dkdv_kernel)[(triton.cdiv(seq, cfg["BLOCK_N"]), batch * kv_heads)](
-        q, k, v, do, dk, dv, lse, delta, doc_start, doc_end, *_strides(q), *_strides(k), *_strides(v),
-        *_strides(do), *_strides(dk), *_strides(dv), heads, heads // kv_heads, seq, scale, qk_scale,
-        **common, **cfg)
+        q,
+        k,
+        v,
+        do,
+        dk,
+        dv,
+        lse,
+        delta,
+        doc_start,
+        doc_end,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(do),
+        *_strides(dk),
+        *_strides(dv),
+        heads,
+        heads // kv_heads,
+        seq,
+        scale,
+        qk_scale,
+        **common,
+        **cfg,
+    )
     cfg = _config("dq", dim, q.dtype)
     wrap_triton(attn_bwd_dq_kernel)[(triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)](
-        q, k, v, do, dq, lse, delta, doc_start, doc_end, *_strides(q), *_strides(k), *_strides(v),
-        *_strides(do), *_strides(dq), heads, heads // kv_heads, seq, scale, qk_scale, **common, **cfg)
+        q,
+        k,
+        v,
+        do,
+        dq,
+        lse,
+        delta,
+        doc_start,
+        doc_end,
+        *_strides(q),
+        *_strides(k),
+        *_strides(v),
+        *_strides(do),
+        *_strides(dq),
+        heads,
+        heads // kv_heads,
+        seq,
+        scale,
+        qk_scale,
+        **common,
+        **cfg,
+    )
     return dq, dk, dv
 
 
@@ -203,15 +307,24 @@ _define = torch.library.custom_op if _INTERPRETED else torch.library.triton_op
 
 
 @_define("frontier::attention_fwd", mutates_args=())
-def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None,
-                      causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     return attention_fwd(q, k, v, doc_ids, causal, scale)
 
 
 @_define("frontier::attention_bwd", mutates_args=())
-def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                      lse: torch.Tensor, doc_ids: torch.Tensor | None, causal: bool,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _attention_bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    doc_ids: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return attention_bwd(do, q, k, v, out, lse, doc_ids, causal, scale)
 
 
@@ -245,19 +358,25 @@ _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---------------------------------------------------------------- public entry point
 
+
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None) -> None:
     if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
-        raise ValueError(f"attention: expected q (B, Hq, S, D) and k, v (B, Hkv, S, D); got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+        raise ValueError(
+            f"attention: expected q (B, Hq, S, D) and k, v (B, Hkv, S, D); got q {tuple(q.shape)}, "
+            f"k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
     (b, hq, s, d), (bk, hkv, sk, dk) = q.shape, k.shape
     if (b, s, d) != (bk, sk, dk) or hkv == 0 or hq % hkv:
-        raise ValueError(f"attention: q {tuple(q.shape)} and k/v {tuple(k.shape)} differ in batch, length or "
-                         f"head dim, or Hq is not a multiple of Hkv")
+        raise ValueError(
+            f"attention: q {tuple(q.shape)} and k/v {tuple(k.shape)} differ in batch, length or "
+            f"head dim, or Hq is not a multiple of Hkv"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
     if doc_ids is not None and (doc_ids.shape != (b, s) or doc_ids.dtype.is_floating_point):
-        raise ValueError(f"attention: doc_ids must be integer (B, S) = {(b, s)}; got {doc_ids.dtype} "
-                         f"{tuple(doc_ids.shape)}")
+        raise ValueError(
+            f"attention: doc_ids must be integer (B, S) = {(b, s)}; got {doc_ids.dtype} {tuple(doc_ids.shape)}"
+        )
 
 
 def _resolve_impl(impl: str, q: torch.Tensor) -> str:
@@ -265,13 +384,23 @@ def _resolve_impl(impl: str, q: torch.Tensor) -> str:
     if resolved == "triton" and not triton_supports(q):
         if impl == "auto":
             return "sdpa"  # e.g. head dim 96 on a GPU: SDPA, not the O(S^2) reference
-        raise KernelUnavailableError(f"attention: the Triton kernel needs a power-of-two head dim in [16, 128] "
-                                     f"and fp16/bf16/fp32; got D={q.shape[-1]}, {q.dtype}")
+        raise KernelUnavailableError(
+            f"attention: the Triton kernel needs a power-of-two head dim in [16, 128] "
+            f"and fp16/bf16/fp32; got D={q.shape[-1]}, {q.dtype}"
+        )
     return resolved
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-              doc_ids: torch.Tensor | None = None, scale: float | None = None, impl: str = "auto") -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    doc_ids: torch.Tensor | None = None,
+    scale: float | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with grouped-query heads; returns (B, Hq, S, D) in q's dtype.
 
     causal: key j visible to query i only when j <= i. doc_ids (B, S): non-decreasing document ids of

@@ -34,8 +34,17 @@ def _dot(a, b, acc, PREC: tl.constexpr, F32: tl.constexpr):
 
 
 @jit
-def _bounds(first, last, S, ds_ptr, de_ptr, STEP: tl.constexpr, KEYS_OWN: tl.constexpr, CAUSAL: tl.constexpr,
-            HAS_DOC: tl.constexpr):
+def _bounds(
+    first,
+    last,
+    S,
+    ds_ptr,
+    de_ptr,
+    STEP: tl.constexpr,
+    KEYS_OWN: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+):
     """Ranges of the other axis for an own block of tokens [first, last]: lo <= ulo <= uhi <= hi.
 
     [lo, hi) holds every index some own token can see; [ulo, uhi) only STEP-aligned blocks that every
@@ -107,9 +116,30 @@ def _visible_t(keys, queries, key_ds, key_de, CAUSAL: tl.constexpr, HAS_DOC: tl.
 
 
 @jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S, qk_scale,
-               lo, hi, D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               HAS_DOC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    offs_m,
+    row_ds,
+    row_de,
+    S,
+    qk_scale,
+    lo,
+    hi,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+    F32: tl.constexpr,
+):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -141,12 +171,38 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, r
 
 
 @jit
-def attn_fwd_kernel(Q, K, V, OUT, LSE, DOC_START, DOC_END,
-                    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                    stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-                    H, GROUP, S, qk_scale,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                    HAS_DOC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+def attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    OUT,
+    LSE,
+    DOC_START,
+    DOC_END,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    H,
+    GROUP,
+    S,
+    qk_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+    F32: tl.constexpr,
+):
     # Heaviest (last) causal query blocks first: better tail balance across the grid.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
@@ -169,17 +225,82 @@ def attn_fwd_kernel(Q, K, V, OUT, LSE, DOC_START, DOC_END,
         row_ds = offs_m
         row_de = offs_m
     last = tl.minimum(first + BLOCK_M, S) - 1
-    lo, ulo, uhi, hi = _bounds(first, last, S, DOC_START + doc_off, DOC_END + doc_off, BLOCK_N, False, CAUSAL,
-                               HAS_DOC)
+    lo, ulo, uhi, hi = _bounds(first, last, S, DOC_START + doc_off, DOC_END + doc_off, BLOCK_N, False, CAUSAL, HAS_DOC)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S,
-                               qk_scale, lo, ulo, D, BLOCK_N, True, CAUSAL, HAS_DOC, PREC, F32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S,
-                               qk_scale, ulo, uhi, D, BLOCK_N, False, CAUSAL, HAS_DOC, PREC, F32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S,
-                               qk_scale, uhi, hi, D, BLOCK_N, True, CAUSAL, HAS_DOC, PREC, F32)
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        row_ds,
+        row_de,
+        S,
+        qk_scale,
+        lo,
+        ulo,
+        D,
+        BLOCK_N,
+        True,
+        CAUSAL,
+        HAS_DOC,
+        PREC,
+        F32,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        row_ds,
+        row_de,
+        S,
+        qk_scale,
+        ulo,
+        uhi,
+        D,
+        BLOCK_N,
+        False,
+        CAUSAL,
+        HAS_DOC,
+        PREC,
+        F32,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        row_ds,
+        row_de,
+        S,
+        qk_scale,
+        uhi,
+        hi,
+        D,
+        BLOCK_N,
+        True,
+        CAUSAL,
+        HAS_DOC,
+        PREC,
+        F32,
+    )
     # Every real row sees at least itself, so l_i > 0 there; padding rows are never stored.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -190,8 +311,21 @@ def attn_fwd_kernel(Q, K, V, OUT, LSE, DOC_START, DOC_END,
 
 
 @jit
-def attn_bwd_preprocess_kernel(OUT, DO, DELTA, stride_ob, stride_oh, stride_os, stride_dob, stride_doh, stride_dos,
-                               H, S, D: tl.constexpr, BLOCK_M: tl.constexpr):
+def attn_bwd_preprocess_kernel(
+    OUT,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    H,
+    S,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (float32)."""
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -199,18 +333,42 @@ def attn_bwd_preprocess_kernel(OUT, DO, DELTA, stride_ob, stride_oh, stride_os, 
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     row_ok = (offs_m < S)[:, None]
-    o = tl.load(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :], mask=row_ok,
-                other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :], mask=row_ok,
-                 other=0.0)
+    o = tl.load(
+        OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :], mask=row_ok, other=0.0
+    )
+    do = tl.load(
+        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :], mask=row_ok, other=0.0
+    )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + (b * H + h) * S + offs_m, delta, mask=offs_m < S)
 
 
 @jit
-def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S, qk_scale,
-              lo, hi, D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-              HAS_DOC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+def _dq_inner(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    offs_m,
+    row_ds,
+    row_de,
+    S,
+    qk_scale,
+    lo,
+    hi,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+    F32: tl.constexpr,
+):
     offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -234,13 +392,44 @@ def _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs
 
 
 @jit
-def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, DOC_START, DOC_END,
-                       stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                       stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
-                       stride_dqb, stride_dqh, stride_dqs,
-                       H, GROUP, S, sm_scale, qk_scale,
-                       D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                       HAS_DOC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+def attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    LSE,
+    DELTA,
+    DOC_START,
+    DOC_END,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_dqb,
+    stride_dqh,
+    stride_dqs,
+    H,
+    GROUP,
+    S,
+    sm_scale,
+    qk_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+    F32: tl.constexpr,
+):
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -250,10 +439,16 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, DOC_START, DOC_END,
     offs_m = first + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     row_ok = offs_m < S
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :],
-                 mask=row_ok[:, None], other=0.0)
+    q = tl.load(
+        Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
     row_off = (b * H + h) * S
     lse2 = tl.load(LSE + row_off + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + row_off + offs_m, mask=row_ok, other=0.0)
@@ -265,25 +460,116 @@ def attn_bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, DOC_START, DOC_END,
         row_ds = offs_m
         row_de = offs_m
     last = tl.minimum(first + BLOCK_M, S) - 1
-    lo, ulo, uhi, hi = _bounds(first, last, S, DOC_START + doc_off, DOC_END + doc_off, BLOCK_N, False, CAUSAL,
-                               HAS_DOC)
+    lo, ulo, uhi, hi = _bounds(first, last, S, DOC_START + doc_off, DOC_END + doc_off, BLOCK_N, False, CAUSAL, HAS_DOC)
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     dq = tl.zeros([BLOCK_M, D], tl.float32)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S,
-                   qk_scale, lo, ulo, D, BLOCK_N, True, CAUSAL, HAS_DOC, PREC, F32)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S,
-                   qk_scale, ulo, uhi, D, BLOCK_N, False, CAUSAL, HAS_DOC, PREC, F32)
-    dq = _dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, row_ds, row_de, S,
-                   qk_scale, uhi, hi, D, BLOCK_N, True, CAUSAL, HAS_DOC, PREC, F32)
+    dq = _dq_inner(
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        row_ds,
+        row_de,
+        S,
+        qk_scale,
+        lo,
+        ulo,
+        D,
+        BLOCK_N,
+        True,
+        CAUSAL,
+        HAS_DOC,
+        PREC,
+        F32,
+    )
+    dq = _dq_inner(
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        row_ds,
+        row_de,
+        S,
+        qk_scale,
+        ulo,
+        uhi,
+        D,
+        BLOCK_N,
+        False,
+        CAUSAL,
+        HAS_DOC,
+        PREC,
+        F32,
+    )
+    dq = _dq_inner(
+        dq,
+        q,
+        do,
+        lse2,
+        delta,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        row_ds,
+        row_de,
+        S,
+        qk_scale,
+        uhi,
+        hi,
+        D,
+        BLOCK_N,
+        True,
+        CAUSAL,
+        HAS_DOC,
+        PREC,
+        F32,
+    )
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :]
     tl.store(dq_ptrs, to_dtype(dq * sm_scale, DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 @jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n, key_ds, key_de,
-                S, qk_scale, lo, hi, D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+def _dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    stride_qs,
+    stride_dos,
+    offs_n,
+    key_ds,
+    key_de,
+    S,
+    qk_scale,
+    lo,
+    hi,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    MASKED: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+    F32: tl.constexpr,
+):
     offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -315,13 +601,48 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, 
 
 
 @jit
-def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DOC_START, DOC_END,
-                         stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                         stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
-                         stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
-                         H, GROUP, S, sm_scale, qk_scale,
-                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                         HAS_DOC: tl.constexpr, PREC: tl.constexpr, F32: tl.constexpr):
+def attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    LSE,
+    DELTA,
+    DOC_START,
+    DOC_END,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_dkb,
+    stride_dkh,
+    stride_dks,
+    stride_dvb,
+    stride_dvh,
+    stride_dvs,
+    H,
+    GROUP,
+    S,
+    sm_scale,
+    qk_scale,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_DOC: tl.constexpr,
+    PREC: tl.constexpr,
+    F32: tl.constexpr,
+):
     """One program per (key block, batch x KV head): loops over the GROUP query heads sharing it."""
     start_n = tl.program_id(0)
     bhk = tl.program_id(1)
@@ -332,10 +653,12 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DOC_START, DOC_END,
     offs_n = first + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     key_ok = (offs_n < S)[:, None]
-    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :], mask=key_ok,
-                other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_ok,
-                other=0.0)
+    k = tl.load(
+        K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :], mask=key_ok, other=0.0
+    )
+    v = tl.load(
+        V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :], mask=key_ok, other=0.0
+    )
     doc_off = b * S
     if HAS_DOC:
         key_ds = tl.load(DOC_START + doc_off + offs_n, mask=offs_n < S, other=0)
@@ -344,8 +667,7 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DOC_START, DOC_END,
         key_ds = offs_n
         key_de = offs_n
     last = tl.minimum(first + BLOCK_N, S) - 1
-    lo, ulo, uhi, hi = _bounds(first, last, S, DOC_START + doc_off, DOC_END + doc_off, BLOCK_M, True, CAUSAL,
-                               HAS_DOC)
+    lo, ulo, uhi, hi = _bounds(first, last, S, DOC_START + doc_off, DOC_END + doc_off, BLOCK_M, True, CAUSAL, HAS_DOC)
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
     for g in range(GROUP):
@@ -354,12 +676,84 @@ def attn_bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, DOC_START, DOC_END,
         do_base = DO + b * stride_dob + h * stride_doh
         lse_base = LSE + (b * H + h) * S
         delta_base = DELTA + (b * H + h) * S
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
-                             key_ds, key_de, S, qk_scale, lo, ulo, D, BLOCK_M, True, CAUSAL, HAS_DOC, PREC, F32)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
-                             key_ds, key_de, S, qk_scale, ulo, uhi, D, BLOCK_M, False, CAUSAL, HAS_DOC, PREC, F32)
-        dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_dos, offs_n,
-                             key_ds, key_de, S, qk_scale, uhi, hi, D, BLOCK_M, True, CAUSAL, HAS_DOC, PREC, F32)
+        dk, dv = _dkdv_inner(
+            dk,
+            dv,
+            k,
+            v,
+            q_base,
+            do_base,
+            lse_base,
+            delta_base,
+            stride_qs,
+            stride_dos,
+            offs_n,
+            key_ds,
+            key_de,
+            S,
+            qk_scale,
+            lo,
+            ulo,
+            D,
+            BLOCK_M,
+            True,
+            CAUSAL,
+            HAS_DOC,
+            PREC,
+            F32,
+        )
+        dk, dv = _dkdv_inner(
+            dk,
+            dv,
+            k,
+            v,
+            q_base,
+            do_base,
+            lse_base,
+            delta_base,
+            stride_qs,
+            stride_dos,
+            offs_n,
+            key_ds,
+            key_de,
+            S,
+            qk_scale,
+            ulo,
+            uhi,
+            D,
+            BLOCK_M,
+            False,
+            CAUSAL,
+            HAS_DOC,
+            PREC,
+            F32,
+        )
+        dk, dv = _dkdv_inner(
+            dk,
+            dv,
+            k,
+            v,
+            q_base,
+            do_base,
+            lse_base,
+            delta_base,
+            stride_qs,
+            stride_dos,
+            offs_n,
+            key_ds,
+            key_de,
+            S,
+            qk_scale,
+            uhi,
+            hi,
+            D,
+            BLOCK_M,
+            True,
+            CAUSAL,
+            HAS_DOC,
+            PREC,
+            F32,
+        )
     dk_ptrs = DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :]
     dv_ptrs = DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvs + offs_d[None, :]
     tl.store(dk_ptrs, to_dtype(dk * sm_scale, DK.dtype.element_ty), mask=key_ok)

@@ -25,8 +25,9 @@ def _flops(visible_pairs: int, mode: str) -> float:
     return fwd * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
-def _run(fn: Callable[..., torch.Tensor], mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-         do: torch.Tensor) -> Callable[[], None]:
+def _run(
+    fn: Callable[..., torch.Tensor], mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, do: torch.Tensor
+) -> Callable[[], None]:
     def step() -> None:
         out = fn(q, k, v)
         if mode == "fwd+bwd":
@@ -38,8 +39,10 @@ def _run(fn: Callable[..., torch.Tensor], mode: str, q: torch.Tensor, k: torch.T
 
 def _inputs(hkv: int = HEADS) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(BATCH, h, SEQ, DIM, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
-               for h in (HEADS, hkv, hkv))
+    q, k, v = (
+        torch.randn(BATCH, h, SEQ, DIM, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+        for h in (HEADS, hkv, hkv)
+    )
     return q, k, v, torch.randn_like(q)
 
 

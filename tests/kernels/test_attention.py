@@ -46,8 +46,10 @@ class Case:
 
     def __str__(self) -> str:
         docs = "" if self.docs is None else "-docs" + "_".join(".".join(map(str, r)) for r in self.docs)
-        return (f"B{self.batch}-H{self.hq}/{self.hkv}-S{self.seq}-D{self.dim}-{str(self.dtype)[6:]}"
-                f"-{'causal' if self.causal else 'full'}{docs}")
+        return (
+            f"B{self.batch}-H{self.hq}/{self.hkv}-S{self.seq}-D{self.dim}-{str(self.dtype)[6:]}"
+            f"-{'causal' if self.causal else 'full'}{docs}"
+        )
 
 
 def doc_ids_from_lengths(lengths: tuple[tuple[int, ...], ...], dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -227,13 +229,20 @@ for name, fn in [("fwd", kernels.attn_fwd_kernel), ("dq", kernels.attn_bwd_dq_ke
 def test_kernels_compile_for_sm90() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", _COMPILE_SM90], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SM90],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["fwd", "ok", "dq", "ok", "dkdv", "ok", "pre", "ok"]
 
 
 # ---------------------------------------------------------------- GPU only
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [BF16, F16])
@@ -249,8 +258,7 @@ def test_gpu_blocks_match_reference(dtype: torch.dtype, dim: int) -> None:
     out.backward(do)
     truth = _reference_grads(q, k, v, do, upcast=True, **kw)
     torch_lowp = _reference_grads(q, k, v, do, upcast=False, **kw)
-    for name, got, ref64, ref_lp in zip(("out", "dq", "dk", "dv"), (out, *(x.grad for x in leaves)), truth,
-                                        torch_lowp):
+    for name, got, ref64, ref_lp in zip(("out", "dq", "dk", "dv"), (out, *(x.grad for x in leaves)), truth, torch_lowp):
         assert_close_to_reference(got, ref64, ref_lp, name=name)
 
 
