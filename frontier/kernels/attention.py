@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch.library import wrap_triton
 
-from frontier.kernels.attention_triton import (
+from frontier.kernels.attention_triton import attn_fwd_kernel
+from frontier.kernels.attention_triton_bwd import (
     attn_bwd_dkdv_kernel,
     attn_bwd_dq_kernel,
     attn_bwd_preprocess_kernel,
-    attn_fwd_kernel,
 )
 from frontier.kernels.dispatch import KernelUnavailableError, resolve_impl
 from frontier.kernels.triton_utils import triton

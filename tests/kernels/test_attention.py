@@ -203,14 +203,15 @@ import torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile as triton_compile
 
-import frontier.kernels.attention_triton as kernels
+import frontier.kernels.attention_triton as fwd
+import frontier.kernels.attention_triton_bwd as bwd
 from frontier.kernels.attention import _config, _dot_args
 
-assert type(kernels.attn_fwd_kernel).__name__ == "JITFunction"
+assert type(fwd.attn_fwd_kernel).__name__ == "JITFunction"
 POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "OUT": "*bf16", "DO": "*bf16", "DQ": "*bf16",
             "DK": "*bf16", "DV": "*bf16", "LSE": "*fp32", "DELTA": "*fp32", "DOC_START": "*i32", "DOC_END": "*i32"}
-for name, fn in [("fwd", kernels.attn_fwd_kernel), ("dq", kernels.attn_bwd_dq_kernel),
-                 ("dkdv", kernels.attn_bwd_dkdv_kernel), ("pre", kernels.attn_bwd_preprocess_kernel)]:
+for name, fn in [("fwd", fwd.attn_fwd_kernel), ("dq", bwd.attn_bwd_dq_kernel),
+                 ("dkdv", bwd.attn_bwd_dkdv_kernel), ("pre", bwd.attn_bwd_preprocess_kernel)]:
     cfg = _config(name, 128, torch.bfloat16)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages", 1)}
     constexprs = dict(D=128, **cfg)
