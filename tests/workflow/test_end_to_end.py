@@ -110,3 +110,14 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert "up to date" in status, status
     shown = _run([sys.executable, "-m", "dvc", "metrics", "show"], root).stdout
     assert "bits_per_byte" in shown
+
+    # An experiment with one train parameter changed: dvc exp run, then exp show / plots show.
+    _run(["git", "add", "-A"], root)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], root)
+    _run([sys.executable, "-m", "dvc", "exp", "run", "-n", "longer", "--set-param", "train.max_steps=14"], root)
+    exps = _run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root).stdout
+    assert "longer" in exps and "bits_per_byte" in exps
+    steps = json.loads((root / "runs/train/metrics.json").read_text())["steps"]
+    assert steps == 14
+    plots = _run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root).stdout
+    assert "runs/train/plots/train.csv" in plots
