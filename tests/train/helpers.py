@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from frontier.config import Params, load_params
+from frontier.config import Params, dump_resolved, load_params
 from frontier.data.tokenizer import train_tokenizer
 from frontier.data.tokens import write_split
 
@@ -102,17 +102,16 @@ def launch(
     *,
     threads_per_rank: int = 1,
 ) -> list[subprocess.Popen]:
-    """Start `ranks` processes of ``python -m frontier.train`` with a launcher's environment."""
+    """Start `ranks` processes of ``frontier train`` with a launcher's environment and these params."""
     port = free_port()
+    params_file = dump_resolved(load_params(None, overrides), out.parent / f"{out.name}.params")
     procs = []
     for rank in range(ranks):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                    WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank), PYTHONPATH=str(REPO))  # fmt: skip
         env["OMP_NUM_THREADS"] = str(threads_per_rank)  # as the in-process runs (tests/train/conftest.py)
-        cmd = [sys.executable, "-m", "frontier.train", "--tokens", str(corpus.tokens), "--tokenizer",
-               str(corpus.tokenizer), "--out", str(out), "--checkpoints", str(checkpoints)]  # fmt: skip
-        for item in overrides:
-            cmd += ["--set", item]
+        cmd = [sys.executable, "-m", "frontier", "train", "--params", str(params_file), "--data", str(corpus.tokens),
+               "--tokenizer", str(corpus.tokenizer), "--out", str(out), "--checkpoints", str(checkpoints)]  # fmt: skip
         log = open(out.parent / f"{out.name}.rank{rank}.log", "w")  # noqa: SIM115 (closed with the process)
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
     return procs
