@@ -1,0 +1,84 @@
+"""The lock: complete, hash-pinned, consistent, and the environment running these tests equals it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from frontier.utils.lock import file_sha256, installed_versions, lock_differences, normalize, read_lock, read_marker
+
+REPO = Path(__file__).resolve().parents[1]
+LOCKS = ("cpu", "cuda")
+
+
+def test_this_environment_equals_its_lock() -> None:
+    marker = read_marker()
+    assert marker is not None, "this environment was not installed from a lock: install with `bash run.sh`"
+    lock = REPO / marker["file"]
+    assert lock.is_file(), f"{marker['file']} (recorded at install) is not in the repository"
+    assert file_sha256(lock) == marker["sha256"], f"{marker['file']} changed since install: rerun `bash run.sh`"
+    diffs = lock_differences(read_lock(lock), installed_versions())
+    assert not diffs, "installed packages differ from the lock:\n" + "\n".join(diffs)
+
+
+@pytest.mark.parametrize("flavour", LOCKS)
+def test_every_pin_is_exact_and_hashed(flavour: str) -> None:
+    text = (REPO / "requirements" / f"{flavour}.txt").read_text()
+    entries = re.split(r"\n(?=[a-z0-9])", text.split("\n", 2)[2])  # one entry per requirement (after the header)
+    assert len(entries) > 100
+    for entry in entries:
+        head = entry.split()[0]
+        assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*==[^=\s]+", head), f"{flavour}.txt: {head} is not an exact pin"
+        assert "--hash=sha256:" in entry, f"{flavour}.txt: {head} has no hash"
+
+
+@pytest.mark.parametrize("flavour", LOCKS)
+def test_the_build_lock_is_the_locks_own_subset(flavour: str) -> None:
+    full = read_lock(REPO / "requirements" / f"{flavour}.txt")
+    build = read_lock(REPO / "requirements" / f"{flavour}-build.txt")
+    assert {"torch", "setuptools", "wheel", "ninja", "pybind11"} <= set(build)
+    for name, version in build.items():
+        assert full.get(name) == version, f"{flavour}-build.txt pins {name}=={version}, {flavour}.txt {full.get(name)}"
+
+
+@pytest.mark.parametrize("flavour", LOCKS)
+def test_every_declared_dependency_is_locked(flavour: str) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    pins = read_lock(REPO / "requirements" / f"{flavour}.txt")
+    for requirement in declared:
+        name = normalize(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+        assert name in pins, f"{requirement} (pyproject.toml) is missing from {flavour}.txt: run requirements/lock.sh"
+
+
+def test_the_cpu_lock_takes_the_cpu_build_and_the_cuda_lock_the_cuda_build() -> None:
+    cpu, cuda = (read_lock(REPO / "requirements" / f"{f}.txt") for f in LOCKS)
+    assert cpu["torch"].endswith("+cpu") and not any(name.startswith("nvidia-cu") for name in cpu)
+    assert "+" not in cuda["torch"] and "nvidia-cudnn-cu13" in cuda
+    # the libraries that define what a model computes are the same in both
+    for name in ("transformers", "tokenizers", "peft", "deepspeed", "safetensors", "numpy"):
+        assert cpu[name] == cuda[name], name
+
+
+def test_differences_name_each_package_and_direction() -> None:
+    pins = {"torch": "2.13.0+cpu", "transformers": "5.24.0", "peft": "0.21.2"}
+    installed = {"torch": "2.13.0+cpu", "transformers": "5.25.0", "rich": "14.0", "pip": "23.2", "frontier": "0.1"}
+    assert lock_differences(pins, installed) == [
+        "peft: locked 0.21.2, not installed",
+        "rich: installed 14.0, not in the lock",
+        "transformers: locked 5.24.0, installed 5.25.0",
+    ]
+    assert lock_differences(pins, {**pins, "pip": "1"}) == []
+
+
+def test_read_lock_normalizes_names_and_ignores_hashes_and_comments(tmp_path: Path) -> None:
+    lock = tmp_path / "x.txt"
+    lock.write_text(
+        "# via something==1.0\n"
+        "Typing_Extensions==4.16.0 \\\n    --hash=sha256:ab\n"
+        "nvidia-ml-py==13.615.71 ; sys_platform == 'linux' \\\n    --hash=sha256:cd\n"
+    )
+    assert read_lock(lock) == {"typing-extensions": "4.16.0", "nvidia-ml-py": "13.615.71"}
