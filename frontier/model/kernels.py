@@ -1,9 +1,18 @@
-"""Swap the fused kernels into a Hugging Face Llama model, per instance, without touching its weights.
+"""Route a Hugging Face Llama model's hot ops through frontier.kernels, per instance, weights untouched.
 
-`apply_kernels(model, cfg)` changes the class of each LlamaRMSNorm, LlamaMLP and LlamaAttention module
-of *this* model to a subclass whose forward calls frontier.kernels (no global monkeypatching: another
-model in the same process is unaffected), and points the model's attention implementation at either
-Hugging Face's own "sdpa" or the "frontier" entry registered in transformers' AttentionInterface.
+Only transformers' public extension points are used, so a transformers release that rewrites the bodies
+of its Llama classes cannot change what a patched model computes:
+
+* attention: the "frontier" entry of transformers' AttentionInterface / AttentionMaskInterface, chosen
+  with ``model.set_attn_implementation`` (per model instance);
+* RMSNorm and the SwiGLU MLP: each module of *this* model gets a subclass whose forward is our op's own
+  formula (``rms_norm(x) * w``, ``down(silu(gate(x)) * up(x))``), never a copy of transformers' code;
+* the rotary embedding: forward pre/post hooks on each attention module of this model name the rope
+  implementation for the duration of that module's call, and transformers' module-level
+  ``apply_rotary_pos_emb`` is wrapped once by a router that uses it only inside such a call (any other
+  model, and any call outside a patched module, gets transformers' own function unchanged). Should a
+  transformers release stop calling that function, the patched model still computes transformers' rope.
+
 Parameters and buffers are the same objects as before, so the state_dict keeps its keys and tensors and
 checkpoints stay loadable by plain transformers.
 
@@ -14,18 +23,16 @@ detects packed sequences) and no token attends across a document boundary.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, find_packed_sequence_indices, sdpa_mask
-from transformers.models.llama.modeling_llama import (
-    ALL_ATTENTION_FUNCTIONS,
-    LlamaAttention,
-    LlamaMLP,
-    LlamaRMSNorm,
-    eager_attention_forward,
-)
+from transformers.models.llama import modeling_llama
+from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
 from frontier.errors import ConfigError
 from frontier.kernels.config import KernelsConfig
@@ -55,52 +62,54 @@ class FrontierMLP(LlamaMLP):
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), impl=self.kernel_impl))
 
 
-class FrontierAttention(LlamaAttention):
-    """LlamaAttention with the rotary embedding applied by frontier.kernels.rope.
+# --- rotary embedding: routed per attention-module call -------------------------------------------------
 
-    The body is LlamaAttention.forward (transformers 5.x) with apply_rotary_pos_emb replaced; the
-    attention itself still goes through ALL_ATTENTION_FUNCTIONS[config._attn_implementation].
-    """
+_ROPE_IMPL = threading.local()  # .impl: the rope impl of the patched attention module now running, or None
+_ROPE_HOOKS = "_frontier_rope_hooks"  # attribute holding a module's hook handles (apply_kernels is idempotent)
 
-    kernel_impl = "auto"  # rope
-    attention_impl = "auto"  # read by the "frontier" attention function
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        attention_mask: torch.Tensor | None = None,
-        past_key_values: object | None = None,
-        **kwargs: object,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        # (B, S, H*D) -> (B, S, H, D) -> (B, H, S, D)
-        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+def _rope_router(hf_rope: Callable) -> Callable:
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):  # transformers' signature, untyped like it
+        impl = getattr(_ROPE_IMPL, "impl", None)
+        unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
+        if impl is None or unsqueeze_dim != 1 or cos.dim() != 3:
+            return hf_rope(q, k, cos, sin, *args, **kwargs)
+        _ROPE_IMPL.calls = getattr(_ROPE_IMPL, "calls", 0) + 1
+        return rope(q, k, cos, sin, impl=impl)
 
-        cos, sin = position_embeddings
-        query_states, key_states = rope(query_states, key_states, cos, sin, impl=self.kernel_impl)
+    apply_rotary_pos_emb.frontier_wraps = hf_rope  # type: ignore[attr-defined]
+    return apply_rotary_pos_emb
 
-        if past_key_values is not None:
-            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, S, H*D)
-        return self.o_proj(attn_output), attn_weights
+def _install_rope_router() -> None:
+    """Wrap transformers' apply_rotary_pos_emb once; outside a patched module's call it is unchanged."""
+    current = modeling_llama.apply_rotary_pos_emb
+    if not hasattr(current, "frontier_wraps"):
+        modeling_llama.apply_rotary_pos_emb = _rope_router(current)
+
+
+def _route_rope(module: nn.Module, impl: str) -> None:
+    """Make `module`'s calls use frontier.kernels.rope with `impl` (hooks: entering sets it, leaving clears it)."""
+    module.kernel_impl = impl
+    if getattr(module, _ROPE_HOOKS, None):
+        return
+
+    def enter(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        _ROPE_IMPL.impl = mod.kernel_impl
+
+    def leave(mod: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        _ROPE_IMPL.impl = None
+
+    handles = (
+        module.register_forward_pre_hook(enter, with_kwargs=True),
+        module.register_forward_hook(leave, with_kwargs=True, always_call=True),
+    )
+    setattr(module, _ROPE_HOOKS, handles)
+
+
+def rope_calls() -> int:
+    """How many rotary embeddings this thread has routed to frontier.kernels.rope (for tests)."""
+    return getattr(_ROPE_IMPL, "calls", 0)
 
 
 def frontier_attention_forward(
@@ -205,9 +214,12 @@ def apply_kernels(model: nn.Module, cfg: KernelsConfig) -> nn.Module:
             _swap(module, FrontierMLP, kernel_impl=cfg.swiglu)
             found["swiglu"] += 1
         elif isinstance(module, LlamaAttention):
-            _swap(module, FrontierAttention, kernel_impl=cfg.rope, attention_impl=cfg.attention)
+            module.attention_impl = cfg.attention  # read by the "frontier" attention function
+            _route_rope(module, cfg.rope)
             found["rope"] += 1
     found["attention"] = found["rope"]
+    if found["rope"]:
+        _install_rope_router()
     for key, count in found.items():
         if not count and getattr(cfg, key) == "triton":
             raise ConfigError(

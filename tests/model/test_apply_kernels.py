@@ -11,7 +11,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, L
 
 from frontier.errors import ConfigError
 from frontier.kernels.config import KernelsConfig
-from frontier.model.kernels import FrontierAttention, FrontierMLP, FrontierRMSNorm, apply_kernels
+from frontier.model.kernels import FrontierMLP, FrontierRMSNorm, apply_kernels, rope_calls
 
 ALL_TRITON = KernelsConfig(attention="triton", rms_norm="triton", rope="triton", swiglu="triton")
 ALL_TORCH = KernelsConfig(attention="torch", rms_norm="torch", rope="torch", swiglu="torch")
@@ -67,8 +67,10 @@ def test_state_dict_is_unchanged_and_modules_are_swapped() -> None:
     for key, tensor in before.items():
         assert after[key].data_ptr() == tensor.data_ptr() and torch.equal(after[key], tensor), key
     kinds = [type(m) for m in model.modules()]
-    assert kinds.count(FrontierRMSNorm) == 5 and kinds.count(FrontierMLP) == 2 and kinds.count(FrontierAttention) == 2
-    assert LlamaRMSNorm not in kinds and LlamaMLP not in kinds and LlamaAttention not in kinds
+    assert kinds.count(FrontierRMSNorm) == 5 and kinds.count(FrontierMLP) == 2
+    assert LlamaRMSNorm not in kinds and LlamaMLP not in kinds
+    # attention keeps transformers' own class and forward: only hooks and the attention registry route it
+    assert kinds.count(LlamaAttention) == 2
     assert model.config._attn_implementation == "frontier"
 
 
@@ -76,7 +78,13 @@ def test_other_models_are_untouched() -> None:
     patched, other = tiny_llama(), tiny_llama()
     apply_kernels(patched, ALL_TRITON)
     assert other.config._attn_implementation == "sdpa"
-    assert {type(m) for m in other.modules()}.isdisjoint({FrontierRMSNorm, FrontierMLP, FrontierAttention})
+    assert {type(m) for m in other.modules()}.isdisjoint({FrontierRMSNorm, FrontierMLP})
+    ids = _ids(1, 6)
+    before = rope_calls()
+    other(ids)
+    assert rope_calls() == before, "an unpatched model must use transformers' own rotary embedding"
+    patched(ids)
+    assert rope_calls() == before + 2, "each patched attention layer routes its rope to frontier.kernels"
 
 
 def test_sdpa_choice_uses_transformers_sdpa() -> None:
@@ -99,9 +107,12 @@ def test_packed_documents_do_not_attend_across_boundaries() -> None:
     torch.testing.assert_close(logits[:, 7:], model(doc_b).logits, rtol=1e-5, atol=2e-5)
 
 
-def test_padding_mask_and_generation_fall_back_to_sdpa() -> None:
+@pytest.mark.parametrize("cfg", [ALL_TRITON, ALL_TORCH], ids=["triton", "torch"])
+def test_padding_mask_and_generation_fall_back_to_sdpa(cfg: KernelsConfig) -> None:
+    # Generation runs with transformers' KV cache (the path a transformers release renamed once,
+    # past_key_values -> cache): the patched model must produce the same tokens as the stock one.
     base = tiny_llama()
-    model = apply_kernels(copy.deepcopy(base), ALL_TORCH)
+    model = apply_kernels(copy.deepcopy(base), cfg)
     ids = _ids(2, 8)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0  # left padding in the second row
@@ -111,9 +122,37 @@ def test_padding_mask_and_generation_fall_back_to_sdpa() -> None:
         rtol=1e-5,
         atol=2e-5,
     )
+    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     prompt = _ids(1, 5)
-    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(prompt, **gen), base.generate(prompt, **gen))
+    # a left-padded batch through the cache: masks and positions must agree too
+    assert torch.equal(model.generate(ids, attention_mask=mask, **gen), base.generate(ids, attention_mask=mask, **gen))
+    # cached decoding gives the logits of a full recompute
+    full = base(model.generate(prompt, **gen)).logits
+    torch.testing.assert_close(model(model.generate(prompt, **gen)).logits, full, rtol=1e-5, atol=2e-5)
+
+
+def test_rope_routing_is_cleared_when_a_forward_fails() -> None:
+    model = apply_kernels(tiny_llama(), ALL_TRITON)
+
+    def fail(*_: object) -> None:
+        raise RuntimeError("boom")
+
+    # fails inside the attention module's call, after its rope was routed
+    model.model.layers[0].self_attn.o_proj.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        model(_ids(1, 4))
+    other = tiny_llama()
+    before = rope_calls()
+    other(_ids(1, 4))
+    assert rope_calls() == before, "a failed forward must not leave the rope routed for the next model"
+
+
+def test_apply_kernels_twice_keeps_one_set_of_hooks() -> None:
+    model = apply_kernels(apply_kernels(tiny_llama(), ALL_TRITON), ALL_TRITON)
+    before = rope_calls()
+    model(_ids(1, 4))
+    assert rope_calls() == before + 2
 
 
 def test_explicit_triton_on_a_model_without_llama_modules_is_a_config_error() -> None:
