@@ -69,7 +69,7 @@ STAGES: dict[str, Stage] = {
             deps=("data/tokens", "data/tokenizer"),
             outs=("runs/train",),
             params=("seed", "model", "kernels", "optimizer", "schedule", "train"),
-            metrics=("runs/train/metrics.json",),
+            metrics=("runs/train/metrics.json", "runs/train/speed.json"),
             plots=("runs/train/plots/train.csv", "runs/train/plots/val.csv"),
             persist=("checkpoints/train",),
         ),
@@ -112,7 +112,7 @@ STAGES: dict[str, Stage] = {
             deps=("runs/train", "data/sft"),
             outs=("runs/finetune",),
             params=("seed", "kernels", "optimizer", "schedule", "train", "finetune"),
-            metrics=("runs/finetune/metrics.json",),
+            metrics=("runs/finetune/metrics.json", "runs/finetune/speed.json"),
             persist=("checkpoints/finetune",),
         ),
         Stage(

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from frontier.config import dump_resolved
 from frontier.data.progress import Progress
 from frontier.data.tokens import ShardWriter, token_dtype
 from frontier.errors import DataError
+from frontier.provenance import record_stage
 from frontier.utils.atomic import atomic_dir, write_json
 
 log = logging.getLogger("frontier.data.pack")
@@ -241,7 +241,7 @@ def tokenize(params: Any, prepared_dir: Path, tokenizer_dir: Path, out_dir: Path
                 "sources": _source_stats(counts),
             }
         write_json(tmp / "stats.json", stats)
-        dump_resolved(params, tmp, sections=["tokenizer", "tokenize"])
+        record_stage(params, tmp, sections=["tokenizer", "tokenize"])
     s = stats["splits"]
     log.info(
         "tokenize: train %d tokens, val %d tokens (%d workers)",

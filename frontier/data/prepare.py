@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from frontier.config import dump_resolved
 from frontier.data.clean import Cleaner, normalize
 from frontier.data.dedup import MinHasher, content_id, id_key, lsh_params, near_duplicate_clusters
 from frontier.data.progress import Progress
 from frontier.data.sources import SourceReader
 from frontier.data.split import assign_val, shuffled_order, train_copies
 from frontier.errors import DataError
+from frontier.provenance import record_stage
 from frontier.utils.atomic import atomic_dir, write_json
 
 log = logging.getLogger("frontier.data.prepare")
@@ -243,7 +243,7 @@ def prepare(params: Any, out_dir: Path) -> dict[str, Any]:
             "val_fraction": cfg.val_fraction,
         }
         write_json(tmp / "stats.json", result)
-        dump_resolved(params, tmp, sections=["prepare"])
+        record_stage(params, tmp, sections=["prepare"])
     t = result["totals"]
     log.info(
         "prepare: %d docs read, %d kept (%d train lines, %d val), %d exact + %d near duplicates dropped",

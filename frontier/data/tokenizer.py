@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frontier.config import dump_resolved
 from frontier.data.progress import Progress, progress_enabled
 from frontier.errors import DataError
+from frontier.provenance import record_stage
 from frontier.utils.atomic import atomic_dir, write_json
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def train_tokenizer(params: Any, prepared_dir: Path, out_dir: Path) -> Path:
         fast = _wrap(tok, cfg)
     with atomic_dir(out_dir) as tmp:
         _save(fast, tmp, info, own_class=cfg.kind != "pretrained")
-        dump_resolved(params, tmp, sections=["tokenizer"])
+        record_stage(params, tmp, sections=["tokenizer"])
     log.info("tokenizer: %s, vocab %d -> %s", cfg.kind, info["vocab_size"], out_dir)
     return out_dir
 

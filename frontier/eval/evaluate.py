@@ -114,7 +114,7 @@ def generation_samples(model: torch.nn.Module, tokenizer: Any, cfg: Any, seed: i
 
 def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prepared_dir: Path | None = None) -> dict:
     """Stage: write metrics.json, samples.jsonl and params.resolved.yaml into `out_dir`."""
-    from frontier.config import dump_resolved
+    from frontier.provenance import record_stage
     from frontier.utils.atomic import atomic_dir, write_json
 
     cfg = params.evaluate
@@ -154,5 +154,5 @@ def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prep
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:
             for rec in samples:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        dump_resolved(params, tmp, ["seed", "tokenize", "evaluate"])
+        record_stage(params, tmp, ["seed", "tokenize", "evaluate"])
     return metrics

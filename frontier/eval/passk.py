@@ -140,8 +140,8 @@ def generate_completions(
 
 def run_passk(params: Any, model_dir: Path, problems_path: Path, out_dir: Path) -> dict:
     """Stage: sample, execute, score; writes passk.json and completions.jsonl into `out_dir`."""
-    from frontier.config import dump_resolved
     from frontier.eval.model_io import load_model
+    from frontier.provenance import record_stage
     from frontier.utils.atomic import atomic_dir, write_json
 
     cfg = params.evaluate.passk
@@ -162,5 +162,5 @@ def run_passk(params: Any, model_dir: Path, problems_path: Path, out_dir: Path) 
                     rec = {"task_id": problem.task_id, "completion": completion, "status": result.status}
                     rec["detail"] = result.detail[-500:]
                     f.write(json.dumps(rec) + "\n")
-        dump_resolved(params, tmp, ["seed", "evaluate"])
+        record_stage(params, tmp, ["seed", "evaluate"])
     return metrics

@@ -12,7 +12,8 @@ path) before the adapter is attached.
 out_dir::
 
     adapter/             adapter_config.json + adapter_model.safetensors (peft) and the tokenizer
-    metrics.json         base vs fine-tuned loss on the held-out pairs, counts, timing
+    metrics.json         base vs fine-tuned loss on the held-out pairs, counts
+    speed.json           training time
     plots/train.csv      step, loss, lr, grad_norm, tokens_per_s
     plots/val.csv        step, val_loss (the held-out pairs)
     tb/                  TensorBoard events
@@ -165,7 +166,7 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
         "total_params": total,
         "lora": {"r": ft.r, "alpha": ft.alpha, "dropout": ft.dropout, "target_modules": list(ft.target_modules)},
         "quantize": ft.quantize,
-        "base_model": str(base_model_dir.resolve()),
+        "base_model": base_model_dir.as_posix(),  # as given: a metric holds no machine-specific path
         "train_time_s": state.wall_seconds,
     }
     log.info("finetune: held-out loss %.4f -> %.4f", base_loss, tuned_loss)
@@ -185,11 +186,12 @@ def _export(
     info: Any,
 ) -> None:
     """Collective (ZeRO-3 gathers the adapter on every rank); rank 0 writes `out_dir` atomically."""
-    from frontier.config import dump_resolved
+    from frontier.provenance import record_stage
     from frontier.train.distributed import barrier
     from frontier.train.engine import gathered_params
+    from frontier.train.metrics import write_metrics
     from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
-    from frontier.utils.atomic import atomic_dir, write_json
+    from frontier.utils.atomic import atomic_dir
 
     with gathered_params(engine):
         if info.is_main:
@@ -198,12 +200,12 @@ def _export(
                 peft_model.save_pretrained(str(adapter), safe_serialization=True)
                 _point_at_base(adapter, base_model_dir)
                 _copy_tokenizer(base_model_dir, adapter)
-                write_json(tmp / "metrics.json", metrics)
+                write_metrics(tmp, metrics)
                 write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
                 write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
                 if (logs_dir / "tb").is_dir():
                     shutil.copytree(logs_dir / "tb", tmp / "tb")
-                dump_resolved(params, tmp, ["seed", "train", "optimizer", "schedule", "kernels", "finetune"])
+                record_stage(params, tmp, ["seed", "train", "optimizer", "schedule", "kernels", "finetune"])
     barrier(info)
 
 
@@ -224,6 +226,7 @@ def merge(adapter_dir: Path, out_dir: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from frontier.provenance import write_provenance
     from frontier.utils.atomic import atomic_dir
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -248,5 +251,6 @@ def merge(adapter_dir: Path, out_dir: Path) -> Path:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         source = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir
         _copy_tokenizer(source, tmp)
+        write_provenance(tmp)
     log.info("merge: %s + %s -> %s", base_dir, adapter_dir, out_dir)
     return out_dir

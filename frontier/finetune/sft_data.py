@@ -130,7 +130,7 @@ def write_jsonl(path: Path, records: list[dict[str, str]]) -> None:
 
 def build_sft_pairs(params: Any, prepared_dir: Path, out_dir: Path) -> dict:
     """Stage: write train.jsonl, heldout.jsonl and stats.json of prompt/response pairs to `out_dir`."""
-    from frontier.config import dump_resolved
+    from frontier.provenance import record_stage
     from frontier.utils.atomic import atomic_dir, write_json
 
     cfg = params.finetune
@@ -144,6 +144,6 @@ def build_sft_pairs(params: Any, prepared_dir: Path, out_dir: Path) -> dict:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "heldout.jsonl", held)
         write_json(tmp / "stats.json", stats)
-        dump_resolved(params, tmp, ["finetune"])
+        record_stage(params, tmp, ["finetune"])
     log.info("sft-data: %d train and %d held-out pairs", len(train), len(held))
     return stats

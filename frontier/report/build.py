@@ -144,7 +144,8 @@ def build_report(
     eval_finetuned_dir: Path | None = None,
 ) -> Path:
     """Stage: write report.html (self-contained) and loss.png into `out_dir`; returns the HTML path."""
-    from frontier.config import dump_resolved, to_dict
+    from frontier.config import to_dict
+    from frontier.provenance import record_stage
     from frontier.utils.atomic import atomic_dir
 
     cfg = params.report
@@ -153,6 +154,9 @@ def build_report(
     eval_metrics = _read_json(eval_dir / "metrics.json", "the evaluate stage writes it")
     train_metrics_path = train_dir / "metrics.json"
     train_metrics = _read_json(train_metrics_path, "train metrics") if train_metrics_path.is_file() else {}
+    speed_path = train_dir / "speed.json"
+    if speed_path.is_file():
+        train_metrics.update(_read_json(speed_path, "train speed"))
     samples = _read_samples(eval_dir / "samples.jsonl", cfg.max_samples)
     loss_png = loss_figure(train_series, val_series, title="Training loss", smoothing=cfg.smoothing, dpi=cfg.dpi)
 
@@ -184,13 +188,13 @@ def build_report(
     ]
     if run_params.is_file():
         sections.append(("Configuration of the training run", pre(run_params.read_text(encoding="utf-8"))))
-    sections.append(("System", kv_table(system_info())))
+    sections.append(("Training machine and environment", kv_table(system_info(train_dir))))
     subtitle = f"train: {train_dir} · eval: {eval_dir}" + (f" · finetune: {finetune_dir}" if finetune_dir else "")
     document = page(cfg.title, sections, subtitle)
 
     with atomic_dir(out_dir) as tmp:
         (tmp / "loss.png").write_bytes(loss_png)
         (tmp / "report.html").write_text(document, encoding="utf-8")
-        dump_resolved(params, tmp)
+        record_stage(params, tmp)
     log.info("report: %s", out_dir / "report.html")
     return out_dir / "report.html"

@@ -1,11 +1,15 @@
-"""System information for the report: the same facts as `frontier env`, flattened for a table."""
+"""The report's "System" table: the training machine's provenance record, flattened.
+
+It is what frontier.provenance recorded when training started (runs/train/provenance.json), not the
+machine that renders the report.
+"""
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Any
 
-from frontier.utils.envinfo import collect_env
+from frontier.provenance import PROVENANCE_FILE, read_provenance
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -21,8 +25,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def system_info() -> dict[str, Any]:
-    """A flat mapping of names to printable values (versions, extension ops, CPUs, GPUs)."""
-    info = _flatten(collect_env())
-    info.setdefault("cpus", os.cpu_count())
-    return info
+def system_info(run_dir: str | Path) -> dict[str, Any]:
+    """A flat mapping of names to printable values from `run_dir`'s provenance record."""
+    record = read_provenance(run_dir)
+    if record is None:
+        return {"provenance": f"none recorded ({Path(run_dir) / PROVENANCE_FILE} is missing or unreadable)"}
+    return _flatten(record)

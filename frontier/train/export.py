@@ -2,13 +2,15 @@
 
 model/               Hugging Face directory: config.json, generation_config.json, model.safetensors
                      and the tokenizer files (loads with transformers alone, no frontier import)
-metrics.json         final metrics (frontier.train.run.final_metrics)
+metrics.json         final results (frontier.train.run.final_metrics): identical for identical inputs
+speed.json           tokens/s, FLOP/s, MFU, times: measured, so they differ run to run
 plots/train.csv      step, loss, lr, grad_norm, tokens_per_s   (dvc plots)
 plots/val.csv        step, val_loss
 tb/                  TensorBoard event files
 alerts.jsonl         every alert fired during the run (empty file when none)
 profile/             torch.profiler traces, when train.profile asked for them
 params.resolved.yaml the parameters the run used
+provenance.json      what ran it: commit, lock, library versions, hardware, host, command (at train start)
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from frontier.config import Params, dump_resolved
+from frontier.config import Params
 from frontier.model.loss import CausalLMWithLoss
+from frontier.provenance import record_stage
 from frontier.train.distributed import DistInfo, barrier
 from frontier.train.engine import gathered_params
+from frontier.train.metrics import write_metrics
 from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
 from frontier.train.state import TrainerState
-from frontier.utils.atomic import atomic_dir, write_json
+from frontier.utils.atomic import atomic_dir
 
 
 def _copy_if_exists(src: Path, dst: Path) -> None:
@@ -51,6 +55,7 @@ def export_run(
     state: TrainerState,
     metrics: dict[str, Any],
     info: DistInfo,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     """Collective (ZeRO-3 gathers the weights on every rank); rank 0 writes `out_dir`."""
     state_dict = None
@@ -62,7 +67,7 @@ def export_run(
             model_dir = tmp / "model"
             module.lm.save_pretrained(str(model_dir), state_dict=state_dict)
             copy_tokenizer(tokenizer_dir, model_dir)
-            write_json(tmp / "metrics.json", metrics)
+            write_metrics(tmp, metrics)
             write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
             write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
             _copy_if_exists(logs_dir / "tb", tmp / "tb")
@@ -72,5 +77,5 @@ def export_run(
                 shutil.copy2(alerts, tmp / "alerts.jsonl")
             else:
                 (tmp / "alerts.jsonl").touch()
-            dump_resolved(params, tmp)
+            record_stage(params, tmp, provenance=provenance)
     barrier(info)

@@ -8,6 +8,9 @@ None and only the achieved FLOP/s is reported (``train.monitor.peak_tflops`` sup
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 # substring of torch.cuda.get_device_name() -> (bf16/fp16 peak, fp32 peak) in FLOP/s, dense
@@ -33,6 +36,19 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
         if key in name:
             return single if precision == "fp32" else half
     return None
+
+
+# Measured speed: differs between two runs of the same inputs, so it lives in speed.json, apart from
+# metrics.json (results), which is byte-identical for the same inputs on the same machine.
+SPEED_KEYS = ("tokens_per_s", "flops_per_s", "mfu", "train_time_s", "wall_time_s")
+
+
+def write_metrics(directory: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json (results) and speed.json (SPEED_KEYS) into `directory`."""
+    from frontier.utils.atomic import write_json
+
+    write_json(directory / "metrics.json", {k: v for k, v in metrics.items() if k not in SPEED_KEYS})
+    write_json(directory / "speed.json", {k: v for k, v in metrics.items() if k in SPEED_KEYS})
 
 
 def mfu(flops_per_token: float, tokens_per_s: float, peak_per_device: float | None, devices: int) -> float | None:

@@ -95,6 +95,7 @@ def _check(params: Params, seq_len: int, max_seq_len: int, device: torch.device)
 
 def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
     """Train per params; returns the final metrics (also in out_dir/metrics.json)."""
+    from frontier.provenance import collect_provenance
     from frontier.train.checkpoint import CheckpointStore
     from frontier.train.data import Layout, TrainBatches, WindowSampler, val_batches
     from frontier.train.distributed import init_distributed
@@ -114,6 +115,8 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     cfg = params.train
     info = init_distributed()
     setup_logging(info.rank)
+    # what runs this training, taken now on this machine (a report rendered elsewhere shows this one)
+    provenance = collect_provenance() if info.is_main else None
     train_tokens, val_tokens = _open_tokens(tokens_dir)
 
     seed_all(params.seed)  # identical initial weights on every rank
@@ -173,7 +176,7 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     metrics = final_metrics(state, trainer.stop_reason, parts, n_params=n_params, matmul_params=matmul_parameters(lm))
     export_run(
         out_dir=out_dir, engine=engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
-        logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info,
+        logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info, provenance=provenance,
     )  # fmt: skip
     log.info("train: done (%s) at step %d; best val loss %s; model in %s", trainer.stop_reason, state.step,
              metrics["best_val_loss"], out_dir / "model")  # fmt: skip

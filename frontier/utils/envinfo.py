@@ -1,13 +1,13 @@
 """What this machine offers Frontier: library versions, the extension's ops, the GPU (`frontier env`).
 
-Collecting never builds or imports heavy optional packages: versions come from package metadata,
-and the extension is only looked for (not built just in time).
+Builds on the provenance record (frontier.provenance, itself on torch.utils.collect_env): commit, lock,
+versions, OS, CPU, CUDA driver and cuDNN, plus what only `frontier env` needs (the extension's ops, GPU
+peaks). Collecting never builds or imports heavy optional packages: versions come from package
+metadata, and the extension is only looked for (not built just in time).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import platform
 from typing import Any
 
 # Datasheet peaks of common training GPUs (dense bf16 tensor-core TFLOP/s, memory TB/s), matched by
@@ -34,13 +34,6 @@ def gpu_peaks(name: str) -> dict[str, float] | None:
         if key.lower() in name.lower():
             return {"bf16_tflops": tflops, "memory_tbps": tbps}
     return None
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _extension_info() -> dict[str, Any]:
@@ -75,20 +68,25 @@ def _gpu_info() -> list[dict[str, Any]]:
 
 
 def collect_env() -> dict[str, Any]:
-    """Versions, extension ops and GPUs, as a JSON-friendly dict."""
+    """Versions, extension ops, GPUs and the provenance record, as a JSON-friendly dict."""
     import torch
 
+    from frontier.provenance import collect_provenance
+
+    record = collect_provenance()
+    packages = record["packages"]
     return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        "python": record["python"],
+        "platform": record["os"],
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "triton": _version("triton"),
-        "deepspeed": _version("deepspeed"),
-        "transformers": _version("transformers"),
+        "triton": packages["triton"],
+        "deepspeed": packages["deepspeed"],
+        "transformers": packages["transformers"],
         "extension": _extension_info(),
         "gpus": _gpu_info(),
+        "provenance": record,
     }
 
 
@@ -107,6 +105,16 @@ def format_env(info: dict[str, Any]) -> str:
         f"transformers  {info['transformers'] or 'not installed'}",
         f"frontier._C   {ext_line}",
     ]
+    record = info.get("provenance")
+    if record:
+        git, lock, hw, cuda = record["git"], record["lock"], record["hardware"], record["cuda"]
+        dirty = " (dirty)" if git.get("dirty") else ""
+        lines += [
+            f"commit        {git.get('commit') or 'unknown'}{dirty}",
+            f"lock          {_lock_line(lock)}",
+            f"cpu           {hw['cpu']} ({hw['cpus']} cores, {hw['memory_gib']} GiB)",
+            f"cuda driver   {cuda.get('driver') or 'none'}; cuDNN {cuda.get('cudnn') or cuda.get('cudnn_version') or 'none'}",
+        ]
     if not info["gpus"]:
         lines.append("gpus          none")
     for i, gpu in enumerate(info["gpus"]):
@@ -117,6 +125,13 @@ def format_env(info: dict[str, Any]) -> str:
             f"{gpu['sms']} SMs{peak})"
         )
     return "\n".join(lines)
+
+
+def _lock_line(lock: dict[str, Any]) -> str:
+    if not lock.get("file"):
+        return "none: this environment was not installed from a lock (bash run.sh installs one)"
+    state = "matches" if lock["matches"] else f"DIFFERS ({'; '.join(lock['differences'][:3])})"
+    return f"{lock['file']} sha256 {lock['sha256'][:16]}, {state}"
 
 
 def _yes(flag: bool) -> str:

@@ -19,6 +19,7 @@ from frontier.report.build import build_report
 from frontier.report.plots import ema
 
 HOSTILE = "<script>document.title='pwned'</script>"
+TRAINER = "trainer-node-7"  # the training machine's hostname, as its provenance record names it
 
 
 def _write_run(root: Path) -> tuple[Path, Path, Path]:
@@ -30,6 +31,9 @@ def _write_run(root: Path) -> tuple[Path, Path, Path]:
     (train / "plots" / "train.csv").write_text("\n".join(rows) + "\n201,nan,0.001,1.0,1000\n")
     (train / "plots" / "val.csv").write_text("step,val_loss\n50,3.4\n100,2.5\n150,2.0\n200,1.9\n")
     (train / "metrics.json").write_text(json.dumps({"final_loss": 1.55, "steps": 200, "tokens": 819200}))
+    (train / "speed.json").write_text(json.dumps({"tokens_per_s": 4321.5}))
+    provenance = {"hostname": TRAINER, "git": {"commit": "c0ffee", "dirty": False}, "packages": {"torch": "9.9.9"}}
+    (train / "provenance.json").write_text(json.dumps(provenance))
     ev.mkdir()
     metrics = {
         "val_loss": 1.9,
@@ -77,7 +81,20 @@ def test_report_holds_metrics_samples_config_and_system(report):
     assert "stdlib" in text and "fine-tuned (LoRA)" in text and "-0.5000" in text
     assert "def fib(n):" in text
     assert "evaluate:" in text and "passk:" in text  # the resolved configuration
-    assert "torch" in text and "python" in text  # system info
+    assert "4321.5" in text  # speed.json beside the training metrics
+    # the training machine's environment (its provenance record), not the machine rendering the report
+    assert "Training machine and environment" in text
+    assert TRAINER in text and "git.commit" in text and "c0ffee" in text and "9.9.9" in text
+    import torch
+
+    assert torch.__version__ not in text  # the renderer's own torch would show up if it reported itself
+
+
+def test_report_of_a_run_without_provenance_says_so(tmp_path):
+    train, ev, _ = _write_run(tmp_path)
+    (train / "provenance.json").unlink()
+    path = build_report(load_params(None), train, ev, tmp_path / "out")
+    assert "none recorded" in path.read_text()
 
 
 def test_untrusted_text_is_escaped(report):

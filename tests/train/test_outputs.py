@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.engine import weights_only_loads
+from frontier.train.metrics import SPEED_KEYS
 from frontier.train.run import train
 from tests.train.helpers import params, read_rows
 
@@ -37,7 +39,10 @@ def test_out_dir_layout_and_metrics(run):
                 "model/tokenizer.json", "metrics.json", "plots/train.csv", "plots/val.csv", "alerts.jsonl",
                 "params.resolved.yaml", "profile/trace_rank00000.json"):  # fmt: skip
         assert (out / rel).is_file(), rel
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    results, speed = (json.loads((out / name).read_text()) for name in ("metrics.json", "speed.json"))
+    assert {**results, **speed} == metrics and set(speed) == set(SPEED_KEYS) and not set(results) & set(speed)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["packages"]["torch"] == torch.__version__ and provenance["hardware"]["cpus"] == os.cpu_count()
     assert metrics["steps"] == 8 and metrics["tokens"] == 8 * 4 * 16
     assert metrics["mfu"] is None and metrics["flops_per_s"] > 0  # no peak for a CPU: achieved FLOP/s only
     assert metrics["params"] == sum(p.numel() for p in torch.nn.Module.parameters(_model(out)))

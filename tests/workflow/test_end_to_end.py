@@ -78,15 +78,45 @@ def _planned_jobs(root: Path) -> set[str]:
     return jobs
 
 
+# Every stage's output directory, each holding params.resolved.yaml and provenance.json.
+STAGE_OUTPUTS = (
+    "data/prepared", "data/tokenizer", "data/tokens", "runs/train", "runs/eval", "data/sft",
+    "runs/finetune", "runs/merged", "runs/eval_finetuned", "reports",
+)  # fmt: skip
+# What must be byte-identical when the same inputs run again in a fresh directory (CPU).
+SAME_BITS = (
+    "data/prepared/train.jsonl", "data/tokenizer/tokenizer.json", "data/tokens/train/meta.json",
+    "runs/train/model/model.safetensors", "runs/train/metrics.json", "runs/eval/metrics.json",
+    "runs/finetune/adapter/adapter_model.safetensors", "runs/finetune/metrics.json", "runs/eval_finetuned/metrics.json",
+)  # fmt: skip
+
+
 def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
-    root = _project(tmp_path, TINY)
+    (tmp_path / "a").mkdir()
+    root = _project(tmp_path / "a", TINY)
     _snakemake(root)
     for out in ("data/prepared", "data/tokenizer", "data/tokens", "runs/train/model", "runs/eval", "reports"):
         assert (root / out).exists(), out
     metrics = json.loads((root / "runs/eval/metrics.json").read_text())
     assert metrics["bits_per_byte"] > 0 and metrics["unigram_bits_per_byte"] > 0
-    for stage_dir in ("data/prepared", "runs/train", "runs/eval"):
-        assert (root / stage_dir / "params.resolved.yaml").is_file(), stage_dir
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    for stage_dir in STAGE_OUTPUTS:
+        record = json.loads((root / stage_dir / "provenance.json").read_text())
+        assert record["git"]["commit"] == head and record["lock"]["matches"], stage_dir
+        assert record["command"].startswith("frontier ") and record["packages"]["torch"], stage_dir
+        if stage_dir != "runs/merged":  # merge reads no parameters
+            assert (root / stage_dir / "params.resolved.yaml").is_file(), stage_dir
+    # The report shows the training machine's record (the train stage's), not the renderer's.
+    train_record = json.loads((root / "runs/train/provenance.json").read_text())
+    report = (root / "reports/report.html").read_text()
+    assert "Training machine and environment" in report and train_record["created_utc"] in report
+
+    # Same inputs, same bits: the whole pipeline again in a fresh directory.
+    (tmp_path / "b").mkdir()
+    twin = _project(tmp_path / "b", TINY)
+    _snakemake(twin)
+    for rel in SAME_BITS:
+        assert (root / rel).read_bytes() == (twin / rel).read_bytes(), f"{rel} differs between two identical runs"
 
     # Nothing to do on a second run.
     assert _planned_jobs(root) == set()

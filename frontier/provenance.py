@@ -1,0 +1,177 @@
+"""What produced an output: code, lock, libraries, hardware, host and command, recorded beside it.
+
+Every stage calls ``record_stage(params, out_tmp, sections)`` inside its atomic output directory, which
+writes ``params.resolved.yaml`` and ``provenance.json``. The record is collected when the stage runs, on
+the machine that runs it (train collects it when training starts), so a report rendered elsewhere shows
+the training machine. Environment facts build on ``torch.utils.collect_env`` (the same probe PyTorch's
+bug reports use): OS, libc, compilers, CUDA runtime, driver, cuDNN, GPU models, CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import importlib.metadata
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from frontier.config import Params, dump_resolved
+from frontier.utils.atomic import write_json
+
+PROVENANCE_FILE = "provenance.json"
+PACKAGES = ("torch", "transformers", "deepspeed", "triton", "peft", "tokenizers", "safetensors", "numpy")
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out
+
+
+def git_state(repo: Path = _REPO) -> dict[str, Any]:
+    """Commit of the checkout Frontier runs from and whether its tracked or unignored files differ."""
+    commit = (_git(repo, "rev-parse", "HEAD") or "").strip()
+    if not commit:
+        return {"commit": None, "dirty": None, "note": f"{repo} is not a git checkout"}
+    status = _git(repo, "status", "--porcelain", "--untracked-files=all")
+    changed = [line[3:] for line in (status or "").splitlines() if line.strip()]  # "XY path"
+    return {"commit": commit, "dirty": bool(changed), "changed": changed[:50]}
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_env() -> dict[str, Any]:
+    """torch.utils.collect_env's probe, once per process (it runs a few subprocesses, ~1 s)."""
+    from torch.utils import collect_env
+
+    env = collect_env.get_env_info()._asdict()
+    keep = (
+        "os", "libc_version", "gcc_version", "cuda_compiled_version", "cuda_runtime_version",
+        "nvidia_driver_version", "nvidia_gpu_models", "cudnn_version", "is_cuda_available",
+    )  # fmt: skip
+    facts = {key: env.get(key) for key in keep}
+    facts["cpu_model"] = _cpu_model(env.get("cpu_info") or "")
+    return facts
+
+
+def _cpu_model(lscpu: str) -> str:
+    for line in lscpu.splitlines():
+        if line.strip().startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except (ImportError, OSError):
+        return None
+
+
+def _cuda() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"torch_cuda": torch.version.cuda, "gpus": []}
+    if not torch.cuda.is_available():
+        return info
+    info["cudnn"] = torch.backends.cudnn.version()
+    try:
+        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+    except (AttributeError, RuntimeError):
+        info["nccl"] = None
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        info["gpus"].append(
+            {
+                "name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+            }
+        )
+    return info
+
+
+def _command(argv: list[str]) -> str:
+    """The command line, its program named as typed (``frontier``), not by its install path."""
+    if not argv:
+        return ""
+    program = Path(argv[0]).name
+    program = "python -m frontier" if program == "__main__.py" else program
+    return shlex.join([program, *argv[1:]])
+
+
+def collect_provenance(argv: list[str] | None = None) -> dict[str, Any]:
+    """The record written beside a stage's outputs (JSON-friendly)."""
+    from frontier.utils.lock import lock_status
+
+    torch_env = _torch_env()
+    return {
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": _command(sys.argv if argv is None else argv),
+        "hostname": socket.gethostname(),
+        "git": git_state(),
+        "lock": lock_status(),
+        "python": platform.python_version(),
+        "frontier": _version("frontier"),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "cuda": {
+            **_cuda(),
+            "runtime": torch_env["cuda_runtime_version"],
+            "driver": torch_env["nvidia_driver_version"],
+            "cudnn_version": torch_env["cudnn_version"],
+        },
+        "hardware": {
+            "cpu": torch_env["cpu_model"],
+            "cpus": os.cpu_count(),
+            "memory_gib": _memory_gib(),
+            "gpu_models": torch_env["nvidia_gpu_models"],
+        },
+        "os": torch_env["os"],
+        "libc": torch_env["libc_version"],
+        "gcc": torch_env["gcc_version"],
+    }
+
+
+def write_provenance(directory: str | Path, record: dict[str, Any] | None = None) -> Path:
+    """Write ``provenance.json`` (``record``, or one collected now) into `directory`."""
+    path = Path(directory) / PROVENANCE_FILE
+    write_json(path, record if record is not None else collect_provenance())
+    return path
+
+
+def record_stage(
+    params: Params, directory: str | Path, sections: list[str] | None = None, provenance: dict[str, Any] | None = None
+) -> None:
+    """Beside a stage's outputs: the resolved parameters it read and what produced it."""
+    dump_resolved(params, directory, sections)
+    write_provenance(directory, provenance)
+
+
+def read_provenance(directory: str | Path) -> dict[str, Any] | None:
+    """A stage output's provenance record, or None when it has none (an older output)."""
+    import json
+
+    path = Path(directory) / PROVENANCE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
