@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import re
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,14 @@ def read_lock(path: str | Path) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    """{normalized name: version} of every distribution importable from this interpreter."""
+    """{normalized name: version} of every distribution installed in this environment's site-packages.
+
+    Only site-packages: setuptools puts its vendored copies (with their own dist-info) on sys.path
+    once imported, and those are not installed packages.
+    """
     found: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
+    paths = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    for dist in importlib.metadata.distributions(path=paths):
         name = dist.metadata["Name"]
         if name:
             found.setdefault(normalize(name), dist.version)
