@@ -134,6 +134,17 @@ def cmd_dvc_yaml(ns: argparse.Namespace) -> Any:
     return None
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _add_params(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="the parameter file (default: params.yaml)")
     p.add_argument(
@@ -142,7 +153,7 @@ def _add_params(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one parameter, e.g. --set train.lr=3e-4 (repeatable)",
+        help="override one parameter, e.g. --set optimizer.lr=3e-4 (repeatable)",
     )
 
 
@@ -176,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         out="output tokens directory",
     )
     sub.choices["tokenize"].add_argument(
-        "--workers", type=int, default=0, help="worker processes (default: tokenize.workers, else all cores)"
+        "--workers", type=_count, default=0, help="worker processes (default: tokenize.workers, else all cores)"
     )
     stage(
         "train",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -134,6 +135,8 @@ def _convert(tp: Any, value: Any, key: str, meta: dict[str, Any] | None = None) 
                 value = int(value)
             else:
                 raise _bad(key, value, tp)
+        if not -(2**63) <= value < 2**63:
+            raise _Invalid(key, f"got {_fmt(value)}, expected an integer that fits in 64 bits")
         _check_bounds(key, value, meta)
         return value
     if tp is float:
@@ -145,8 +148,8 @@ def _convert(tp: Any, value: Any, key: str, meta: dict[str, Any] | None = None) 
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _bad(key, value, tp)
         value = float(value)
-        if value != value:  # NaN passes every comparison below; reject it by name
-            raise _Invalid(key, "got nan, expected a finite number")
+        if not math.isfinite(value):  # NaN passes every comparison below, inf would poison training
+            raise _Invalid(key, f"got {value}, expected a finite number")
         _check_bounds(key, value, meta)
         return value
     if tp is str:
@@ -221,16 +224,114 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return obj
 
 
+MAX_PARAMS_BYTES = 1 << 20  # a parameter file is a page of settings; 1 MiB is far past any real one
+MAX_ALIASES = 100  # YAML aliases (*name) per document: enough for shared blocks, too few for a bomb
+MAX_NODES = 100_000  # scalars + collections after alias expansion
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values `node` stands for once every alias is expanded (a DAG walk: linear in the nodes)."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = 0  # a recursive alias counts once
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            size = 1
+        memo[key] = min(size, MAX_NODES + 1)  # saturate: 9**9 needs no exact count
+    return memo[key]
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys and bounds aliases and size (no billion-laughs)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def load(self) -> Any:
+        """The document's data, refused before construction when aliases would expand it too far."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            mark = node.start_mark
+            raise _Invalid(f"line {mark.line + 1}", f"more than {MAX_NODES} values once aliases are expanded")
+        return self.construct_document(node)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise _Invalid(f"line {mark.line + 1}", f"more than {MAX_ALIASES} YAML aliases; write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges a mapping in; explicit keys beside it override by design
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _Invalid(
+                    f"line {line}", f"duplicate key {key!r} (first at line {seen[key]}); merge them into one"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _strict_load(text: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        return loader.load()
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: Path) -> Any:
+    """Parse a parameter file strictly; every failure is one ConfigError naming the file."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the parameter file ({exc.strerror})") from None
+    if size > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: {size} bytes; a parameter file may hold at most {MAX_PARAMS_BYTES}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        return _strict_load(text)
+    except _Invalid as exc:
+        raise ConfigError(f"{path}: {exc.key}: {exc.message}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a parameter file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the parameter file ({exc.strerror})") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``key.path=value`` into the key and its YAML-parsed value."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set train.lr=3e-4")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set optimizer.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc.__class__.__name__})") from None
+        value = _strict_load(raw) if raw.strip() else ""
+    except _Invalid as exc:
+        raise ConfigError(f"--set {key}: {exc.message}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(
+            f"--set {key}: value {raw[:80]!r} is not a valid YAML value ({exc.__class__.__name__})"
+        ) from None
     return key, value
 
 
@@ -267,15 +368,7 @@ def load_params(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         source = str(path)
         if not path.is_file():
             raise ConfigError(f"{path}: parameter file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or exc.__class__.__name__
-            raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text") from None
+        loaded = _read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -362,7 +455,7 @@ def dump_resolved(params: Params, directory: str | Path, sections: list[str] | N
 class Params:
     """Everything params.yaml may hold: a seed and one section per stage family."""
 
-    seed: int = dataclasses.field(default=1337, metadata=bounds(ge=0))
+    seed: int = dataclasses.field(default=1337, metadata=bounds(ge=0, le=2**32 - 1))  # numpy seeds are 32-bit
     prepare: PrepareConfig = dataclasses.field(default_factory=PrepareConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     tokenize: TokenizeConfig = dataclasses.field(default_factory=TokenizeConfig)
@@ -374,6 +467,14 @@ class Params:
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
+
+    def validate(self) -> None:
+        """Rules that span sections."""
+        if self.schedule.warmup_steps > self.train.max_steps:
+            raise ValueError(
+                f"schedule.warmup_steps: {self.schedule.warmup_steps} is more than train.max_steps="
+                f"{self.train.max_steps}; the learning rate would never reach optimizer.lr"
+            )
 
 
 __all__ = [

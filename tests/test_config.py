@@ -111,7 +111,15 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 def test_overrides(tmp_path: Path) -> None:
     path = _write(tmp_path, {"train": {"max_steps": 5}})
-    params = load_params(path, ["train.max_steps=7", "optimizer.lr=3e-4", "prepare.sources=[{name: a, kind: stdlib}]"])
+    params = load_params(
+        path,
+        [
+            "train.max_steps=7",
+            "schedule.warmup_steps=3",
+            "optimizer.lr=3e-4",
+            "prepare.sources=[{name: a, kind: stdlib}]",
+        ],
+    )
     assert params.train.max_steps == 7
     assert params.optimizer.lr == pytest.approx(3e-4)
     assert params.prepare.sources[0].name == "a"
@@ -124,7 +132,7 @@ def test_overrides(tmp_path: Path) -> None:
 
 
 def test_dump_resolved_round_trips(tmp_path: Path) -> None:
-    params = load_params(None, ["train.max_steps=11"])
+    params = load_params(None, ["train.max_steps=11", "schedule.warmup_steps=0"])
     path = dump_resolved(params, tmp_path / "out")
     again = load_params(path)
     assert to_dict(again) == to_dict(params)

@@ -36,7 +36,10 @@ class PassKConfig:
     timeout_s: float = field(default=10.0, metadata=bounds(gt=0))  # wall clock per completion
     cpu_s: int = field(default=10, metadata=bounds(ge=1))  # RLIMIT_CPU per completion
     memory_mb: int = field(default=1024, metadata=bounds(ge=64))  # RLIMIT_AS per completion
-    max_processes: int = field(default=32, metadata=bounds(ge=1))  # RLIMIT_NPROC where it applies
+    max_processes: int = field(default=32, metadata=bounds(ge=1, le=4096))  # RLIMIT_NPROC of the sandbox uid
+    disk_mb: int = field(default=64, metadata=bounds(ge=1, le=65536))  # the sandbox's writable /work
+    # Without bubblewrap, model-generated code is refused; true runs it anyway with resource limits only.
+    unsafe_run_without_sandbox: bool = False
     workers: int = field(default=2, metadata=bounds(ge=1))  # completions executed at once
     max_problems: int | None = field(default=None, metadata=bounds(ge=1))  # None: all of the file
 
@@ -52,8 +55,8 @@ class PassKConfig:
 class EvaluateConfig:
     batch_size: int = field(default=16, metadata=bounds(ge=1))
     seq_len: int | None = field(default=None, metadata=bounds(ge=1))  # None: the model's context
-    max_tokens: int | None = field(default=None, metadata=bounds(ge=1))  # None: the whole val split
-    per_source_max_tokens: int = field(default=262_144, metadata=bounds(ge=1))  # whole docs, per source
+    max_tokens: int | None = field(default=131_072, metadata=bounds(ge=1))  # None: the whole val split
+    per_source_max_tokens: int = field(default=65_536, metadata=bounds(ge=1))  # whole docs, per source
     prompts: list[str] = field(
         default_factory=lambda: ["def fibonacci(n):\n", "import os\n\n\ndef ", "class Stack:\n    def "]
     )

@@ -13,12 +13,12 @@ class ModelConfig:
     arch: Literal["llama", "gpt2"] = "llama"
     preset: str | None = None  # a named size (see frontier.model.presets); overrides the sizes below
     init_from: str | None = None  # a local Hugging Face model directory to continue from
-    hidden_size: int = field(default=256, metadata=bounds(ge=8))
-    num_layers: int = field(default=4, metadata=bounds(ge=1))
-    num_heads: int = field(default=4, metadata=bounds(ge=1))
-    num_kv_heads: int | None = field(default=None, metadata=bounds(ge=1))  # None: = num_heads
-    intermediate_size: int | None = field(default=None, metadata=bounds(ge=1))  # None: from hidden_size
-    max_seq_len: int = field(default=256, metadata=bounds(ge=1))
+    hidden_size: int = field(default=192, metadata=bounds(ge=8, le=65536))
+    num_layers: int = field(default=4, metadata=bounds(ge=1, le=1024))
+    num_heads: int = field(default=4, metadata=bounds(ge=1, le=1024))
+    num_kv_heads: int | None = field(default=None, metadata=bounds(ge=1, le=1024))  # None: = num_heads
+    intermediate_size: int | None = field(default=None, metadata=bounds(ge=1, le=1048576))  # None: from hidden_size
+    max_seq_len: int = field(default=128, metadata=bounds(ge=1, le=1048576))
     rope_theta: float = field(default=10000.0, metadata=bounds(gt=0))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     tie_embeddings: bool = True

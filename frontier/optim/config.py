@@ -13,7 +13,7 @@ class OptimizerConfig:
     # frontier: FusedAdamW on the C++/CUDA extension; torch: torch.optim.AdamW (fused where it can);
     # deepspeed: DeepSpeed's CPU / fused Adam; auto: frontier when the extension loads, else torch.
     impl: Literal["auto", "frontier", "torch", "deepspeed"] = "auto"
-    lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    lr: float = field(default=3e-3, metadata=bounds(gt=0, le=10))
     beta1: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     beta2: float = field(default=0.95, metadata=bounds(ge=0, lt=1))
     eps: float = field(default=1e-8, metadata=bounds(gt=0))

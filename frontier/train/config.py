@@ -17,7 +17,7 @@ class ScheduleConfig:
     """
 
     kind: Literal["constant", "linear", "cosine", "wsd", "polynomial"] = "cosine"
-    warmup_steps: int = field(default=50, metadata=bounds(ge=0))
+    warmup_steps: int = field(default=30, metadata=bounds(ge=0))
     min_lr_ratio: float = field(default=0.1, metadata=bounds(ge=0, le=1))
     decay_fraction: float = field(default=0.2, metadata=bounds(gt=0, le=1))  # wsd: final fraction that decays
     power: float = field(default=1.0, metadata=bounds(gt=0))  # polynomial
@@ -84,7 +84,7 @@ class ProfileConfig:
 class TrainConfig:
     micro_batch_size: int = field(default=16, metadata=bounds(ge=1))
     grad_accum_steps: int = field(default=1, metadata=bounds(ge=1))
-    max_steps: int = field(default=600, metadata=bounds(ge=1))
+    max_steps: int = field(default=700, metadata=bounds(ge=1))
     max_minutes: float = field(default=0.0, metadata=bounds(ge=0))  # 0: no wall-clock limit
     seq_len: int | None = field(default=None, metadata=bounds(ge=1))  # None: model.max_seq_len
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -94,9 +94,9 @@ class TrainConfig:
     grad_clip: float = field(default=1.0, metadata=bounds(ge=0))
     deepspeed_config: str | None = None  # a user DeepSpeed JSON that may override generated values
     document_aware: bool = False  # windows start at document starts and never cross one (padded)
-    log_every: int = field(default=10, metadata=bounds(ge=1))
-    eval_every: int = field(default=100, metadata=bounds(ge=0))  # 0: off
-    eval_batches: int = field(default=8, metadata=bounds(ge=1))  # global batches of fixed val windows
+    log_every: int = field(default=50, metadata=bounds(ge=1))
+    eval_every: int = field(default=175, metadata=bounds(ge=0))  # 0: off
+    eval_batches: int = field(default=4, metadata=bounds(ge=1))  # global batches of fixed val windows
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: str = "auto"  # auto | none | a checkpoint directory
     nan_guard: NanGuardConfig = field(default_factory=NanGuardConfig)

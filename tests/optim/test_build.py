@@ -66,7 +66,7 @@ def test_deepspeed_impl_is_deepspeed_cpu_adam_and_steps_like_adamw() -> None:
     torch.manual_seed(0)
     ours, ref = torch.nn.Parameter(torch.randn(257)), torch.nn.Parameter(torch.randn(257))
     ref.data.copy_(ours.data)
-    opt = build_optimizer([ours], OptimizerConfig(impl="deepspeed", weight_decay=0.1))
+    opt = build_optimizer([ours], OptimizerConfig(impl="deepspeed", lr=1e-3, weight_decay=0.1))
     assert isinstance(opt, DeepSpeedCPUAdam)
     torch_opt = torch.optim.AdamW([ref], lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     for _ in range(5):
