@@ -127,10 +127,8 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
     weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
     store = CheckpointStore(checkpoints_dir, info, run_params=run_params(params, weights, sections=("finetune",)))
-    state = TrainerState(seed=params.seed, world_size=info.world_size)
-    start = store.resolve(cfg.resume)
+    state, start = store.begin(cfg.resume, engine, TrainerState(seed=params.seed, world_size=info.world_size))
     if start is not None:
-        state = store.load(engine, start)
         log.info("finetune: resumed from %s at step %d", start, state.step)
     schedule_cfg = dataclasses.replace(params.schedule, warmup_steps=ft.warmup_steps)
     parts = LoopParts(

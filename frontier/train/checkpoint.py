@@ -12,26 +12,38 @@ filesystem, as DeepSpeed's own checkpoints assume)::
     .step_00000100.deleting/ a pruned checkpoint being deleted (ignored)
     logs/                    live logs of the run (frontier.train.monitor)
     archived/<time>/         an earlier run's checkpoints and logs, moved aside by train.resume=none
+    .lock                    held (flock) by the run using this directory; names its host and pid
 
 A save writes into the temporary directory, fsyncs it, then renames it into place, so a crash
 leaves either the previous checkpoints or the new complete one. Loading verifies the manifest
 first and reads DeepSpeed's files weights-only (frontier.train.engine).
+
+Trust rules: a save happens only when every rank's weights and optimizer state are finite (a NaN
+streak is never persisted); each manifest names the run (``run_id``) that wrote it; pruning deletes
+only this run's checkpoints and only while a newer one of this run verifies; a checkpoint that
+lacks its trainer state or run params (a stray or foreign directory) is never resumed, pruned or
+rolled back onto.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import pickle
 import re
 import shutil
+import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from frontier.errors import CheckpointError
 from frontier.train import manifest
-from frontier.train.distributed import DistInfo, barrier, broadcast_object
-from frontier.train.engine import weights_only_loads
+from frontier.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
+from frontier.train.engine import local_state_finite, weights_only_loads
 from frontier.train.state import TrainerState, read_rng, restore_rng, write_rng
 from frontier.utils.atomic import atomic_file, fsync_dir, fsync_tree
 
@@ -40,6 +52,7 @@ log = logging.getLogger("frontier.train")
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 DS_DIR, DS_TAG = "ds", "state"
 STATE_FILE = "trainer_state.json"
+_HELD: dict[str, int] = {}  # lock file -> fd: the checkpoint directories this process holds
 
 
 def step_dir_name(step: int) -> str:
@@ -60,6 +73,8 @@ class CheckpointStore:
         # The params that define the run's result: resume=auto continues only a checkpoint made with
         # the same ones, so a changed params.yaml retrains instead of returning the old run's model.
         self.run_params = run_params
+        self._trusted: set[Path] = set()  # checkpoints this process wrote or verified
+        self._lock_fd: int | None = None
 
     def checkpoints(self) -> list[Path]:
         """Complete-looking checkpoint directories, oldest first (not yet verified)."""
@@ -68,13 +83,66 @@ class CheckpointStore:
         found = [(int(m.group(1)), p) for p in self.root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
         return [p for _, p in sorted(found)]
 
+    def _meta(self, path: Path) -> dict[str, Any] | None:
+        """The manifest of a checkpoint of *a run of ours* (trainer state and run params listed), else None."""
+        try:
+            meta = manifest.read_manifest(path)
+        except ValueError:
+            return None
+        complete = STATE_FILE in meta["files"] and any(f.startswith(f"{DS_DIR}/") for f in meta["files"])
+        return meta if complete and isinstance(meta.get("run_params"), dict) else None
+
+    def _valid(self, path: Path) -> bool:
+        if path in self._trusted:
+            return True
+        problem = manifest.verify(path)
+        if problem is None:
+            self._trusted.add(path)
+        return problem is None
+
+    def of_run(self, run_id: str) -> list[Path]:
+        """This run's checkpoints (by the run id in their manifest), oldest first; not yet verified."""
+        return [p for p in self.checkpoints() if (m := self._meta(p)) is not None and m.get("run_id") == run_id]
+
+    def lock(self) -> None:
+        """Hold ``root/.lock`` for this process's lifetime; another run on this directory stops with one line."""
+        if not self.info.is_main or self._lock_fd is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        key = str(path.resolve())
+        if key in _HELD:  # an earlier stage of this same process (stages run one after another)
+            with contextlib.suppress(OSError):
+                os.close(_HELD.pop(key))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise CheckpointError(
+                f"{self.root} is in use by {holder} (lock {path}); wait for that run to end or give this one "
+                "another checkpoints directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0
+        )
+        self._lock_fd = _HELD[key] = fd  # released by the kernel when the process ends, however it ends
+
     # -- saving -------------------------------------------------------------------------------
 
-    def save(self, engine: Any, state: TrainerState, *, val_loss: float | None) -> Path:
+    def save(self, engine: Any, state: TrainerState, *, val_loss: float | None) -> Path | None:
         """Collective: every rank calls it. `val_loss` is the val loss measured at this very step, if any.
 
+        Returns None, writing nothing, when any rank's weights or optimizer state are not finite.
         (Not utils.atomic_dir: every rank writes into the same, predictable temporary directory.)
         """
+        (bad_ranks,) = all_reduce_sum([0.0 if local_state_finite(engine) else 1.0], self.info)
+        if bad_ranks:
+            log.warning("step %d: weights or optimizer state are not finite on %d rank(s); checkpoint not saved",
+                        state.step, int(bad_ranks))  # fmt: skip
+            return None
         final = self.root / step_dir_name(state.step)
         tmp = self.root / f".{final.name}.tmp"
         if self.info.is_main:
@@ -88,7 +156,8 @@ class CheckpointStore:
         if self.info.is_main:
             with atomic_file(tmp / STATE_FILE) as f:
                 f.write(state.to_json())
-            meta = {"step": state.step, "val_loss": val_loss, "world_size": self.info.world_size}
+            meta = {"step": state.step, "val_loss": val_loss, "world_size": self.info.world_size,
+                    "run_id": state.run_id, "finite": True}  # fmt: skip
             if self.run_params is not None:
                 meta["run_params"] = self.run_params
             manifest.write_manifest(tmp, meta)
@@ -102,56 +171,73 @@ class CheckpointStore:
             else:
                 tmp.rename(final)
             fsync_dir(self.root)
+            self._trusted.add(final)
         barrier(self.info)
         return final
 
-    def prune(self, keep_last: int, keep_best: bool) -> list[Path]:
-        """Delete all but the newest `keep_last` checkpoints (and the best-val one); rank 0 only."""
+    def prune(self, keep_last: int, keep_best: bool, run_id: str) -> list[Path]:
+        """Delete this run's checkpoints but its newest `keep_last` valid ones (and its best); rank 0 only.
+
+        Nothing is deleted while none of this run's checkpoints verifies, and no other run's (or
+        stray) directory is ever touched, whatever its step number.
+        """
         if not self.info.is_main:
             return []
         for leftover in self.root.glob(".step_*.deleting"):  # from a run killed while pruning
             shutil.rmtree(leftover, ignore_errors=True)
-        ckpts = self.checkpoints()
-        keep = set(ckpts[-keep_last:])
-        if keep_best and (best := self.best()) is not None:
-            keep.add(best)
-        removed = [p for p in ckpts if p not in keep]
+        ours = self.of_run(run_id)
+        keep: list[Path] = []
+        for path in reversed(ours):
+            if len(keep) == keep_last:
+                break
+            if self._valid(path):
+                keep.append(path)
+        if not keep:
+            return []
+        if keep_best and (best := self.best(run_id)) is not None:
+            keep.append(best)
+        removed = [p for p in ours if p not in keep]
         for path in removed:  # renamed first: a crash mid-delete leaves no half checkpoint under a step name
             doomed = path.with_name(f".{path.name}.deleting")
             path.rename(doomed)
             shutil.rmtree(doomed, ignore_errors=True)
+            self._trusted.discard(path)
         return removed
 
-    def best(self) -> Path | None:
-        """The checkpoint with the lowest val loss measured at its own step."""
+    def best(self, run_id: str) -> Path | None:
+        """This run's valid checkpoint with the lowest val loss measured at its own step."""
         scored = []
-        for path in self.checkpoints():
-            try:
-                val = manifest.read_manifest(path).get("val_loss")
-            except ValueError:
-                continue
-            if isinstance(val, (int, float)):
+        for path in self.of_run(run_id):
+            val = (self._meta(path) or {}).get("val_loss")
+            if isinstance(val, (int, float)) and val == val and self._valid(path):
                 scored.append((val, path))
         return min(scored, key=lambda t: t[0])[1] if scored else None
 
     # -- finding and loading -----------------------------------------------------------------
 
-    def newest_valid(self) -> Path | None:
-        """Newest checkpoint whose manifest verifies (rank 0 checks, every rank gets the answer);
-        each one skipped is reported with a warning."""
+    def newest_valid(self, run_id: str | None = None) -> Path | None:
+        """Newest complete checkpoint that verifies (of run `run_id` when given; rank 0 checks, every
+        rank gets the answer); each one skipped is reported with a warning."""
         chosen: Path | None = None
         if self.info.is_main:
             for path in reversed(self.checkpoints()):
-                problem = manifest.verify(path)
-                if problem is None:
+                meta = self._meta(path)
+                if meta is None:
+                    log.warning("checkpoint %s skipped: not a complete Frontier checkpoint (no trainer state or run "
+                                "params in its manifest)", path)  # fmt: skip
+                    continue
+                if run_id is not None and meta.get("run_id") != run_id:
+                    continue
+                if self._valid(path):
                     chosen = path
                     break
-                log.warning("checkpoint %s skipped: %s; trying an older one", path, problem)
+                log.warning("checkpoint %s skipped: %s; trying an older one", path, manifest.verify(path))
         found = broadcast_object(str(chosen) if chosen else None, self.info)
         return Path(found) if found else None  # type: ignore[arg-type]
 
     def resolve(self, resume: str) -> Path | None:
-        """The checkpoint to start from for train.resume = auto | none | a directory."""
+        """The checkpoint to start from for train.resume = auto | none | a directory (locks the directory)."""
+        self.lock()
         if resume == "none":
             self._archive_previous_run()
             return None
@@ -174,6 +260,14 @@ class CheckpointStore:
         if problem is not None:
             raise CheckpointError(f"train.resume: {path}: {problem}")
         return path
+
+    def begin(self, resume: str, engine: Any, fresh: TrainerState) -> tuple[TrainerState, Path | None]:
+        """Lock the directory, resolve train.resume and load it; a run started afresh gets a new run id."""
+        start = self.resolve(resume)
+        state = self.load(engine, start) if start is not None else fresh
+        if not state.run_id:  # a fresh run, or a checkpoint from before run ids
+            state.run_id = str(broadcast_object(uuid.uuid4().hex if self.info.is_main else None, self.info))
+        return state, start
 
     def _changed_params(self, path: Path) -> list[str]:
         """Dotted keys whose value differs between `path`'s run and this one (at most 5)."""

@@ -102,3 +102,26 @@ def gathered_params(engine: Any) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def local_state_finite(engine: Any) -> bool:
+    """True when this rank's weights and optimizer state hold no NaN/inf (under ZeRO: its partitions).
+
+    Walks the model's parameters (ZeRO-3: the local ``ds_tensor`` shard), the ``state`` of every
+    optimizer in DeepSpeed's wrapper chain, and ZeRO's fp32 master partitions.
+    """
+    tensors: list[torch.Tensor] = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
+    opt, seen = getattr(engine, "optimizer", None), set()
+    while opt is not None and id(opt) not in seen:
+        seen.add(id(opt))
+        state = getattr(opt, "state", None)
+        if isinstance(state, dict):
+            for entry in state.values():
+                if isinstance(entry, dict):
+                    tensors += [v for v in entry.values() if torch.is_tensor(v)]
+        for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            groups = getattr(opt, name, None)
+            if isinstance(groups, (list, tuple)):
+                tensors += [t for t in groups if torch.is_tensor(t)]
+        opt = getattr(opt, "optimizer", None)
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point() and t.numel())

@@ -19,10 +19,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from frontier.config import Params
+from frontier.errors import TrainingError
 from frontier.model.loss import CausalLMWithLoss
-from frontier.provenance import record_stage
-from frontier.train.distributed import DistInfo, barrier
+from frontier.provenance import PROVENANCE_FILE, record_stage
+from frontier.train.distributed import DistInfo, barrier, broadcast_object
 from frontier.train.engine import gathered_params
 from frontier.train.metrics import write_metrics
 from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
@@ -40,7 +43,10 @@ def _copy_if_exists(src: Path, dst: Path) -> None:
 def copy_tokenizer(tokenizer_dir: Path, model_dir: Path) -> None:
     """Every file of the tokenizer directory, so AutoTokenizer loads from the model directory."""
     for path in sorted(Path(tokenizer_dir).iterdir()):
-        if path.is_file() and path.name != "params.resolved.yaml":
+        if path.is_file() and path.name not in (
+            "params.resolved.yaml",
+            PROVENANCE_FILE,
+        ):  # the stage's, not the model's
             shutil.copy2(path, model_dir / path.name)
 
 
@@ -62,6 +68,14 @@ def export_run(
     with gathered_params(engine):
         if info.is_main:
             state_dict = {k: v.detach().to("cpu", copy=True) for k, v in module.lm.state_dict().items()}
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())] if (
+        info.is_main) else []  # fmt: skip
+    bad = broadcast_object(bad, info)
+    if bad:
+        raise TrainingError(
+            f"train: the final weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); nothing exported to {out_dir}. "
+            "Lower optimizer.lr or set train.grad_clip; the last finite checkpoint is kept for inspection"
+        )
     if info.is_main:
         with atomic_dir(out_dir) as tmp:
             model_dir = tmp / "model"

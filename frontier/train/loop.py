@@ -173,8 +173,10 @@ class Trainer:
         st.world_size = self.p.info.world_size
         st.global_batch = self.p.batches.layout.global_batch
         path = self.p.store.save(self.p.engine, st, val_loss=val_loss)
+        if path is None:  # non-finite state: nothing written, nothing pruned
+            return
         self._saved_step = st.step
-        removed = self.p.store.prune(self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best)
+        removed = self.p.store.prune(self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best, st.run_id)
         log.info("checkpoint %s saved%s", path, f" ({len(removed)} old removed)" if removed else "")
 
     def rollback(self) -> None:
@@ -186,7 +188,7 @@ class Trainer:
                 f"giving up (train.nan_guard.max_rollbacks={nan_cfg.max_rollbacks}). Lower optimizer.lr, use "
                 "train.grad_clip, or check the data; the last good checkpoint is kept"
             )
-        path = self.p.store.newest_valid()
+        path = self.p.store.newest_valid(run_id=st.run_id)  # saved only from finite state
         if path is None:
             raise TrainingError(
                 f"train: {what} and there is no checkpoint to roll back to; set train.checkpoint.every_steps "

@@ -142,10 +142,9 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
         model=shape_signature(lm),
         run_params=run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"]),
     )
-    state = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
-    start = store.resolve(cfg.resume)
+    fresh = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
+    state, start = store.begin(cfg.resume, engine, fresh)
     if start is not None:
-        state = store.load(engine, start)
         log.info("resumed from %s at step %d", start, state.step)
         if state.seed is not None and state.seed != params.seed:
             log.warning("seed changed from %d (checkpoint) to %d: the data order changes from here", state.seed,

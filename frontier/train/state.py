@@ -42,6 +42,7 @@ class TrainerState:
     world_size: int = 1
     global_batch: int = 0
     model: dict[str, Any] = field(default_factory=dict)  # shape-defining settings (frontier.model.build)
+    run_id: str = ""  # names the run in its checkpoints' manifests (pruning and rollback stay within it)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)

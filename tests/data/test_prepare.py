@@ -37,7 +37,13 @@ def _run(tmp_path: Path, sources: list[dict], out: str = "out", **prepare_cfg) -
 def test_outputs_formats_and_stats(tmp_path):
     texts = [doc_text(i) for i in range(40)]
     stats, out = _run(tmp_path, [files_source(_corpus_dir(tmp_path / "c", texts))], val_fraction=0.2)
-    assert sorted(p.name for p in out.iterdir()) == ["params.resolved.yaml", "provenance.json", "stats.json", "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "params.resolved.yaml",
+        "provenance.json",
+        "stats.json",
+        "train.jsonl",
+        "val.jsonl",
+    ]
     train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "val.jsonl")
     assert all(set(r) == {"text", "source", "id"} and r["source"] == "corpus" for r in train + val)
     assert sorted(r["text"] for r in train + val) == sorted(texts)

@@ -18,12 +18,12 @@ from frontier.train.run import train
 from tests.train.helpers import params
 
 
-def _fake_checkpoint(root, step, val_loss=None):
+def _fake_checkpoint(root, step, val_loss=None, run_id="r1"):
     d = root / step_dir_name(step)
     (d / "ds").mkdir(parents=True)
     (d / "ds" / "blob.bin").write_bytes(os.urandom(64))
     (d / "trainer_state.json").write_text("{}")
-    manifest.write_manifest(d, {"step": step, "val_loss": val_loss})
+    manifest.write_manifest(d, {"step": step, "val_loss": val_loss, "run_id": run_id, "run_params": {}})
     return d
 
 
@@ -57,11 +57,11 @@ def test_keep_last_k_plus_best(tmp_path):
     (tmp_path / ".step_00000060.tmp").mkdir()  # an interrupted save: never listed
     (tmp_path / ".step_00000005.deleting").mkdir()  # a run killed while pruning: cleaned up by the next prune
     assert [p.name for p in store.checkpoints()] == [step_dir_name(s) for s in (10, 20, 30, 40, 50)]
-    assert store.best() == tmp_path / step_dir_name(20)
-    store.prune(keep_last=2, keep_best=True)
+    assert store.best("r1") == tmp_path / step_dir_name(20)
+    store.prune(keep_last=2, keep_best=True, run_id="r1")
     assert [p.name for p in store.checkpoints()] == [step_dir_name(s) for s in (20, 40, 50)]
     assert not list(tmp_path.glob("*.deleting"))
-    store.prune(keep_last=1, keep_best=False)
+    store.prune(keep_last=1, keep_best=False, run_id="r1")
     assert [p.name for p in store.checkpoints()] == [step_dir_name(50)]
 
 
