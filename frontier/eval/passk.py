@@ -4,8 +4,9 @@ Three separable steps, so tests can feed known completions straight to the execu
 
 1. `load_problems`: read ``{task_id, prompt, canonical_solution, test, entry_point}`` lines;
 2. `generate_completions`: n sampled completions per problem from a model;
-3. `execute_completions`: run ``prompt + completion + test + check(entry_point)`` for each one in
-   `frontier.eval.sandbox.run_program`, then `summarize` with the unbiased estimator
+3. `execute_completions`: run each completion and the problem's ``check(entry_point)`` with
+   `frontier.eval.sandbox.run_check` (two sandboxes: the verdict is the test's, never the completion's),
+   then `summarize` with the unbiased estimator
    pass@k = 1 - C(n-c, k) / C(n, k) (Chen et al., 2021), averaged over problems.
 
 No benchmark file ships with the project: the user passes the path of one.
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from frontier.errors import DataError
-from frontier.eval.sandbox import ExecResult, SandboxLimits, isolation, run_program
+from frontier.eval.sandbox import ExecResult, SandboxLimits, describe, run_check
 from frontier.utils.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,6 @@ def load_problems(path: Path, max_problems: int | None = None) -> list[Problem]:
     return problems
 
 
-def build_program(problem: Problem, completion: str) -> str:
-    """The program that passes iff `completion` solves `problem` (HumanEval's layout)."""
-    return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k)/C(n, k), as a stable product."""
     if not 0 <= c <= n or not 1 <= k <= n:
@@ -91,7 +87,7 @@ def execute_completions(
 
     def run(job: tuple[Problem, int, str]) -> tuple[str, int, ExecResult]:
         problem, i, completion = job
-        return problem.task_id, i, run_program(build_program(problem, completion), limits)
+        return problem.task_id, i, run_check(problem.prompt, completion, problem.test, problem.entry_point, limits)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # each job waits on a subprocess
         for task_id, i, result in pool.map(run, jobs):
@@ -153,7 +149,7 @@ def run_passk(params: Any, model_dir: Path, problems_path: Path, out_dir: Path) 
     results = execute_completions(problems, completions, SandboxLimits.from_config(cfg), cfg.workers)
     metrics = summarize(results, cfg.k)
     metrics["n"] = cfg.n
-    metrics["sandbox"] = {k: v for k, v in isolation().items() if k != "prefix"}
+    metrics["sandbox"] = describe()
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "passk.json", metrics)
         with open(tmp / "completions.jsonl", "w", encoding="utf-8") as f:

@@ -1,33 +1,35 @@
-"""Execute one untrusted Python program in a sandboxed subprocess and say whether it ran cleanly.
+"""Execute untrusted Python (model-generated completions) under bubblewrap, and decide verdicts outside it.
 
-Layers, outermost first (each one is probed once; `isolation()` reports which are active):
+Isolation (bubblewrap, ``bwrap``; Debian's package ``bubblewrap``), for every run:
 
-- a fresh temporary working directory, removed afterwards; HOME and TMPDIR point into it;
-- when this process runs as root and an unprivileged user can run the interpreter, the child
-  runs as ``nobody`` (so the kernel enforces RLIMIT_NPROC and file permissions apply);
-- when ``unshare`` can create them, new user + network + PID namespaces: no network interface but
-  loopback (down), and every process the program starts dies with it, even ones that left the
-  process group (the namespace's init is killed);
-- resource limits set by the child on itself (see `_sandbox_child`): address space, CPU time,
-  process count, file size, no core dumps;
-- a wall-clock timeout, after which the whole process group is killed (SIGKILL), followed by a
-  sweep that kills any process still carrying this run's marker in its environment (catches a
-  process that escaped the group with setsid where no PID namespace exists);
-- inside the child, a Python audit hook blocking writes outside the directory, sockets, spawning
-  processes and ctypes (``guard``). Without network namespaces this hook is what blocks network
-  access, which stops Python code but not native code; that is the documented fallback.
+- an unprivileged uid: bwrap is started as ``nobody`` when Frontier runs as root (as the caller
+  otherwise), so the kernel enforces RLIMIT_NPROC and file permissions;
+- new user, PID, network, IPC, UTS and cgroup namespaces: no network interface but a dead loopback,
+  no other process visible, every process the program starts dies with the sandbox (``--die-with-parent``
+  and the PID namespace's end), no capabilities;
+- a minimal read-only root: only the interpreter, its standard library and the shared libraries they
+  load (found with ldd), plus /proc and a minimal /dev; no host file is visible;
+- a private writable directory (``/work``, tmpfs) capped at ``disk_mb``;
+- resource limits the child sets on itself before untrusted code runs (sandbox_child/limits.py):
+  address space, CPU seconds, processes, file size, no core dumps; and a wall-clock timeout after
+  which the whole sandbox is killed.
 
-A program passes only when it exits 0 *and* prints the one-time token the child writes after
-the program's last line, so ``os._exit(0)`` or a crash of the interpreter cannot pass.
+Verdicts (``run_check``): the completion runs in one sandbox and serves calls of its functions; the
+problem's test runs in a second sandbox, where ``candidate(...)`` is a proxy whose results come back as
+plain data (sandbox_child/codec.py). Only the test's process, which runs no completion code, can write
+``PASS`` on a pipe only it holds. A completion that exits early, prints anything, patches builtins or
+returns an object with a rigged ``__eq__`` cannot pass.
 
-The child interpreter is this one, started with ``-I -S``: programs see the standard library
-only (no site-packages), as HumanEval-style tests need.
+Without a usable bwrap nothing untrusted runs (`SandboxUnavailable`), unless the caller sets
+``unsafe_no_sandbox`` (params: ``evaluate.passk.unsafe_run_without_sandbox``): then the same scripts run
+as plain subprocesses with only the resource limits, and a warning says so on every call.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -35,17 +37,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
-import psutil
+from frontier.errors import FrontierError
 
-_CHILD = Path(__file__).with_name("_sandbox_child.py")
-_MARKER = "FRONTIER_SANDBOX_RUN"
+log = logging.getLogger(__name__)
+
+_CHILD = Path(__file__).with_name("sandbox_child")
 _NOBODY = 65534
 _OUTPUT_TAIL = 2000  # characters of stderr kept in a result
+_INSIDE = "/sandbox"  # the child scripts and the problem's files, read-only
+_WORK = "/work"  # the private writable directory
+_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")  # fallbacks an unprivileged uid can run
+
+
+class SandboxUnavailable(FrontierError):
+    """No isolation tool can run here, and running untrusted code without one was not allowed."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +66,23 @@ class SandboxLimits:
     memory_mb: int = 1024
     max_processes: int = 32
     max_file_mb: int = 16
-    guard: bool = True  # the in-process audit hook (the kernel-level layers are always used)
+    disk_mb: int = 64  # the writable /work directory
+    unsafe_no_sandbox: bool = False  # run without isolation when bwrap cannot: resource limits only
 
     @classmethod
     def from_config(cls, cfg: Any) -> SandboxLimits:
         """From an `evaluate.passk` section."""
-        return cls(cfg.timeout_s, cfg.cpu_s, cfg.memory_mb, cfg.max_processes)
+        return cls(
+            timeout_s=cfg.timeout_s,
+            cpu_s=cfg.cpu_s,
+            memory_mb=cfg.memory_mb,
+            max_processes=cfg.max_processes,
+            disk_mb=cfg.disk_mb,
+            unsafe_no_sandbox=cfg.unsafe_run_without_sandbox,
+        )
+
+    def rlimits(self) -> list[str]:
+        return [str(self.memory_mb << 20), str(self.cpu_s), str(self.max_processes), str(self.max_file_mb << 20)]
 
 
 @dataclass(frozen=True)
@@ -77,137 +97,247 @@ class ExecResult:
         return self.status == "passed"
 
 
-def _probe(cmd: list[str], user: int | None) -> bool:
-    """True when `cmd` runs and exits 0 under the given uid (None: ours)."""
+# --- what this machine offers -------------------------------------------------------------------------
+
+
+def _run_quiet(cmd: list[str], user: int | None = None) -> subprocess.CompletedProcess | None:
     ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
     try:
-        done = subprocess.run(cmd, cwd=tempfile.gettempdir(), capture_output=True, timeout=20, check=False, **ids)
+        return subprocess.run(cmd, cwd="/", capture_output=True, text=True, timeout=30, check=False, **ids)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
+        return None
+
+
+def _runtime_paths(python: str) -> list[str]:
+    """The files and directories `python -I -S` needs: itself, its stdlib, and every shared library they load."""
+    probe = _run_quiet(
+        [python, "-I", "-S", "-c", "import sys, sysconfig; print(sys.executable); "
+         "print(sysconfig.get_path('stdlib')); print(sysconfig.get_config_var('DESTSHARED') or '')"]
+    )  # fmt: skip
+    if probe is None or probe.returncode != 0:
+        return []
+    executable, stdlib, dynload = (probe.stdout.splitlines() + ["", "", ""])[:3]
+    paths = {os.path.realpath(executable), executable, stdlib}
+    binaries = [executable]
+    if dynload and os.path.isdir(dynload):
+        paths.add(dynload)
+        binaries += [str(p) for p in sorted(Path(dynload).glob("*.so"))]
+    ldd = _run_quiet(["ldd", *binaries]) if shutil.which("ldd") else None
+    for line in (ldd.stdout if ldd else "").splitlines():
+        # "\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)" or "\t/lib64/ld-linux-x86-64.so.2 (0x...)"
+        for token in line.split():
+            if token.startswith("/") and os.path.exists(token):
+                paths.add(token)
+                paths.add(os.path.realpath(token))
+    return sorted(p for p in paths if p)
+
+
+def _user() -> int | None:
+    """The uid to start bwrap as: nobody when we are root, else ourselves (already unprivileged)."""
+    return _NOBODY if os.geteuid() == 0 else None
+
+
+def _bwrap_prefix(bwrap: str, python: str, runtime: list[str], stage: Path, disk_mb: int) -> list[str]:
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    argv += ["--uid", str(_NOBODY), "--gid", str(_NOBODY)]
+    for path in runtime:
+        argv += ["--ro-bind", path, path]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", str(stage), _INSIDE]
+    argv += ["--size", str(disk_mb << 20), "--tmpfs", _WORK, "--chdir", _WORK]
+    # bwrap's own root and /dev are tmpfs too: read-only, so /work's cap is the only place to write
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/"]
+    return argv
 
 
 @functools.lru_cache(maxsize=1)
 def isolation() -> dict[str, Any]:
-    """Which kernel-level layers this machine supports (probed once per process)."""
-    python = [sys.executable, "-I", "-S", "-c", "pass"]
-    drop = os.geteuid() == 0 and _probe(python, _NOBODY)
-    user = _NOBODY if drop else None
-    unshare = shutil.which("unshare")
-    prefix: list[str] = []
-    if unshare:
-        # One unshare(2) call creates the user namespace and, with the capabilities it grants, the
-        # network and PID ones; --kill-child ties the program's fate to unshare's.
-        candidate = [unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"]
-        if _probe(candidate + python, user):
-            prefix = candidate
-    return {
-        "uid_drop": drop,
-        "namespaces": bool(prefix),
-        "network": "namespace" if prefix else "python-guard",
-        "nproc_limit_enforced": drop or os.geteuid() != 0,
-        "prefix": prefix,
-    }
+    """How untrusted code can run here: bwrap and an interpreter it can start (probed once per process)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return {"sandbox": None, "why": "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"}
+    user = _user()
+    stage = Path(tempfile.mkdtemp(prefix="frontier-probe-"))
+    try:
+        stage.chmod(0o755)
+        tried = []
+        for python in dict.fromkeys([sys.executable, *_PYTHONS]):
+            if not os.path.exists(python):
+                continue
+            runtime = _runtime_paths(python)
+            if not runtime:
+                continue
+            argv = _bwrap_prefix(bwrap, python, runtime, stage, 1)
+            done = _run_quiet([*argv, python, "-I", "-S", "-c", "import json, os; assert os.getuid() == 65534"], user)
+            if done is not None and done.returncode == 0:
+                return {"sandbox": "bubblewrap", "bwrap": bwrap, "python": python, "runtime": runtime,
+                        "uid": _NOBODY if user is not None else os.geteuid(), "network": "none"}  # fmt: skip
+            tried.append(
+                f"{python}: {(done.stderr.strip().splitlines() or ['no output'])[-1] if done else 'did not run'}"
+            )
+        return {"sandbox": None, "why": "bwrap could not start an interpreter: " + "; ".join(tried)}
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-def _kill_marked(marker: str) -> None:
-    """SIGKILL every process whose environment carries this run's marker."""
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        with contextlib.suppress(psutil.Error, OSError):
-            if proc.environ().get(_MARKER) == marker:
-                proc.kill()
+def describe() -> dict[str, Any]:
+    """isolation() without the long runtime list (for metrics and reports)."""
+    return {k: v for k, v in isolation().items() if k != "runtime"}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+# --- running ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stage(files: dict[str, str]) -> Any:
+    """A directory readable by the sandbox's uid holding the child scripts and `files` (bound read-only)."""
+    stage = Path(tempfile.mkdtemp(prefix="frontier-sandbox-"))
+    try:
+        for script in _CHILD.glob("*.py"):
+            shutil.copyfile(script, stage / script.name)
+        for name, text in files.items():
+            (stage / name).write_text(text, encoding="utf-8")
+        for path in [stage, *stage.iterdir()]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _launcher(limits: SandboxLimits, stage: Path) -> tuple[list[str], str, str, int | None]:
+    """(argv prefix, interpreter, where the staged files appear, uid to start as) for one sandbox."""
+    layers = isolation()
+    if layers["sandbox"]:
+        prefix = _bwrap_prefix(layers["bwrap"], layers["python"], layers["runtime"], stage, limits.disk_mb)
+        return prefix, layers["python"], _INSIDE, _user()
+    if not limits.unsafe_no_sandbox:
+        raise SandboxUnavailable(
+            f"refusing to run model-generated code without a sandbox ({layers['why']}); install bubblewrap, or set "
+            "evaluate.passk.unsafe_run_without_sandbox: true to run it with resource limits only"
+        )
+    log.warning("UNSAFE: running untrusted code WITHOUT a sandbox (%s): it can read and change this machine",
+                layers["why"])  # fmt: skip
+    return [], sys.executable, str(stage), None
+
+
+def _start(argv: list[str], user: int | None, cwd: str, pass_fds: tuple[int, ...], **io: Any) -> subprocess.Popen:
+    ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
+    env = {"PATH": "/usr/bin:/bin", "HOME": _WORK, "TMPDIR": _WORK, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+    return subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, close_fds=True, pass_fds=pass_fds,
+                            **ids, **io)  # fmt: skip
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group (bwrap and, through --die-with-parent and the PID namespace, all inside)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: the group id is the child's pid
+        os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
 
 
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4 * _OUTPUT_TAIL))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
+def _tail(stream: IO[bytes] | None) -> str:
+    if stream is None:
         return ""
+    stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, stream.tell() - 4 * _OUTPUT_TAIL))
+    return stream.read().decode("utf-8", "replace")[-_OUTPUT_TAIL:]
 
 
 def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> ExecResult:
-    """Run `source` as a Python program under `limits`; passed only if it ran to its end."""
-    layers = isolation()
-    user = _NOBODY if layers["uid_drop"] else None
-    marker = uuid.uuid4().hex
-    token = uuid.uuid4().hex
-    workdir = Path(tempfile.mkdtemp(prefix="frontier-sandbox-"))
+    """Run `source` as a Python program in the sandbox; "passed" means it exited with status 0.
+
+    For containment (what a program can reach); a pass/fail verdict on a completion is `run_check`'s.
+    """
     start = time.monotonic()
-    try:
-        program = workdir / "program.py"
-        program.write_text(source, encoding="utf-8")
-        if user is not None:
-            os.chown(workdir, user, user)
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(workdir),
-            "TMPDIR": str(workdir),
-            "LANG": "C.UTF-8",
-            "PYTHONHASHSEED": "0",
-            _MARKER: marker,
-        }
-        argv = [
-            *layers["prefix"],
-            sys.executable,
-            "-I",
-            "-S",
-            str(_CHILD),
-            str(program),
-            str(limits.memory_mb << 20),
-            str(limits.cpu_s),
-            str(limits.max_processes),
-            str(limits.max_file_mb << 20),
-            "1" if limits.guard else "0",
-        ]
-        ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
-        out_path, err_path = workdir / ".stdout", workdir / ".stderr"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                cwd=workdir,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-                close_fds=True,
-                **ids,
-            )
-            timed_out = False
+    with _stage({"main.py": source}) as stage, tempfile.TemporaryFile() as err:
+        prefix, python, inside, user = _launcher(limits, stage)
+        argv = [*prefix, python, "-I", "-S", f"{inside}/program.py", f"{inside}/main.py", *limits.rlimits()]
+        workdir = tempfile.mkdtemp(prefix="frontier-work-") if not prefix else "/"
+        try:
+            proc = _start(argv, user, workdir, (), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
             try:
-                assert proc.stdin is not None
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.write(f"{token}\n".encode())
-                    proc.stdin.close()
                 proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
-                timed_out = True
+                return ExecResult("timeout", None, f"timed out after {limits.timeout_s:g}s\n{_tail(err)}",
+                                  time.monotonic() - start)  # fmt: skip
             finally:
-                _kill_group(proc)  # always: children it left behind die with it
-                _kill_marked(marker)
+                _kill(proc)
+        finally:
+            if not prefix:
+                shutil.rmtree(workdir, ignore_errors=True)
+        rc, detail = proc.returncode, _tail(err)
+        status = "passed" if rc == 0 else "failed"
+        return ExecResult(status, rc, detail or (f"exit status {rc}" if rc else ""), time.monotonic() - start)
+
+
+def run_check(prompt: str, completion: str, test: str, entry_point: str,
+              limits: SandboxLimits = SandboxLimits()) -> ExecResult:  # fmt: skip
+    """HumanEval's verdict on one completion, decided outside the completion's process (module docstring)."""
+    start = time.monotonic()
+    pipes = _Pipes()
+    requests_r, requests_w = pipes.pipe()
+    replies_r, replies_w = pipes.pipe()
+    verdict_r, verdict_w = pipes.pipe()
+    procs: list[subprocess.Popen] = []
+    work: list[str] = []
+    verdict = b""
+    # Two stages: the completion's sandbox never sees the test (nor its expected answers).
+    with (
+        _stage({"solution.py": prompt + completion + "\n"}) as solution_stage,
+        _stage({"prompt.py": prompt, "test.py": test}) as test_stage,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryFile() as serve_err,
+    ):
+        try:
+            prefix, python, inside, user = _launcher(limits, solution_stage)
+            serve = [*prefix, python, "-I", "-S", f"{inside}/serve.py", f"{inside}/solution.py", str(replies_w),
+                     *limits.rlimits()]  # fmt: skip
+            work = [tempfile.mkdtemp(prefix="frontier-work-") for _ in range(2)] if not prefix else []
+            procs.append(_start(serve, user, work[0] if work else "/", (replies_w,), stdin=requests_r,
+                                stdout=subprocess.DEVNULL, stderr=serve_err))  # fmt: skip
+            prefix, python, inside, user = _launcher(limits, test_stage)
+            check = [*prefix, python, "-I", "-S", f"{inside}/check.py", f"{inside}/prompt.py", f"{inside}/test.py",
+                     entry_point, str(requests_w), str(replies_r), str(verdict_w), *limits.rlimits()]  # fmt: skip
+            procs.append(_start(check, user, work[1] if work else "/", (requests_w, replies_r, verdict_w),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err))  # fmt: skip
+            pipes.close(requests_r, requests_w, replies_r, replies_w, verdict_w)  # a dead peer now reads as EOF
+            try:
+                procs[1].wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                return ExecResult("timeout", None, f"timed out after {limits.timeout_s:g}s\n{_tail(err)}",
+                                  time.monotonic() - start)  # fmt: skip
+            os.set_blocking(verdict_r, False)
+            with contextlib.suppress(BlockingIOError):
+                verdict = os.read(verdict_r, 16)
+        finally:
+            for proc in procs:
+                _kill(proc)
+            pipes.close_all()
+            for path in work:
+                shutil.rmtree(path, ignore_errors=True)
         seconds = time.monotonic() - start
-        stdout, stderr = _tail(out_path), _tail(err_path)[-_OUTPUT_TAIL:]
-        if timed_out:
-            return ExecResult("timeout", None, f"timed out after {limits.timeout_s:g}s\n{stderr}", seconds)
-        rc = proc.returncode
-        if rc == 0 and stdout.rstrip().endswith(token):
-            return ExecResult("passed", rc, stderr, seconds)
-        why = stderr or (f"killed by signal {-rc}" if rc and rc < 0 else f"exit status {rc}")
-        if rc == 0:
-            why = "exited with status 0 before the program's end\n" + stderr
-        return ExecResult("failed", rc, why, seconds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        rc = procs[1].returncode
+        if rc == 0 and verdict == b"PASS\n":
+            return ExecResult("passed", rc, "", seconds)
+        detail = _tail(err) or _tail(serve_err) or f"exit status {rc}"
+        return ExecResult("failed", rc, detail, seconds)
+
+
+class _Pipes:
+    """os.pipe() ends closed exactly once (a closed fd number is soon reused by another file)."""
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self.open.update((r, w))
+        return r, w
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self.open:
+                self.open.discard(fd)
+                os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*list(self.open))

@@ -1,189 +1,259 @@
-"""The sandbox: known-good and hostile programs, each layer checked on its own where it can be."""
+"""The sandbox against hostile completions: each attack class is tried for real and must be contained.
+
+Classes: escape by path (write, delete, read host files), by file descriptor, by privileges (setuid,
+namespaces, the old in-process guard's tricks), by spawning (fork bombs, detached children), by faking
+the verdict, and by exhausting disk, processes, memory and CPU; plus the network.
+"""
 
 from __future__ import annotations
 
-import random
 import socket
+import textwrap
 import time
+import uuid
 
 import psutil
 import pytest
 
 from frontier.eval import sandbox
-from frontier.eval.sandbox import SandboxLimits, isolation, run_program
-from tests.eval.tiny import write_program
+from frontier.eval.sandbox import SandboxLimits, SandboxUnavailable, isolation, run_check, run_program
 
-FAST = SandboxLimits(timeout_s=3.0, cpu_s=3, memory_mb=512)
-NO_GUARD = SandboxLimits(timeout_s=3.0, cpu_s=3, memory_mb=512, guard=False)
+pytestmark = pytest.mark.skipif(
+    not isolation()["sandbox"], reason=f"no sandbox on this machine: {isolation().get('why')}"
+)
+FAST = SandboxLimits(timeout_s=5.0, cpu_s=3, memory_mb=512, max_processes=16, disk_mb=8)
 
 
-def _sleepers(tag: str) -> list[psutil.Process]:
-    """Live processes running `sleep <tag>` (a unique duration marks one test's processes)."""
+def program(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
+
+
+def contained(source: str, limits: SandboxLimits = FAST) -> sandbox.ExecResult:
+    """Run an attack that asserts its own success: it must fail (exit non-zero or time out)."""
+    result = run_program(program(source), limits)
+    assert result.status != "passed", f"attack succeeded:\n{source}"
+    return result
+
+
+def test_a_benign_program_runs_and_can_use_its_work_directory() -> None:
+    result = run_program(program("""
+        import json, os
+        assert os.getuid() == 65534 and os.getcwd() == "/work"
+        with open("out.json", "w") as f:
+            json.dump({"x": 1}, f)
+        assert json.load(open("out.json")) == {"x": 1}
+    """), FAST)  # fmt: skip
+    assert result.passed, result.detail
+    assert not run_program("assert 1 + 1 == 3\n", FAST).passed
+
+
+# --- escape by path -------------------------------------------------------------------------------------
+
+
+def test_host_files_can_be_neither_written_nor_deleted(tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    tmp_path.chmod(0o777)
+    victim.chmod(0o666)  # even a world-writable host file: it is simply not there inside
+    for attack in (
+        f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')",
+        f"open({str(victim)!r}, 'w').write('pwned')",
+        f"import os; os.remove({str(victim)!r})",
+        "open('../../tmp/escape.txt', 'w').write('x')",
+        "open('/usr/lib/python3.11/os.py', 'a').write('# pwned')",
+        "import os; os.symlink('/', '/work/root'); open('/work/root/tmp/escape.txt', 'w').write('x')",
+    ):
+        contained(attack)
+    assert victim.read_text() == "keep me" and not (tmp_path / "new.txt").exists()
+
+
+def test_host_files_cannot_be_read(tmp_path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET")
+    secret.chmod(0o644)
+    tmp_path.chmod(0o755)
+    contained(f"assert 'TOPSECRET' in open({str(secret)!r}).read()")
+    contained("open('/etc/passwd').read()")
+    contained("import os; assert 'root' in os.listdir('/')")  # only the runtime, /proc, /dev, /sandbox, /work
+
+
+# --- escape by file descriptor or process -----------------------------------------------------------------
+
+
+def test_no_host_descriptor_or_process_is_reachable(tmp_path) -> None:
+    secret = tmp_path / "held-open.txt"
+    secret.write_text("TOPSECRET")
+    with open(secret) as held:  # noqa: F841  (this process holds it while the sandbox runs)
+        contained("""
+            import os
+            for fd in range(3, 1024):
+                try:
+                    data = os.pread(fd, 100, 0)
+                except OSError:
+                    continue
+                assert b"TOPSECRET" not in data
+            raise SystemExit(0 if False else 1)  # nothing found: the attack failed
+        """)
+        contained("""
+            import os
+            pids = [p for p in os.listdir('/proc') if p.isdigit()]
+            assert len(pids) > 5, pids  # the host's processes would be listed here
+        """)
+    contained("import os; os.kill(1, 9); os.kill(-1, 9)")
+
+
+# --- escape by privileges, or by switching a guard off ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "import os; os.setuid(0)",
+        "import os; os.setgid(0)",
+        "import ctypes; assert ctypes.CDLL(None).unshare(0x10000000 | 0x00020000) == 0; "  # new user + mount ns
+        "import os; os.mkdir('/work/m'); assert ctypes.CDLL(None).mount(b'/', b'/work/m', None, 4096, None) == 0; "
+        "assert os.listdir('/work/m/root')",
+        "import sys; sys.addaudithook = None; import os; assert os.system('id') == 0",  # the old guard's off switch
+        "import subprocess; subprocess.run(['/bin/sh', '-c', 'echo pwned > /tmp/x'], check=True)",
+    ],
+)
+def test_privileges_cannot_be_gained(attack: str) -> None:
+    contained(attack)
+
+
+# --- spawning ---------------------------------------------------------------------------------------------
+
+
+def _tagged(tag: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmd = proc.info.get("cmdline") or []
-        if len(cmd) == 2 and cmd[0].endswith("sleep") and cmd[1] == tag:
+        if tag in (proc.info.get("cmdline") or []):
             found.append(proc)
     return found
 
 
-def _spawner(tag: str) -> str:
-    """A program that starts detached `sleep` processes (escaping its process group), then hangs."""
-    return write_program(
-        f"""
-        import subprocess, time
-        for _ in range(4):
-            subprocess.Popen(["sleep", "{tag}"], start_new_session=True)
+def test_detached_children_die_with_the_sandbox() -> None:
+    tag = uuid.uuid4().hex
+    result = run_program(program(f"""
+        import os, sys, time
+        for _ in range(3):
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:  # double fork: reparented, in its own session
+                    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", "{tag}"])
+                os._exit(0)
         time.sleep(60)
-        """
-    )
-
-
-def _assert_reaped(tag: str) -> None:
-    deadline = time.monotonic() + 5  # SIGKILL delivery is asynchronous; give the kernel a moment
-    while _sleepers(tag) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = _sleepers(tag)
-    for proc in survivors:  # never leave them behind, even when the test fails
-        proc.kill()
-    assert not survivors, f"sandboxed processes survived: {[p.pid for p in survivors]}"
-
-
-def test_correct_program_passes_and_output_is_not_needed():
-    result = run_program("assert sum(range(5)) == 10\nprint('ok')\n", FAST)
-    assert result.status == "passed" and result.passed
-
-
-def test_failing_assertion_fails_with_traceback():
-    result = run_program("assert 1 + 1 == 3\n", FAST)
-    assert result.status == "failed"
-    assert "AssertionError" in result.detail
-
-
-@pytest.mark.parametrize("exit_call", ["import os\nos._exit(0)", "import sys\nsys.exit(0)", "raise SystemExit"])
-def test_exiting_early_with_status_zero_does_not_pass(exit_call):
-    source = f"{exit_call}\nassert False, 'the tests below never ran'\n"
-    assert run_program(source, FAST).status == "failed"
-
-
-def test_infinite_loop_times_out():
-    result = run_program("while True:\n    pass\n", SandboxLimits(timeout_s=1.5, cpu_s=30))
+    """), SandboxLimits(timeout_s=2.0, cpu_s=5, max_processes=16))  # fmt: skip
     assert result.status == "timeout"
+    deadline = time.monotonic() + 5
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = _tagged(tag)
+    for proc in survivors:
+        proc.kill()
+    assert not survivors, "sandboxed processes outlived the sandbox"
 
 
-def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock():
-    result = run_program("while True:\n    pass\n", SandboxLimits(timeout_s=60, cpu_s=1))
-    assert result.status == "failed"  # SIGXCPU / SIGKILL, not the 60 s timeout
-    assert result.returncode != 0
+def test_fork_bomb_stops_at_the_process_limit() -> None:
+    result = contained("""
+        import os, time
+        for _ in range(1000):
+            if os.fork() == 0:
+                time.sleep(30)
+                os._exit(0)
+    """, SandboxLimits(timeout_s=10, cpu_s=5, max_processes=16))  # fmt: skip
+    assert "Resource temporarily unavailable" in result.detail or "BlockingIOError" in result.detail
 
 
-def test_unbounded_allocation_hits_the_memory_limit():
-    source = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))\n"
-    result = run_program(source, SandboxLimits(timeout_s=20, cpu_s=20, memory_mb=256))
-    assert result.status == "failed"
-    assert "MemoryError" in result.detail or result.returncode < 0
+# --- exhaustion -------------------------------------------------------------------------------------------
 
 
-def test_writing_outside_the_directory_is_refused(tmp_path):
-    target = tmp_path / "escaped.txt"
-    for attempt in (
-        f"open({str(target)!r}, 'w').write('x')",
-        f"import os\nos.close(os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT))",
-        f"import pathlib\npathlib.Path({str(target)!r}).write_text('x')",
-        "open('../escaped.txt', 'w').write('x')",
-    ):
-        result = run_program(attempt + "\n", FAST)
-        assert result.status == "failed", attempt
-        assert "outside the working directory" in result.detail, attempt
-    assert not target.exists()
+def test_disk_is_capped_everywhere_writable() -> None:
+    for target in ("/work/big", "/big", "/dev/shm/big", "/proc/big"):
+        contained(f"""
+            with open({target!r}, "wb") as f:
+                for _ in range(64):
+                    f.write(b"x" * (1 << 20))
+        """)
 
 
-def test_removing_files_outside_the_directory_is_refused(tmp_path):
-    victim = tmp_path / "keep.txt"
-    victim.write_text("precious")
-    for attempt in (f"import os\nos.remove({str(victim)!r})", f"import shutil\nshutil.rmtree({str(tmp_path)!r})"):
-        assert run_program(attempt + "\n", FAST).status == "failed", attempt
-    assert victim.read_text() == "precious"
+def test_memory_and_cpu_are_capped() -> None:
+    assert "MemoryError" in contained("x = bytearray(2 << 30)", SandboxLimits(timeout_s=10, memory_mb=256)).detail
+    started = time.monotonic()
+    result = contained("while True:\n    pass\n", SandboxLimits(timeout_s=60, cpu_s=1))
+    assert result.status == "failed" and time.monotonic() - started < 30  # RLIMIT_CPU, not the wall clock
+    assert run_program("while True:\n    pass\n", SandboxLimits(timeout_s=1.0, cpu_s=30)).status == "timeout"
 
 
-def test_writing_inside_the_directory_is_allowed():
-    source = "open('note.txt', 'w').write('hi')\nassert open('note.txt').read() == 'hi'\n"
-    assert run_program(source, FAST).status == "passed"
+# --- network ----------------------------------------------------------------------------------------------
+
+
+def test_no_network_not_even_the_hosts_loopback() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        contained(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)")
+        server.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing ever arrived
+    contained("import socket; socket.create_connection(('192.0.2.1', 80), timeout=2)")
+    contained("import socket; socket.getaddrinfo('example.com', 80)")
+
+
+# --- the verdict --------------------------------------------------------------------------------------------
+
+PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+TEST = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-4, 4) == 0\n    assert candidate((1,), (2,)) == (1, 2)\n"  # fmt: skip
+
+
+def verdict(completion: str) -> str:
+    return run_check(PROMPT, textwrap.indent(textwrap.dedent(completion), "    "), TEST, "add", FAST).status
+
+
+def test_correct_and_wrong_completions() -> None:
+    assert verdict("return a + b\n") == "passed"
+    assert verdict("return a - b\n") == "failed"
+    assert verdict("return a +\n") == "failed"  # does not even compile
+    loop = "    while True:\n        pass\n"
+    assert run_check(PROMPT, loop, TEST, "add", SandboxLimits(timeout_s=2, cpu_s=30)).status == "timeout"
+    assert run_check(PROMPT, loop, TEST, "add", SandboxLimits(timeout_s=30, cpu_s=1)).status == "failed"  # CPU cap
 
 
 @pytest.mark.parametrize(
-    "spawn",
+    "forgery",
     [
-        "import os\nwhile True:\n    os.fork()",
-        "import subprocess\nwhile True:\n    subprocess.Popen(['sleep', '100'])",
-        "import os\nos.system('sleep 100 &')",
-        "import multiprocessing\nwhile True:\n    multiprocessing.Process(target=print).start()",
+        "import os\nos._exit(0)\n",  # exits 0 before any test
+        "import sys\nsys.exit(0)\n",
+        "print('PASS')\nimport os\nos._exit(0)\n",
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'PASS\\n')\n    except OSError:\n        pass\nos._exit(0)\n",
+        "class Yes:\n    def __eq__(self, other):\n        return True\nreturn Yes()\n",  # the rigged __eq__
+        "class Yes(int):\n    def __eq__(self, other):\n        return True\nreturn Yes(0)\n",  # ... as an int subclass
+        "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\nreturn 0\n",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nreturn 0\n",
+        "return open('/sandbox/test.py').read()\n",  # the test is not even in its sandbox
     ],
 )
-def test_fork_bomb_is_stopped_by_the_guard(spawn):
-    result = run_program(spawn + "\n", FAST)
-    assert result.status == "failed"
-    assert "spawning processes is not allowed" in result.detail
+def test_the_verdict_cannot_be_forged(forgery: str) -> None:
+    assert verdict(forgery) == "failed"
 
 
-def test_network_is_refused_by_the_guard():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        source = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
-        result = run_program(source, FAST)
-    assert result.status == "failed"
-    assert "network access is not allowed" in result.detail
+def test_exceptions_raised_by_the_candidate_reach_the_test() -> None:
+    test = "def check(candidate):\n    try:\n        candidate(1, 0)\n    except ZeroDivisionError:\n        return\n    raise AssertionError('no error')\n"  # fmt: skip
+    assert run_check(PROMPT, "    return a / b\n", test, "add", FAST).passed
+    assert not run_check(PROMPT, "    return 0\n", test, "add", FAST).passed
 
 
-@pytest.mark.skipif(not isolation()["namespaces"], reason="unshare cannot create namespaces on this machine")
-def test_network_namespace_blocks_connections_without_the_guard():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        source = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n"
-        result = run_program(source, NO_GUARD)
-    assert result.status == "failed"
-    assert "Error" in result.detail  # ConnectionRefused / NetworkUnreachable from the empty namespace
+# --- where no sandbox can run -------------------------------------------------------------------------------
 
 
-def test_detached_children_are_killed_without_the_guard():
-    tag = f"{random.randint(10**6, 10**7)}.25"
-    result = run_program(_spawner(tag), SandboxLimits(timeout_s=2.0, cpu_s=5, guard=False))
-    assert result.status == "timeout"
-    _assert_reaped(tag)
-
-
-def test_detached_children_are_killed_without_namespaces(monkeypatch):
-    """The fallback where unshare is unavailable: the environment-marker sweep reaps escapees."""
-    layers = {**isolation(), "prefix": [], "namespaces": False}
-    monkeypatch.setattr(sandbox, "isolation", lambda: layers)
-    tag = f"{random.randint(10**6, 10**7)}.75"
-    result = run_program(_spawner(tag), SandboxLimits(timeout_s=2.0, cpu_s=5, guard=False))
-    assert result.status == "timeout"
-    _assert_reaped(tag)
-
-
-@pytest.mark.skipif(
-    not isolation()["nproc_limit_enforced"],
-    reason="running as root and user 'nobody' cannot run this interpreter: the kernel ignores RLIMIT_NPROC for root",
-)
-def test_process_limit_is_enforced_by_the_kernel():
-    source = write_program(
-        """
-        import os, time
-        made = 0
-        try:
-            for _ in range(300):
-                if os.fork() == 0:
-                    time.sleep(5)
-                    os._exit(0)
-                made += 1
-        except OSError:
-            pass
-        assert made < 300, made
-        """
-    )
-    assert run_program(source, SandboxLimits(timeout_s=10, cpu_s=5, max_processes=16, guard=False)).passed
+def test_without_bubblewrap_untrusted_code_is_refused_unless_explicitly_allowed(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(sandbox, "isolation", lambda: {"sandbox": None, "why": "bwrap is not installed"})
+    with pytest.raises(SandboxUnavailable, match="unsafe_run_without_sandbox"):
+        run_check(PROMPT, "    return a + b\n", TEST, "add", FAST)
+    with pytest.raises(SandboxUnavailable):
+        run_program("print(1)\n", FAST)
+    unsafe = SandboxLimits(timeout_s=10, cpu_s=5, unsafe_no_sandbox=True)
+    with caplog.at_level("WARNING"):
+        assert run_check(PROMPT, "    return a + b\n", TEST, "add", unsafe).passed
+    assert "UNSAFE" in caplog.text and "WITHOUT a sandbox" in caplog.text
