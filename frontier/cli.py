@@ -8,6 +8,7 @@ end as one line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -279,7 +280,29 @@ def main(argv: list[str] | None = None) -> int:
         where = exc.filename or ""
         sys.stderr.write(f"frontier {ns.command}: error: {exc.strerror}: {where}\n")
         return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # A write failed for lack of room or a read-only mount: the atomic output left nothing half-written.
+        where = exc.filename or getattr(ns, "out", None) or getattr(ns, "checkpoints", None) or "the output"
+        sys.stderr.write(
+            f"frontier {ns.command}: error: {exc.strerror} while writing {where}; {_DISK_ERRORS[exc.errno]}\n"
+        )
+        return 2
+    except MemoryError:
+        sys.stderr.write(
+            f"frontier {ns.command}: error: out of memory; lower this stage's sizes in params.yaml (for example "
+            "prepare.max_docs, prepare.clean.max_chars, train.micro_batch_size) or run it on a machine with more memory\n"
+        )
+        return 2
     return 0
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "free some space or point the output at another disk",
+    errno.EDQUOT: "the disk quota is used up: free some space or point the output at another disk",
+    errno.EROFS: "the file system is read-only: point the output at a writable directory",
+}
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ class PrepareConfig:
     # share of unique documents held out, chosen by content hash; val gets at least one document
     val_fraction: float = field(default=0.05, metadata=bounds(gt=0, lt=1))
     encoding_errors: Literal["replace", "skip"] = "replace"  # invalid UTF-8: U+FFFD, or drop the document
+    # a truncated or corrupt compressed file: count it and keep what was read before the damage, or stop
+    corrupt_files: Literal["count", "fail"] = "count"
     max_docs: int | None = field(default=None, metadata=bounds(ge=1))  # per source, in sorted file order
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

@@ -29,6 +29,7 @@ from frontier.data.tokens import ShardWriter, token_dtype
 from frontier.errors import DataError
 from frontier.provenance import record_stage
 from frontier.utils.atomic import atomic_dir, write_json
+from frontier.utils.procs import die_with_parent
 
 log = logging.getLogger("frontier.data.pack")
 
@@ -51,6 +52,11 @@ def _init_worker(tokenizer_json: str, prefix: list[int], suffix: list[int], dtyp
     global _TOK, _PREFIX, _SUFFIX, _DTYPE
     _TOK = Tokenizer.from_file(tokenizer_json)
     _PREFIX, _SUFFIX, _DTYPE = prefix, suffix, np.dtype(dtype)
+
+
+def _init_pool_worker(parent_pid: int, *initargs: Any) -> None:
+    die_with_parent(parent_pid)  # a killed tokenize stage takes its workers with it
+    _init_worker(*initargs)
 
 
 def _encode_batch(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray, dict[str, list[int]]]:
@@ -128,7 +134,7 @@ def _encoded(
     # ProcessPoolExecutor, not Pool: a worker that dies (or whose initializer fails) raises
     # BrokenProcessPool here, where Pool would silently respawn it forever.
     with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=initargs
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_pool_worker, initargs=(os.getpid(), *initargs)
     ) as pool:
         pending: deque[tuple[Future, int]] = deque()
         try:

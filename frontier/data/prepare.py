@@ -43,6 +43,9 @@ class SourceStats:
     docs_read: int = 0
     bytes_read: int = 0
     binary_files: int = 0
+    non_regular_files: int = 0
+    truncated_files: int = 0
+    oversized_docs: int = 0
     unreadable_files: int = 0
     malformed_records: int = 0
     invalid_utf8_docs: int = 0
@@ -131,7 +134,9 @@ def _ingest(readers: list[SourceReader], params: Any, stats: list[SourceStats], 
 
 def _absorb_read_stats(st: SourceStats, reader: SourceReader, encoding_errors: str) -> None:
     rs = reader.stats
-    for name in ("files", "docs_read", "bytes_read", "binary_files", "unreadable_files", "malformed_records"):
+    counts = ("files", "docs_read", "bytes_read", "binary_files", "non_regular_files", "truncated_files",
+              "oversized_docs", "unreadable_files", "malformed_records")  # fmt: skip
+    for name in counts:
         setattr(st, name, getattr(rs, name))
     st.invalid_utf8_docs = rs.invalid_utf8_docs
     if encoding_errors == "skip":
@@ -191,7 +196,16 @@ def prepare(params: Any, out_dir: Path) -> dict[str, Any]:
     """Run the prepare stage into `out_dir` (atomically); returns the stats written to stats.json."""
     cfg = params.prepare
     out_dir = Path(out_dir)
-    readers = [SourceReader(s, encoding_errors=cfg.encoding_errors, max_docs=cfg.max_docs) for s in cfg.sources]
+    readers = [
+        SourceReader(
+            s,
+            encoding_errors=cfg.encoding_errors,
+            max_docs=cfg.max_docs,
+            max_doc_bytes=4 * cfg.clean.max_chars,  # UTF-8: at most 4 bytes a character
+            corrupt_files=cfg.corrupt_files,
+        )
+        for s in cfg.sources
+    ]
     stats = [SourceStats(weight=s.weight) for s in cfg.sources]
     names = [s.name for s in cfg.sources]
     with atomic_dir(out_dir) as tmp:

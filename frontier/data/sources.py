@@ -5,6 +5,13 @@ on directory listing order); each file yields documents by its format. Bad input
 the stage: binary files, unreadable files, invalid UTF-8 and malformed JSONL records are
 counted in the source's stats and the first few are logged as ``file:line: why``. Only a
 missing path (or a glob matching nothing) is an error, since it is almost always a typo.
+
+Hostile files: anything but a regular file (a FIFO, a device, a socket) is skipped unopened for
+reading (opened non-blocking, checked with fstat) and counted; compressed files are decompressed as
+a stream, never whole, and a document or JSONL line longer than ``max_doc_bytes`` is skipped after
+reading at most that much of it; a truncated gzip / xz / zstd file is detected (zstd by walking its
+frame and block headers, since its stream reader stops silently) and counted, or fails the stage
+with ``prepare.corrupt_files: fail``.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import json
 import logging
 import lzma
 import os
+import stat
 import sys
 import sysconfig
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,6 +59,9 @@ class ReadStats:
     docs_read: int = 0
     bytes_read: int = 0  # UTF-8 bytes of the decoded documents
     binary_files: int = 0
+    non_regular_files: int = 0  # FIFOs, devices, sockets: never read
+    truncated_files: int = 0  # compressed files that end early (what came before is kept)
+    oversized_docs: int = 0  # documents / lines longer than max_doc_bytes, skipped
     unreadable_files: int = 0
     malformed_records: int = 0
     invalid_utf8_docs: int = 0
@@ -156,13 +168,76 @@ def _open_stream(raw: IO[bytes], compression: str) -> IO[bytes]:
     return raw
 
 
+class Truncated(EOFError):
+    """A compressed file ends before its end-of-stream marker."""
+
+
+def zstd_truncated(path: Path) -> bool:
+    """True when a .zst file ends inside a frame: walks frame and block headers, decompressing nothing."""
+    with open(path, "rb") as f:
+        data = f.read(4)
+        while data:
+            if len(data) < 4:
+                return True
+            magic = int.from_bytes(data, "little")
+            if 0x184D2A50 <= magic <= 0x184D2A5F:  # skippable frame: 4-byte size, then that many bytes
+                size = f.read(4)
+                if len(size) < 4 or len(f.read(int.from_bytes(size, "little"))) < int.from_bytes(size, "little"):
+                    return True
+            elif magic == 0xFD2FB528:
+                fhd = f.read(1)
+                if not fhd:
+                    return True
+                d = fhd[0]
+                single, checksum, fcs_flag, did_flag = d >> 5 & 1, d >> 2 & 1, d >> 6, d & 3
+                header = (0 if single else 1) + (0, 1, 2, 4)[did_flag] + ((1 if single else 0), 2, 4, 8)[fcs_flag]
+                if len(f.read(header)) < header:
+                    return True
+                last = False
+                while not last:
+                    block = f.read(3)
+                    if len(block) < 3:
+                        return True
+                    value = int.from_bytes(block, "little")
+                    last, kind, size = bool(value & 1), value >> 1 & 3, value >> 3
+                    payload = 1 if kind == 1 else size
+                    if kind == 3 or len(f.read(payload)) < payload:
+                        return True
+                if checksum and len(f.read(4)) < 4:
+                    return True
+            else:
+                return True  # not a zstd frame: garbage after the data, or not zstd at all
+            data = f.read(4)
+    return False
+
+
+def _open_regular(path: Path) -> IO[bytes] | None:
+    """Open `path` for reading if it is a regular file (never blocks on a FIFO); None otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 class SourceReader:
     """Iterate the documents of one source; counts land in `stats`, progress in `counter`."""
 
-    def __init__(self, src: SourceConfig, *, encoding_errors: str, max_docs: int | None = None) -> None:
+    def __init__(
+        self,
+        src: SourceConfig,
+        *,
+        encoding_errors: str,
+        max_docs: int | None = None,
+        max_doc_bytes: int = 1 << 30,
+        corrupt_files: str = "count",
+    ) -> None:
         self.src = src
         self.skip_invalid = encoding_errors == "skip"
         self.max_docs = max_docs
+        self.max_doc_bytes = max_doc_bytes
+        self.fail_on_corrupt = corrupt_files == "fail"
         self.stats = ReadStats()
         self.counter = ByteCounter()
         self.files = resolve_files(src)
@@ -183,10 +258,21 @@ class SourceReader:
             self.stats.files += 1
             fmt, compression = detect(path, self.src)
             try:
-                with open(path, "rb") as raw:
+                raw = _open_regular(path)
+                if raw is None:
+                    self.stats.non_regular_files += 1
+                    self.stats.problem(f"{path}: not a regular file (a FIFO, device or socket), skipped")
+                    continue
+                with raw:
                     self.counter._raw = raw
                     yield from self._read_file(path, raw, fmt, compression)
+                if compression == "zstd" and zstd_truncated(path):
+                    raise Truncated("the zstd stream ends inside a frame")
+            except EOFError as exc:  # gzip / xz raise it at the cut; zstd is checked above
+                self._corrupt(path, f"truncated {compression} file, documents after the cut are lost ({exc})")
             except _read_errors() as exc:
+                if self.fail_on_corrupt and compression != "none":
+                    self._corrupt(path, f"corrupt {compression} file ({exc.__class__.__name__}: {exc})")
                 self.stats.unreadable_files += 1
                 self.stats.problem(f"{path}: unreadable, skipped ({exc.__class__.__name__}: {exc})")
             finally:
@@ -195,6 +281,16 @@ class SourceReader:
                     self.counter.done += path.stat().st_size
                 except OSError:
                     pass
+
+    def _corrupt(self, path: Path, why: str) -> None:
+        if self.fail_on_corrupt:
+            raise DataError(f"{path}: {why}; set prepare.corrupt_files: count to keep what is readable")
+        self.stats.truncated_files += 1
+        self.stats.problem(f"{path}: {why}")
+
+    def _oversized(self, where: str) -> None:
+        self.stats.oversized_docs += 1
+        self.stats.problem(f"{where}: longer than {self.max_doc_bytes} bytes (prepare.clean.max_chars), skipped")
 
     def _take(self) -> bool:
         """Whether another document may be read (max_docs)."""
@@ -219,7 +315,14 @@ class SourceReader:
     def _read_file(self, path: Path, raw: IO[bytes], fmt: str, compression: str) -> Iterator[RawDoc]:
         stream = _open_stream(raw, compression)
         if fmt == "parquet":
-            yield from self._read_parquet(path, stream if compression == "none" else io.BytesIO(stream.read()))
+            if compression == "none":
+                yield from self._read_parquet(path, stream)
+                return
+            with tempfile.TemporaryFile() as spool:  # Parquet needs seeking: spool to disk, not memory
+                while chunk := stream.read(1 << 20):
+                    spool.write(chunk)
+                spool.seek(0)
+                yield from self._read_parquet(path, spool)
             return
         buffered = io.BufferedReader(stream) if compression == "zstd" else stream  # zstd reader lacks peek
         head = buffered.peek(_BINARY_PROBE)[:_BINARY_PROBE] if hasattr(buffered, "peek") else b""
@@ -228,20 +331,42 @@ class SourceReader:
             self.stats.problem(f"{path}: binary file (NUL byte in the first {_BINARY_PROBE} bytes), skipped")
             return
         if fmt == "text":
-            doc = self._decode(buffered.read(), str(path))
+            data = buffered.read(self.max_doc_bytes + 1)
+            if len(data) > self.max_doc_bytes:
+                self._oversized(str(path))  # the rest is never decompressed
+                return
+            doc = self._decode(data, str(path))
             if doc is not None and self._take():
                 yield self._emit(doc)
             return
         yield from self._read_jsonl(path, buffered)
 
+    def _lines(self, stream: IO[bytes]) -> Iterator[tuple[int, bytes | None]]:
+        """(line number, line) with lines cut at max_doc_bytes: an over-long line comes as None."""
+        lineno = 0
+        while True:
+            line = stream.readline(self.max_doc_bytes + 1)
+            if not line:
+                return
+            lineno += 1
+            if len(line) > self.max_doc_bytes and not line.endswith(b"\n"):
+                while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # skip to the end of the line, a bounded piece at a time
+                yield lineno, None
+                continue
+            yield lineno, line
+
     def _read_jsonl(self, path: Path, stream: IO[bytes]) -> Iterator[RawDoc]:
         field_name = self.src.text_field
-        for lineno, line in enumerate(stream, start=1):
+        for lineno, line in self._lines(stream):
             if not self._take():
                 return
+            where = f"{path}:{lineno}"
+            if line is None:
+                self._oversized(where)
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             doc = self._decode(line, where)
             if doc is None:
                 continue

@@ -1,7 +1,8 @@
 """Atomic outputs: write into a temporary sibling, fsync, rename on success.
 
 A stage killed midway then leaves either the previous complete output or nothing, never a
-half-written file that Snakemake or DVC would take as done.
+half-written file that Snakemake or DVC would take as done; the temporary it leaves behind is
+removed by the next write of the same output (its writer's pid is no longer running).
 """
 
 from __future__ import annotations
@@ -46,6 +47,38 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete `path`'s temporary siblings left by writers that died (killed mid-write); returns them.
+
+    A sibling is stale when the pid in its name is no longer running: a live writer's is left alone.
+    """
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` when the block exits without error.
@@ -54,6 +87,7 @@ def atomic_dir(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp_sibling(path)
     tmp.mkdir()
     try:
@@ -79,6 +113,7 @@ def atomic_file(path: str | Path, mode: str = "w", *, fsync: bool = True, **open
     """Open a temporary sibling of `path` for writing; it replaces `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp_sibling(path)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
