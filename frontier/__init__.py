@@ -4,4 +4,9 @@ Stages (prepare → tokenizer → tokenize → train → evaluate → report, + 
 functions called by `frontier.cli`, driven by Snakemake and DVC, configured by params.yaml.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("frontier")  # one source: pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

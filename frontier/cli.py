@@ -159,8 +159,11 @@ def _add_params(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from frontier import __version__
+
     parser = argparse.ArgumentParser(prog="frontier", description="Frontier: reproducible LLM training stages.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"frontier {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def stage(name: str, fn: Callable[[argparse.Namespace], Any], help: str, **paths: str) -> None:

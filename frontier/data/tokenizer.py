@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frontier.data.progress import Progress, progress_enabled
+from frontier.data.progress import Progress, bars_enabled
 from frontier.errors import DataError
 from frontier.provenance import record_stage
 from frontier.utils.atomic import atomic_dir, write_json
@@ -91,7 +91,7 @@ def build_bpe(texts: Iterator[str], cfg: Any) -> Tokenizer:
         min_frequency=cfg.min_frequency,
         special_tokens=_specials(cfg),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=progress_enabled(),  # tokenizers' own bars: counting pairs, computing merges
+        show_progress=bars_enabled(),  # tokenizers' own bars: counting pairs, computing merges
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
