@@ -1,6 +1,7 @@
-# Frontier's pipeline for Snakemake. Stages are defined once in frontier/pipeline.py;
-# each rules file below turns one family of them into rules. `snakemake --cores all` runs
-# everything; `snakemake --cores all train` builds what training needs and trains.
+# Frontier's pipeline for Snakemake. Stages are defined once in frontier/pipeline.py; the rules are
+# built from them in workflow/rules/stages.smk. `snakemake --cores all` runs everything;
+# `snakemake --cores all train` builds what training needs and trains; `--config` overrides reach
+# every job (they run with the validated, resolved params file).
 configfile: "params.yaml"
 
 
@@ -12,8 +13,4 @@ rule all:
         "reports",
 
 
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/eval.smk"
-include: "workflow/rules/finetune.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/stages.smk"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 PARAMS_FILE = "params.yaml"
@@ -25,9 +26,11 @@ class Stage:
     outs: tuple[str, ...] = ()
     params: tuple[str, ...] = ()  # top-level sections (or scalar keys) of params.yaml
     metrics: tuple[str, ...] = ()  # files inside outs, declared to DVC as top-level metrics
-    plots: tuple[str, ...] = ()
-    persist: tuple[str, ...] = ()  # kept between runs (resume state); not a Snakemake output
+    # named DVC plots: name -> (csv inside outs -> y column); x is always "step"
+    plots: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    report: tuple[str, ...] = ()  # file patterns inside outs that `snakemake --report` shows
     parallel: bool = False  # takes --workers; Snakemake passes the cores it gives the rule
+    multithreaded: bool = False  # uses every core it is given (torch threads); Snakemake gives it all
 
 
 STAGES: dict[str, Stage] = {
@@ -70,8 +73,14 @@ STAGES: dict[str, Stage] = {
             outs=("runs/train",),
             params=("seed", "model", "kernels", "optimizer", "schedule", "train"),
             metrics=("runs/train/metrics.json", "runs/train/speed.json"),
-            plots=("runs/train/plots/train.csv", "runs/train/plots/val.csv"),
-            persist=("checkpoints/train",),
+            plots=(
+                ("loss", (("runs/train/plots/train.csv", "loss"), ("runs/train/plots/val.csv", "val_loss"))),
+                ("learning_rate", (("runs/train/plots/train.csv", "lr"),)),
+                ("grad_norm", (("runs/train/plots/train.csv", "grad_norm"),)),
+                ("throughput", (("runs/train/plots/train.csv", "tokens_per_s"),)),
+            ),
+            report=("{name}.json", "plots/{name}.csv"),
+            multithreaded=True,
         ),
         Stage(
             "evaluate",
@@ -87,15 +96,16 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("runs/train", "data/tokens", "data/prepared"),
             outs=("runs/eval",),
-            params=("evaluate", "tokenize"),
+            params=("seed", "evaluate", "tokenize"),
             metrics=("runs/eval/metrics.json",),
+            report=("{name}.json", "{name}.jsonl"),
         ),
         Stage(
             "sft_data",
             ("--data", "data/prepared", "--out", "data/sft"),
             deps=("data/prepared",),
             outs=("data/sft",),
-            params=("seed", "finetune"),
+            params=("finetune",),
         ),
         Stage(
             "finetune",
@@ -113,7 +123,14 @@ STAGES: dict[str, Stage] = {
             outs=("runs/finetune",),
             params=("seed", "kernels", "optimizer", "schedule", "train", "finetune"),
             metrics=("runs/finetune/metrics.json", "runs/finetune/speed.json"),
-            persist=("checkpoints/finetune",),
+            plots=(
+                (
+                    "finetune_loss",
+                    (("runs/finetune/plots/train.csv", "loss"), ("runs/finetune/plots/val.csv", "val_loss")),
+                ),
+            ),
+            report=("{name}.json",),
+            multithreaded=True,
         ),
         Stage(
             "merge",
@@ -135,7 +152,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("runs/merged", "data/tokens", "data/prepared"),
             outs=("runs/eval_finetuned",),
-            params=("evaluate", "tokenize"),
+            params=("seed", "evaluate", "tokenize"),
             metrics=("runs/eval_finetuned/metrics.json",),
         ),
         Stage(
@@ -147,12 +164,15 @@ STAGES: dict[str, Stage] = {
                 "runs/eval",
                 "--finetune",
                 "runs/finetune",
+                "--eval-finetuned",
+                "runs/eval_finetuned",
                 "--out",
                 "reports",
             ),
             deps=("runs/train", "runs/eval", "runs/finetune", "runs/eval_finetuned"),
             outs=("reports",),
             params=("report",),
+            report=("{name}.html", "{name}.png"),
         ),
     ]
 }
@@ -161,12 +181,75 @@ STAGES: dict[str, Stage] = {
 SUBCOMMAND = {"evaluate_finetuned": "evaluate", "sft_data": "sft-data"}
 
 
-def command(stage: Stage) -> str:
+RESOLVED_DIR = ".snakemake/frontier-params"  # params files for Snakemake runs with --config overrides
+
+
+def command(stage: Stage, params_file: str = PARAMS_FILE) -> str:
     """The shell command of `stage`, as DVC runs it (Snakemake appends ``--workers {threads}``
     to parallel stages; the worker count never changes a stage's output)."""
     sub = SUBCOMMAND.get(stage.name, stage.name)
-    params = ["--params", PARAMS_FILE] if stage.params else []
+    params = ["--params", params_file] if stage.params else []
     return " ".join(["frontier", sub, *params, *stage.args])
+
+
+def typed_cli_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake's config with ``--config`` strings read back as YAML where the schema wants a non-string.
+
+    Snakemake merges ``--config train='{max_steps: 7}'`` into its config as the string '7'; the same
+    override must mean 7 here, as it does with ``frontier ... --set train.max_steps=7``.
+    """
+    import dataclasses
+    import typing
+
+    import yaml
+
+    from frontier.config import Params, _unwrap_optional
+
+    def wants_text(tp: Any) -> bool:
+        tp = _unwrap_optional(tp)
+        if tp is str:
+            return True
+        return typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
+
+    def walk(value: Any, tp: Any) -> Any:
+        tp = _unwrap_optional(tp)
+        if isinstance(value, dict) and dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            return {k: walk(v, hints[k]) if k in hints else v for k, v in value.items()}
+        if isinstance(value, str) and not wants_text(tp):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if not isinstance(parsed, str) else value
+        return value
+
+    return walk(config, Params)
+
+
+def params_file_for(config: dict[str, Any], base: str | Path = PARAMS_FILE) -> str:
+    """The params file Snakemake's jobs run with, so they run exactly what Snakemake validated.
+
+    `base` (params.yaml) when Snakemake's config is its content; otherwise (``--config`` or another
+    ``--configfile``) a copy of the config, written once under RESOLVED_DIR and named by its hash.
+    """
+    import yaml
+
+    from frontier.utils.atomic import atomic_file
+
+    base = Path(base)
+    try:
+        on_disk = yaml.safe_load(base.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        on_disk = None
+    if on_disk == config:
+        return str(base)
+    text = yaml.safe_dump(config, sort_keys=False)
+    path = Path(RESOLVED_DIR) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.is_file():
+        with atomic_file(path) as f:
+            f.write("# Snakemake's validated config for this run (params.yaml with --config overrides)\n" + text)
+    return str(path)
 
 
 def fingerprint(params_data: dict[str, Any], stage: Stage) -> str:
@@ -189,15 +272,19 @@ def dvc_yaml() -> dict[str, Any]:
             keys += section_keys(section)
         if keys:
             entry["params"] = keys
-        outs: list[Any] = list(stage.outs)
-        outs += [{p: {"persist": True, "cache": False}} for p in stage.persist]
-        if outs:
-            entry["outs"] = outs
+        # Checkpoint directories are not outputs: DVC neither hashes nor removes them, so returning to
+        # an earlier experiment (git checkout + dvc checkout) restores it from the cache without a rerun.
+        if stage.outs:
+            entry["outs"] = list(stage.outs)
         stages[stage.name] = entry
     # Metrics and plots live inside stage output directories; DVC accepts them only as top-level
     # declarations (a stage's own metrics: inside its outs would overlap).
     metrics = [m for s in STAGES.values() for m in s.metrics]
-    plots = [{p: {"x": "step"}} for s in STAGES.values() for p in s.plots]
+    plots = [
+        {name: {"x": "step", "y": {path: column for path, column in series}}}
+        for s in STAGES.values()
+        for name, series in s.plots
+    ]
     return {"stages": stages, "metrics": metrics, "plots": plots}
 
 

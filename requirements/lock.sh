@@ -36,7 +36,7 @@ compile() {  # compile OUT INPUT... [-- uv options]
 for flavour in cpu cuda; do
     extra=()
     [ "$flavour" = cuda ] || extra=("${cpu_source[@]}")
-    compile "requirements/$flavour.txt" pyproject.toml "requirements/$flavour.in" --extra dev ${extra[@]+"${extra[@]}"}
+    compile "requirements/$flavour.txt" pyproject.toml "requirements/$flavour.in" --extra dev --extra trackers ${extra[@]+"${extra[@]}"}
     compile "requirements/$flavour-build.txt" "requirements/$flavour.in" -c "requirements/$flavour.txt" \
         ${extra[@]+"${extra[@]}"}
     echo "lock.sh: requirements/$flavour.txt ($(grep -c '^[a-z0-9]' "requirements/$flavour.txt") packages)"

@@ -49,7 +49,8 @@ def test_the_build_lock_is_the_locks_own_subset(flavour: str) -> None:
 @pytest.mark.parametrize("flavour", LOCKS)
 def test_every_declared_dependency_is_locked(flavour: str) -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    declared = project["dependencies"] + extras["dev"] + extras["trackers"]
     pins = read_lock(REPO / "requirements" / f"{flavour}.txt")
     for requirement in declared:
         name = normalize(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))

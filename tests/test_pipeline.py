@@ -57,19 +57,33 @@ def test_snakemake_rules_match_stages() -> None:
     assert rules == set(STAGES) | {"all"}
 
 
+def _dry_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`snakemake -n -p` of the whole pipeline in a fresh directory holding a copy of params.yaml."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    return _snakemake("-n", "-p", "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
+                      "--configfile", str(tmp_path / "params.yaml"), *args)  # fmt: skip
+
+
+def test_rules_come_from_one_loop_over_stages() -> None:
+    assert sorted(p.name for p in (REPO / "workflow" / "rules").glob("*.smk")) == ["common.smk", "stages.smk"]
+
+
+def test_config_overrides_reach_every_job(tmp_path: Path) -> None:
+    proc = _dry_run(tmp_path, "--cores", "1", "--config", "train={max_steps: 70}")
+    assert proc.returncode == 0, proc.stderr
+    used = {part for line in proc.stdout.splitlines() for part in line.split() if part.startswith(".snakemake/")}
+    (path,) = used  # one resolved params file, the same for every job
+    resolved = yaml.safe_load((tmp_path / path).read_text())
+    assert resolved["train"]["max_steps"] == 70
+    assert resolved["train"]["micro_batch_size"] == yaml.safe_load((REPO / "params.yaml").read_text())["train"][
+        "micro_batch_size"]  # fmt: skip
+    assert "--params params.yaml" not in proc.stdout  # no job runs the file Snakemake did not validate
+    bad = _dry_run(tmp_path, "--cores", "1", "--config", "train={max_stesp: 7}")
+    assert bad.returncode != 0 and "train.max_stesp: unknown key" in bad.stderr
+
+
 def test_snakemake_commands_match_dvc(tmp_path: Path) -> None:
-    proc = _snakemake(
-        "-n",
-        "-p",
-        "--cores",
-        "3",
-        "--directory",
-        str(tmp_path),
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--configfile",
-        str(REPO / "params.yaml"),
-    )
+    proc = _dry_run(tmp_path, "--cores", "3")
     assert proc.returncode == 0, proc.stderr
     dvc_cmds = {s["cmd"] for s in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()}
     for cmd in dvc_cmds:

@@ -113,9 +113,10 @@ def generation_samples(model: torch.nn.Module, tokenizer: Any, cfg: Any, seed: i
 
 
 def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prepared_dir: Path | None = None) -> dict:
-    """Stage: write metrics.json, samples.jsonl and params.resolved.yaml into `out_dir`."""
+    """Stage: write metrics.json (+ run.json), samples.jsonl and params.resolved.yaml into `out_dir`."""
     from frontier.provenance import record_stage
-    from frontier.utils.atomic import atomic_dir, write_json
+    from frontier.train.metrics import write_metrics
+    from frontier.utils.atomic import atomic_dir
 
     cfg = params.evaluate
     model, tokenizer = load_model(Path(model_dir))
@@ -150,7 +151,7 @@ def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prep
     samples = generation_samples(model, tokenizer, cfg, params.seed)
     metrics["samples"] = len(samples)
     with atomic_dir(out_dir) as tmp:
-        write_json(tmp / "metrics.json", metrics)
+        write_metrics(tmp, metrics)  # numbers in metrics.json; model_dir, bytes_estimated in run.json
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:
             for rec in samples:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -14,6 +14,7 @@ out_dir::
     adapter/             adapter_config.json + adapter_model.safetensors (peft) and the tokenizer
     metrics.json         base vs fine-tuned loss on the held-out pairs, counts
     speed.json           training time
+    run.json             LoRA settings, base model, stop reason
     plots/train.csv      step, loss, lr, grad_norm, tokens_per_s
     plots/val.csv        step, val_loss (the held-out pairs)
     tb/                  TensorBoard events
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -164,7 +166,8 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
         "total_params": total,
         "lora": {"r": ft.r, "alpha": ft.alpha, "dropout": ft.dropout, "target_modules": list(ft.target_modules)},
         "quantize": ft.quantize,
-        "base_model": base_model_dir.as_posix(),  # as given: a metric holds no machine-specific path
+        # relative to this output (as in the adapter's config): nothing a run exports names a machine path
+        "base_model": os.path.relpath(base_model_dir.resolve(), Path(out_dir).resolve()),
         "train_time_s": state.wall_seconds,
     }
     log.info("finetune: held-out loss %.4f -> %.4f", base_loss, tuned_loss)
@@ -196,7 +199,7 @@ def _export(
             with atomic_dir(out_dir) as tmp:
                 adapter = tmp / ADAPTER_DIR
                 peft_model.save_pretrained(str(adapter), safe_serialization=True)
-                _point_at_base(adapter, base_model_dir)
+                _point_at_base(adapter, base_model_dir, out_dir / ADAPTER_DIR)
                 _copy_tokenizer(base_model_dir, adapter)
                 write_metrics(tmp, metrics)
                 write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
@@ -207,11 +210,12 @@ def _export(
     barrier(info)
 
 
-def _point_at_base(adapter_dir: Path, base_model_dir: Path) -> None:
-    """Record the base model's absolute path in adapter_config.json (what `merge` loads)."""
+def _point_at_base(adapter_dir: Path, base_model_dir: Path, final_adapter_dir: Path) -> None:
+    """Record the base model in adapter_config.json as a path relative to the adapter's final place
+    (what `merge` loads): a runs folder moved or copied elsewhere as a whole still merges."""
     path = adapter_dir / "adapter_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = str(Path(base_model_dir).resolve())
+    config["base_model_name_or_path"] = os.path.relpath(Path(base_model_dir).resolve(), final_adapter_dir.resolve())
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -235,6 +239,7 @@ def merge(adapter_dir: Path, out_dir: Path) -> Path:
         raise CheckpointError(f"{adapter_dir}: no adapter_config.json (expected a LoRA adapter directory)")
     try:
         base_dir = Path(json.loads(config_path.read_text(encoding="utf-8"))["base_model_name_or_path"])
+        base_dir = base_dir if base_dir.is_absolute() else adapter_dir / base_dir  # relative to the adapter
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{config_path}: no base_model_name_or_path naming the base model directory") from None
     if not (base_dir / "config.json").is_file():

@@ -16,8 +16,9 @@ import yaml
 
 from frontier.errors import DataError
 from frontier.report.html import Raw, esc, fmt, image, kv_table, page, pre, table
-from frontier.report.plots import Series, loss_figure, read_csv
+from frontier.report.plots import Series, dynamics_figure, loss_figure, read_csv
 from frontier.report.sysinfo import system_info
+from frontier.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,9 @@ def build_report(
     cfg = params.report
     train_dir, eval_dir, out_dir = Path(train_dir), Path(eval_dir), Path(out_dir)
     train_series, val_series = _curves(train_dir)
-    eval_metrics = _read_json(eval_dir / "metrics.json", "the evaluate stage writes it")
-    train_metrics_path = train_dir / "metrics.json"
-    train_metrics = _read_json(train_metrics_path, "train metrics") if train_metrics_path.is_file() else {}
-    speed_path = train_dir / "speed.json"
-    if speed_path.is_file():
-        train_metrics.update(_read_json(speed_path, "train speed"))
+    _read_json(eval_dir / "metrics.json", "the evaluate stage writes it")  # present and readable, or one line
+    eval_metrics = read_metrics(eval_dir)
+    train_metrics = read_metrics(train_dir)  # metrics.json + speed.json + run.json, where present
     samples = _read_samples(eval_dir / "samples.jsonl", cfg.max_samples)
     loss_png = loss_figure(train_series, val_series, title="Training loss", smoothing=cfg.smoothing, dpi=cfg.dpi)
 
@@ -171,14 +169,28 @@ def build_report(
             ),
         ),
     ]
+    dynamics_png = dynamics_figure(train_series, dpi=cfg.dpi)
+    if dynamics_png is not None:
+        sections.append(
+            (
+                "Training dynamics",
+                image(
+                    dynamics_png,
+                    "learning rate, gradient norm and throughput",
+                    "learning rate, gradient norm and tokens/s at each logged step",
+                ),
+            )  # fmt: skip
+        )
     per_source = _per_source(eval_metrics)
     if per_source:
         sections.append(("Per source", per_source))
     if finetune_dir is not None:
-        ft = _read_json(Path(finetune_dir) / "metrics.json", "the finetune stage writes it")
+        _read_json(Path(finetune_dir) / "metrics.json", "the finetune stage writes it")  # present, or one line
+        ft = read_metrics(Path(finetune_dir))
         sections.append(("Fine-tune", _finetune(ft, Path(finetune_dir), cfg)))
     if eval_finetuned_dir is not None:
-        tuned = _read_json(Path(eval_finetuned_dir) / "metrics.json", "the evaluate stage writes it")
+        _read_json(Path(eval_finetuned_dir) / "metrics.json", "the evaluate stage writes it")
+        tuned = read_metrics(Path(eval_finetuned_dir))
         sections.append(("Pretrained vs fine-tuned on val", _compare_evals(eval_metrics, tuned)))
     sections += [
         ("Samples", _samples(samples)),

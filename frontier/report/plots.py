@@ -66,7 +66,38 @@ def loss_figure(train: Series, val: Series | None, *, title: str, smoothing: flo
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
-    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: object) -> bytes:
+    fig.tight_layout()  # type: ignore[attr-defined]
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png")  # type: ignore[attr-defined]
     return buf.getvalue()
+
+
+# (column of plots/train.csv, axis label) of the training-dynamics panels
+DYNAMICS = (("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens / s"))
+
+
+def dynamics_figure(train: Series, *, dpi: int) -> bytes | None:
+    """PNG with one panel per DYNAMICS column present in the log (None when none is)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = []
+    for column, label in DYNAMICS:
+        points = [(s, v) for s, v in zip(train.get("step", []), train.get(column, [])) if math.isfinite(v)]
+        if points:
+            panels.append((label, points))
+    if not panels:
+        return None
+    fig = Figure(figsize=(8, 2.4 * len(panels)), dpi=dpi)
+    for i, (label, points) in enumerate(panels, 1):
+        ax = fig.add_subplot(len(panels), 1, i)
+        ax.plot([s for s, _ in points], [v for _, v in points], ".-", color="#31a354", linewidth=1.5)
+        ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+    ax.set_xlabel("step")
+    return _png(fig)

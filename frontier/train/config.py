@@ -70,6 +70,12 @@ class MonitorConfig:
     tensorboard: bool = True
     system_every_s: float = field(default=10.0, metadata=bounds(ge=0))  # CPU/RAM/disk/GPU sampling; 0: off
     peak_tflops: float | None = field(default=None, metadata=bounds(gt=0))  # per device; None: known table
+    # experiment trackers beside TensorBoard (frontier.train.trackers); all work offline
+    trackers: list[Literal["dvclive", "mlflow", "wandb"]] = field(default_factory=list)
+    project: str = "frontier"  # MLflow experiment / W&B project
+    dvclive_dir: str = "dvclive"  # DVCLive's directory (its dvc.yaml there is what DVC reads)
+    mlflow_tracking_uri: str | None = None  # None: a file store in the run's logs (checkpoints/.../logs/mlruns)
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
 
 
 @dataclass

@@ -4,6 +4,7 @@ model/               Hugging Face directory: config.json, generation_config.json
                      and the tokenizer files (loads with transformers alone, no frontier import)
 metrics.json         final results (frontier.train.run.final_metrics): identical for identical inputs
 speed.json           tokens/s, FLOP/s, MFU, times: measured, so they differ run to run
+run.json             what describes the run: stop reason, device, precision, ZeRO stage (not numbers)
 plots/train.csv      step, loss, lr, grad_norm, tokens_per_s   (dvc plots)
 plots/val.csv        step, val_loss
 tb/                  TensorBoard event files

@@ -13,16 +13,19 @@ import csv
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from frontier.data.progress import eta
 from frontier.train.alerts import Alerts
 from frontier.train.config import TrainConfig
 from frontier.train.distributed import DistInfo
 from frontier.train.state import TrainerState
 from frontier.train.system import SystemMonitor
+from frontier.train.trackers import open_trackers
 
 log = logging.getLogger("frontier.train")
 
@@ -39,6 +42,10 @@ def write_csv(path: Path, fields: tuple[str, ...], rows: list[dict[str, Any]], m
         writer.writerows(rows)
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 class RunMonitor:
     def __init__(self, cfg: TrainConfig, logs_dir: Path, info: DistInfo, state: TrainerState) -> None:
         self.cfg = cfg
@@ -52,6 +59,7 @@ class RunMonitor:
         self.system: SystemMonitor | None = None
         self.profiler: Any = None
         self._postfix: dict[str, str] = {}
+        self._started, self._first_step = time.monotonic(), state.step  # ETA from this segment's pace
         if self.main:
             write_csv(logs_dir / "train.csv", TRAIN_FIELDS, state.train_rows)
             write_csv(logs_dir / "val.csv", VAL_FIELDS, state.val_rows)
@@ -65,6 +73,7 @@ class RunMonitor:
                 self.bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
             if cfg.monitor.system_every_s > 0:
                 self.system = SystemMonitor(cfg.monitor.system_every_s, logs_dir, self._on_system).start()
+        self.trackers = open_trackers(cfg.monitor, state.run_id, logs_dir, resume=state.step > 0) if self.main else []
 
     def _on_system(self, sample: dict[str, float]) -> None:
         step = self.step
@@ -116,14 +125,12 @@ class RunMonitor:
         if row.get("tokens_per_s"):
             self.alerts.check_throughput(step, row["tokens_per_s"])
             self._postfix["tok/s"] = f"{row['tokens_per_s']:,.0f}"
-        if self.writer is not None:
-            for key in ("loss", "lr", "grad_norm"):
-                if row.get(key) is not None and math.isfinite(row[key]):
-                    self.writer.add_scalar(f"train/{key}", row[key], step)
-            for key, value in {"tokens_per_s": row.get("tokens_per_s"), **extra}.items():
-                if value is not None:
-                    self.writer.add_scalar(f"perf/{key}", value, step)
+        scalars = {f"train/{k}": row[k] for k in ("loss", "lr", "grad_norm") if _finite(row.get(k))}
+        scalars |= {f"perf/{k}": v for k, v in {"tokens_per_s": row.get("tokens_per_s"), **extra}.items() if _finite(v)}
+        self._scalars(scalars, step)
         parts = [f"step {step}/{self.cfg.max_steps}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.3g}"]
+        seconds = time.monotonic() - self._started
+        parts.append(f"ETA {eta(step - self._first_step, self.cfg.max_steps - self._first_step, seconds)}")
         if row.get("grad_norm") is not None:
             parts.append(f"grad_norm {row['grad_norm']:.3g}")
         if row.get("tokens_per_s"):
@@ -136,10 +143,17 @@ class RunMonitor:
         if not self.main:
             return
         write_csv(self.dir / "val.csv", VAL_FIELDS, [{"step": step, "val_loss": val_loss}], mode="a")
-        if self.writer is not None:
-            self.writer.add_scalar("val/loss", val_loss, step)
+        self._scalars({"val/loss": val_loss} if _finite(val_loss) else {}, step)
         self._print(f"step {step}: val loss {val_loss:.4f} (best {best:.4f})" if best is not None else
                     f"step {step}: val loss {val_loss:.4f}")  # fmt: skip
+
+    def _scalars(self, values: dict[str, float], step: int) -> None:
+        """The same scalars to TensorBoard and every tracker."""
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.log(values, step)
 
     def _print(self, line: str) -> None:
         if self.bar is not None:
@@ -153,5 +167,8 @@ class RunMonitor:
             self.system.stop()
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
         if self.bar is not None:
             self.bar.close()

@@ -10,6 +10,7 @@ checkpoints_dir by default (train.resume: auto), trains, and writes out_dir atom
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import sys
@@ -62,12 +63,16 @@ _OPERATIONAL = {
 def run_params(params: Params, inputs: list[Path], sections: tuple[str, ...] = ("model",)) -> dict[str, Any]:
     """What defines a run's result: its params sections and the content of its input files
     (recorded in, and matched against, checkpoints)."""
-    data = to_dict(params)
-    out: dict[str, Any] = {k: data[k] for k in ("seed", *sections, "optimizer", "schedule", "train")}
+    keys = ("seed", *sections, "optimizer", "schedule", "train")
+    out: dict[str, Any] = {k: _plain(getattr(params, k)) for k in keys}  # the sections read, one by one
     for section, keys in _OPERATIONAL.items():
         out[section] = {k: v for k, v in out[section].items() if k not in keys}
     out["inputs"] = {f"{p.parent.name}/{p.name}": sha256_file(p) for p in inputs}
     return out
+
+
+def _plain(value: Any) -> Any:
+    return to_dict(value) if dataclasses.is_dataclass(value) else value
 
 
 def seed_all(seed: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from frontier.finetune.lora import finetune, merge
 from frontier.finetune.sft_data import build_sft_pairs
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.data import Layout
+from frontier.train.metrics import read_metrics
 from tests.eval.tiny import TRAIN_OVERRIDES, corpus_texts, make_tokenizer, trained_run
 from tests.finetune.test_sft_data import MODULES, prepared_dir
 
@@ -54,8 +56,10 @@ def test_finetuning_lowers_the_heldout_loss(tuned):
     assert m["steps"] == 40 and m["heldout_pairs"] > 0
     assert 0 < m["trainable_params"] < m["total_params"] / 2
     out = tuned["root"] / "out"
-    assert {**json.loads((out / "metrics.json").read_text()), **json.loads((out / "speed.json").read_text())} == m
-    assert "train_time_s" not in json.loads((out / "metrics.json").read_text())  # measured, so in speed.json
+    assert read_metrics(out) == m
+    numbers = json.loads((out / "metrics.json").read_text())
+    assert "train_time_s" not in numbers and "base_model" not in numbers  # speed.json and run.json hold those
+    assert json.loads((out / "run.json").read_text())["lora"]["r"] == m["lora"]["r"]
 
 
 def test_base_loss_is_the_base_models_own_loss_on_response_tokens(tuned):
@@ -192,3 +196,17 @@ def test_batches_are_a_function_of_seed_and_index_and_eval_covers_everything_onc
     batches = [eval_batches(examples, Layout(3, 1, 4, rank), 2) for rank in range(4)]
     assert len({len(b) for b in batches}) == 1  # every rank runs the same number of batches
     assert sum(b.num_targets for rank in batches for b in rank) == first.num_targets
+
+
+def test_a_moved_runs_folder_still_merges_and_holds_no_absolute_path(tuned, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(tuned["base"], runs / "train" / "model")
+    finetune(tuned["params"], runs / "train" / "model", tuned["root"] / "sft", runs / "finetune", tmp_path / "ckpt")
+    for path in (runs / "finetune").rglob("*"):
+        if path.suffix in (".json", ".yaml", ".csv", ".jsonl") and path.name != "provenance.json":
+            assert str(tmp_path) not in path.read_text(), f"{path} holds an absolute path"
+    moved = tmp_path / "elsewhere" / "runs"
+    moved.parent.mkdir()
+    runs.rename(moved)
+    merged = merge(moved / "finetune", tmp_path / "merged")
+    assert (merged / "model.safetensors").is_file()

@@ -106,7 +106,8 @@ def test_untrusted_text_is_escaped(report):
 def test_images_are_embedded_not_linked(report):
     path, text = report
     sources = re.findall(r'<img [^>]*src="([^"]+)"', text)
-    assert len(sources) == 2  # training loss, fine-tune loss
+    assert len(sources) == 3  # training loss, training dynamics (lr, grad norm, tokens/s), fine-tune loss
+    assert "Training dynamics" in text
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     embedded = base64.b64decode(sources[0].split(",", 1)[1])
     assert embedded == (path.parent / "loss.png").read_bytes()
@@ -179,7 +180,7 @@ def test_headless_chromium_decodes_the_plots(report, tmp_path):
     assert match, f"no probe result in the DOM (rc={done.returncode}): {done.stdout[:300]} {done.stderr[-300:]}"
     probe = json.loads(match.group(1).replace("&quot;", '"'))
     width, height = _png_size((path.parent / "loss.png").read_bytes())
-    assert len(probe) == 2 and all(p["ok"] for p in probe)
+    assert len(probe) == 3 and all(p["ok"] for p in probe)
     assert (probe[0]["w"], probe[0]["h"]) == (width, height)
     assert probe[1]["w"] > 0 and probe[1]["h"] > 0
     assert 'data-title="Test run &lt;1&gt;"' in done.stdout  # the hostile sample did not run
@@ -198,7 +199,7 @@ def test_report_from_real_stage_outputs(tmp_path):
     path = build_report(params, run["out"], tmp_path / "eval", tmp_path / "report")
     text = path.read_text(encoding="utf-8")
     assert f"{metrics['bits_per_byte']:.4f}" in text
-    assert text.count("<img ") == 1 and "Configuration of the training run" in text
+    assert text.count("<img ") == 2 and "Configuration of the training run" in text  # loss + dynamics
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * len(params.evaluate.prompts)
     from html import escape

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.engine import weights_only_loads
-from frontier.train.metrics import SPEED_KEYS
+from frontier.train.metrics import METRIC_FILES, SPEED_KEYS
 from frontier.train.run import train
 from tests.train.helpers import params, read_rows
 
@@ -39,8 +39,10 @@ def test_out_dir_layout_and_metrics(run):
                 "model/tokenizer.json", "metrics.json", "plots/train.csv", "plots/val.csv", "alerts.jsonl",
                 "params.resolved.yaml", "profile/trace_rank00000.json"):  # fmt: skip
         assert (out / rel).is_file(), rel
-    results, speed = (json.loads((out / name).read_text()) for name in ("metrics.json", "speed.json"))
-    assert {**results, **speed} == metrics and set(speed) == set(SPEED_KEYS) and not set(results) & set(speed)
+    results, speed, run = (json.loads((out / name).read_text()) for name in METRIC_FILES)
+    assert {**results, **speed, **run} == metrics and set(speed) == set(SPEED_KEYS)
+    assert all(v is None or type(v) in (int, float) for v in results.values())  # DVC's metrics: numbers only
+    assert run["stop_reason"] == "max_steps" and run["device"] == "cpu"
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["packages"]["torch"] == torch.__version__ and provenance["hardware"]["cpus"] == os.cpu_count()
     assert metrics["steps"] == 8 and metrics["tokens"] == 8 * 4 * 16
@@ -109,3 +111,11 @@ def test_exported_model_loads_with_transformers_alone_and_matches(run, corpus):
     with torch.no_grad():
         expected = CausalLMWithLoss(lm).eval().lm(torch.tensor([[5, 6, 7, 8, 9, 10]])).logits[0, -1, :8]
     torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_log_lines_say_how_long_is_left(tmp_path, corpus, caplog):
+    with caplog.at_level("INFO", logger="frontier.train"):
+        train(params("train.log_every=2"), corpus.tokens, corpus.tokenizer, tmp_path / "out", tmp_path / "ckpt")
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ") and "loss" in r.getMessage()]
+    assert len(steps) == 3 and all(" | ETA " in line for line in steps), steps
+    assert steps[-1].split(" | ETA ")[1].startswith("0:00:00")  # the last step: nothing left

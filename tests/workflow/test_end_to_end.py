@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,7 @@ def _project(tmp_path: Path, overrides: dict) -> Path:
     shutil.copytree(REPO / "workflow", root / "workflow")
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text("/checkpoints/\n/logs/\n/.snakemake/\n")  # as the repository's own
     return root
 
 
@@ -77,6 +79,9 @@ def _planned_jobs(root: Path) -> set[str]:
             jobs.add(parts[0])
     return jobs
 
+
+# The README's short `dvc exp show` view: what changed, without per-source, speed, counts and dependency hashes.
+EXP_SHOW_DROP = ".*(per_source|speed|tokens|flops|wall_time|:steps).*|(runs|data)/[a-z_]+$"
 
 # Every stage's output directory, each holding params.resolved.yaml and provenance.json.
 STAGE_OUTPUTS = (
@@ -110,6 +115,14 @@ def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
     train_record = json.loads((root / "runs/train/provenance.json").read_text())
     report = (root / "reports/report.html").read_text()
     assert "Training machine and environment" in report and train_record["created_utc"] in report
+    assert "Pretrained vs fine-tuned on val" in report and "Training dynamics" in report
+
+    # Snakemake's own report shows the tagged results.
+    _snakemake(root, "--report", "smk-report.zip")
+    with zipfile.ZipFile(root / "smk-report.zip") as archive:
+        names = archive.namelist()
+    shown = [n.rsplit("/", 1)[-1] for n in names]
+    assert "report.html" in shown and "loss.png" in shown and shown.count("metrics.json") >= 3, names
 
     # Same inputs, same bits: the whole pipeline again in a fresh directory.
     (tmp_path / "b").mkdir()
@@ -149,5 +162,36 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert "longer" in exps and "bits_per_byte" in exps
     steps = json.loads((root / "runs/train/metrics.json").read_text())["steps"]
     assert steps == 14
-    plots = _run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root).stdout
-    assert "runs/train/plots/train.csv" in plots
+    plots = json.loads(_run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root).stdout)
+    names = set(plots.get("data", plots))
+    assert {"loss", "learning_rate", "grad_norm", "throughput", "finetune_loss"} <= names, names
+
+    # Metrics are numbers, and name no machine path.
+    metrics_json = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root).stdout
+    assert str(tmp_path) not in metrics_json
+
+    def leaves(node):
+        if isinstance(node, dict):
+            for value in node.values():
+                yield from leaves(value)
+        else:
+            yield node
+
+    values = list(leaves(json.loads(metrics_json)))
+    assert values and all(v is None or isinstance(v, (int, float)) for v in values), [
+        v for v in values if not isinstance(v, (int, float, type(None)))][:5]  # fmt: skip
+    # The documented short view of experiments: only what differs.
+    short = _run([sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--drop", EXP_SHOW_DROP, "--csv"],
+                 root).stdout  # fmt: skip
+    columns = short.splitlines()[0].split(",")
+    assert len(columns) <= 24 and "train.max_steps" in columns and "runs/eval/metrics.json:bits_per_byte" in columns
+
+    # Back to an earlier experiment: restored from the DVC cache, nothing retrains.
+    _run([sys.executable, "-m", "dvc", "exp", "apply", "longer"], root)  # the workspace as the experiment left it
+    _run(["git", "add", "-A"], root)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "longer"], root)
+    _run(["git", "checkout", "-q", "HEAD~1"], root)
+    _run([sys.executable, "-m", "dvc", "checkout"], root)
+    again = _run([sys.executable, "-m", "dvc", "repro"], root)
+    assert "Running stage" not in again.stdout, again.stdout
+    assert json.loads((root / "runs/train/metrics.json").read_text())["steps"] == 12
