@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +56,46 @@ def _read_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" -> "gpu03" (what `scontrol show hostnames` prints first)."""
+    head = nodelist.strip()
+    depth = 0
+    for i, ch in enumerate(head):  # the first top-level comma ends the first entry
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            head = head[:i]
+            break
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    first = ranges.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def _job_port(job_id: str) -> int:
+    """A port every task of one job derives alike (no coordination), in 20000-59999."""
+    return 20000 + (int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())) % 40000
+
+
+def rendezvous_from_scheduler(env: dict[str, str] | None = None) -> dict[str, str]:
+    """MASTER_ADDR / MASTER_PORT that SLURM (srun) or Open MPI (mpirun) imply but do not set.
+
+    SLURM: the first host of SLURM_JOB_NODELIST, a port from SLURM_JOB_ID. Open MPI on one node:
+    127.0.0.1, a port from its job id. What the environment sets already always wins.
+    """
+    env = os.environ if env is None else env
+    out: dict[str, str] = {}
+    if "SLURM_PROCID" in env and "SLURM_JOB_NODELIST" in env:
+        out = {"MASTER_ADDR": first_host(env["SLURM_JOB_NODELIST"]),
+               "MASTER_PORT": str(_job_port(env.get("SLURM_JOB_ID", "0")))}  # fmt: skip
+    elif "OMPI_COMM_WORLD_RANK" in env:
+        if env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == env.get("OMPI_COMM_WORLD_SIZE"):
+            job = env.get("OMPI_MCA_ess_base_jobid") or env.get("PMIX_NAMESPACE") or "0"
+            out = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_job_port(job))}
+    return {k: v for k, v in out.items() if k not in env}
+
+
 def _disable_cpu_shm_build() -> None:
     """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (~40 s) used only for inference
     all-reduce; training collectives go through torch.distributed. Skip the build on the CPU."""
@@ -80,9 +121,13 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         if world > 1:
+            os.environ.update(rendezvous_from_scheduler())
             missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
             if missing:
-                raise ConfigError(f"environment: {', '.join(missing)} not set for a {world}-rank run (use a launcher)")
+                raise ConfigError(
+                    f"environment: {', '.join(missing)} not set for a {world}-rank run: use a launcher (torchrun, "
+                    "deepspeed, srun), or export them (mpirun -x MASTER_ADDR=<first host> -x MASTER_PORT=<port>)"
+                )
             dist.init_process_group(backend, rank=rank, world_size=world)
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)

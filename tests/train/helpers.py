@@ -101,14 +101,37 @@ def launch(
     checkpoints: Path,
     *,
     threads_per_rank: int = 1,
+    scheme: str = "torchrun",
 ) -> list[subprocess.Popen]:
-    """Start `ranks` processes of ``frontier train`` with a launcher's environment and these params."""
+    """Start `ranks` processes of ``frontier train`` with a launcher's environment and these params.
+
+    scheme "torchrun": RANK / WORLD_SIZE / LOCAL_RANK and MASTER_ADDR / MASTER_PORT, as torchrun and the
+    deepspeed launcher set them; "slurm" and "openmpi": only what srun / mpirun set (no MASTER_*).
+    """
     port = free_port()
+    while not 20000 <= port < 60000:  # the schedulers' derived port lies in that range
+        port = free_port()
     params_file = dump_resolved(load_params(None, overrides), out.parent / f"{out.name}.params")
     procs = []
     for rank in range(ranks):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                   WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank), PYTHONPATH=str(REPO))  # fmt: skip
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+        }
+        env["PYTHONPATH"] = str(REPO)
+        if scheme == "torchrun":
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(ranks),
+                       LOCAL_RANK=str(rank))  # fmt: skip
+        elif scheme == "slurm":  # srun on one node called "localhost"; the job id fixes the port
+            env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(ranks), SLURM_LOCALID=str(rank),
+                       SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID=str(port - 20000))  # fmt: skip
+        elif scheme == "openmpi":
+            env.update(OMPI_COMM_WORLD_RANK=str(rank), OMPI_COMM_WORLD_SIZE=str(ranks),
+                       OMPI_COMM_WORLD_LOCAL_RANK=str(rank), OMPI_COMM_WORLD_LOCAL_SIZE=str(ranks),
+                       OMPI_MCA_ess_base_jobid=str(port - 20000))  # fmt: skip
+        else:
+            raise ValueError(scheme)
         env["OMP_NUM_THREADS"] = str(threads_per_rank)  # as the in-process runs (tests/train/conftest.py)
         cmd = [sys.executable, "-m", "frontier", "train", "--params", str(params_file), "--data", str(corpus.tokens),
                "--tokenizer", str(corpus.tokenizer), "--out", str(out), "--checkpoints", str(checkpoints)]  # fmt: skip

@@ -50,3 +50,15 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, one_rank, layout):
     codes = wait_all(procs)
     assert codes == [0, 0], log_tail(out, 0) + log_tail(out, 1)
     assert_same_run(one_rank, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["slurm", "openmpi"])
+def test_ranks_started_by_srun_or_mpirun_find_each_other(tmp_path, corpus, one_rank, scheme):
+    # Only what srun / mpirun put in the environment: the rendezvous address and port are derived.
+    out = tmp_path / "out"
+    layout = ("train.zero_stage=2", "train.micro_batch_size=1", "train.grad_accum_steps=2")
+    procs = launch(2, tiny_params(*BASE, *layout), corpus, out, tmp_path / "ckpt", scheme=scheme)
+    codes = wait_all(procs)
+    assert codes == [0, 0], log_tail(out, 0) + log_tail(out, 1)
+    assert_same_run(one_rank, out)
