@@ -155,8 +155,20 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert "bits_per_byte" in shown
 
     # An experiment with one train parameter changed: dvc exp run, then exp show / plots show.
+    _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], root)
     _run(["git", "add", "-A"], root)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], root)
+
+    # Data and models travel through a DVC remote: push here, pull in a fresh clone, nothing to redo.
+    _run([sys.executable, "-m", "dvc", "push"], root)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    _run([sys.executable, "-m", "dvc", "pull"], clone)
+    assert (clone / "runs/train/model/model.safetensors").read_bytes() == (
+        root / "runs/train/model/model.safetensors").read_bytes()  # fmt: skip
+    assert (clone / "data/tokens/train/meta.json").is_file()
+    pulled = _run([sys.executable, "-m", "dvc", "repro"], clone).stdout
+    assert "Running stage" not in pulled, pulled
     _run([sys.executable, "-m", "dvc", "exp", "run", "-n", "longer", "--set-param", "train.max_steps=14"], root)
     exps = _run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root).stdout
     assert "longer" in exps and "bits_per_byte" in exps
