@@ -135,7 +135,7 @@ def collect_provenance(argv: list[str] | None = None) -> dict[str, Any]:
         "packages": {name: _version(name) for name in PACKAGES},
         "cuda": {
             **_cuda(),
-            "runtime": torch_env["cuda_runtime_version"],
+            "nvcc": torch_env["cuda_runtime_version"],  # collect_env's "CUDA runtime" is the toolkit's nvcc
             "driver": torch_env["nvidia_driver_version"],
             "cudnn_version": torch_env["cudnn_version"],
         },

@@ -129,14 +129,14 @@ class RunMonitor:
         scalars |= {f"perf/{k}": v for k, v in {"tokens_per_s": row.get("tokens_per_s"), **extra}.items() if _finite(v)}
         self._scalars(scalars, step)
         parts = [f"step {step}/{self.cfg.max_steps}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.3g}"]
-        seconds = time.monotonic() - self._started
-        parts.append(f"ETA {eta(step - self._first_step, self.cfg.max_steps - self._first_step, seconds)}")
         if row.get("grad_norm") is not None:
             parts.append(f"grad_norm {row['grad_norm']:.3g}")
         if row.get("tokens_per_s"):
             parts.append(f"{row['tokens_per_s']:,.0f} tok/s")
         if extra.get("mfu") is not None:
             parts.append(f"MFU {100 * extra['mfu']:.1f}%")
+        seconds = time.monotonic() - self._started
+        parts.append(f"ETA {eta(step - self._first_step, self.cfg.max_steps - self._first_step, seconds)}")
         self._print(" | ".join(parts))
 
     def log_val(self, step: int, val_loss: float, best: float | None) -> None:

@@ -117,6 +117,9 @@ def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
     assert "Training machine and environment" in report and train_record["created_utc"] in report
     assert "Pretrained vs fine-tuned on val" in report and "Training dynamics" in report
 
+    for log in (root / "logs").glob("*.log"):  # plain lines: no progress-bar frames, ours or libraries'
+        assert "\r" not in log.read_text(errors="replace"), log.name
+
     # Snakemake's own report shows the tagged results.
     _snakemake(root, "--report", "smk-report.zip")
     with zipfile.ZipFile(root / "smk-report.zip") as archive:
