@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from frontier.utils.lock import file_sha256, installed_versions, lock_differences, normalize, read_lock, read_marker
+from frontier.utils.hashing import sha256_file
+from frontier.utils.lock import installed_versions, lock_differences, normalize, read_lock, read_marker
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = ("cpu", "cuda")
@@ -21,7 +22,7 @@ def test_this_environment_equals_its_lock() -> None:
     assert marker is not None, "this environment was not installed from a lock: install with `bash run.sh`"
     lock = REPO / marker["file"]
     assert lock.is_file(), f"{marker['file']} (recorded at install) is not in the repository"
-    assert file_sha256(lock) == marker["sha256"], f"{marker['file']} changed since install: rerun `bash run.sh`"
+    assert sha256_file(lock) == marker["sha256"], f"{marker['file']} changed since install: rerun `bash run.sh`"
     diffs = lock_differences(read_lock(lock), installed_versions())
     assert not diffs, "installed packages differ from the lock:\n" + "\n".join(diffs)
 

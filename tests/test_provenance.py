@@ -12,7 +12,8 @@ import yaml
 
 from frontier.config import Params
 from frontier.provenance import collect_provenance, git_state, read_provenance, record_stage
-from frontier.utils.lock import file_sha256, read_marker
+from frontier.utils.hashing import sha256_file
+from frontier.utils.lock import read_marker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def test_record_names_commit_lock_versions_hardware_and_command() -> None:
     assert record["git"]["commit"] == _git(REPO, "rev-parse", "HEAD")
     assert record["git"]["dirty"] == bool(_git(REPO, "status", "--porcelain"))
     marker = read_marker()
-    assert record["lock"]["file"] == marker["file"] and record["lock"]["sha256"] == file_sha256(REPO / marker["file"])
+    assert record["lock"]["file"] == marker["file"] and record["lock"]["sha256"] == sha256_file(REPO / marker["file"])
     assert record["lock"]["matches"], record["lock"]["differences"]
     assert record["packages"]["torch"] == torch.__version__
     import transformers

@@ -124,4 +124,8 @@ def local_state_finite(engine: Any) -> bool:
             if isinstance(groups, (list, tuple)):
                 tensors += [t for t in groups if torch.is_tensor(t)]
         opt = getattr(opt, "optimizer", None)
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point() and t.numel())
+    flags: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())  # one sync per device, not per tensor

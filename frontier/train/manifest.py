@@ -7,24 +7,15 @@ a stray file could otherwise be loaded unverified).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from frontier.utils.atomic import atomic_file
+from frontier.utils.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-_CHUNK = 1 << 22
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files(directory: Path) -> list[str]:

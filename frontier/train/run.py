@@ -27,7 +27,7 @@ from frontier.model.build import build_model, shape_signature
 from frontier.model.flops import matmul_parameters, model_flops_per_token
 from frontier.model.loss import CausalLMWithLoss
 from frontier.model.presets import resolve
-from frontier.train.manifest import sha256_file
+from frontier.utils.hashing import sha256_file
 
 log = logging.getLogger("frontier.train")
 

@@ -7,7 +7,6 @@ marker's identity and whether the environment still equals it; tests/test_lock.p
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import re
@@ -15,6 +14,8 @@ import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
+
+from frontier.utils.hashing import sha256_file
 
 MARKER = "frontier-lock.json"
 # Present in every venv or the project itself, never pinned by the lock.
@@ -68,10 +69,6 @@ def lock_differences(pins: dict[str, str], installed: dict[str, str]) -> list[st
     return out
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def marker_path(prefix: str | Path | None = None) -> Path:
     return Path(prefix or sys.prefix) / MARKER
 
@@ -79,7 +76,7 @@ def marker_path(prefix: str | Path | None = None) -> Path:
 def record(lock: str | Path, flavour: str, prefix: str | Path | None = None) -> Path:
     """Write the marker of the lock this environment was installed from."""
     lock = Path(lock)
-    data = {"flavour": flavour, "file": lock.as_posix(), "sha256": file_sha256(lock), "pins": read_lock(lock)}
+    data = {"flavour": flavour, "file": lock.as_posix(), "sha256": sha256_file(lock), "pins": read_lock(lock)}
     path = marker_path(prefix)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
