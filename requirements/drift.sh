@@ -17,10 +17,12 @@ torch_spec=${DRIFT_TORCH:-torch==$(sed -n 's/^torch==\([^ ]*\).*/\1/p' requireme
 "$PY" -m venv .venv
 pip_q() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "is neither a file nor a directory" >&2); }
 echo "drift: installing $torch_spec and the newest of everything else" >&2
+echo "$torch_spec" > "$work/torch-constraint.txt"  # the eager upgrade below must not replace torch
+export PIP_CONSTRAINT="$work/torch-constraint.txt"
 pip_q "$torch_spec"
 pip_q --upgrade setuptools wheel ninja pybind11
 DS_BUILD_OPS=0 pip_q --no-build-isolation --upgrade deepspeed
-pip_q --no-build-isolation --upgrade --upgrade-strategy eager -e ".[dev]"
+pip_q --no-build-isolation --upgrade --upgrade-strategy eager -e ".[dev,trackers]"
 .venv/bin/python -m frontier.utils.lock record requirements/cpu.txt drift >/dev/null
 echo "drift: how the newest allowed versions differ from requirements/cpu.txt:" >&2
 .venv/bin/python -m frontier.utils.lock check 2>&1 | sed 's/^lock: /  /' >&2 || true
