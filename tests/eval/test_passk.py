@@ -18,11 +18,14 @@ from frontier.eval.passk import (
     run_passk,
     summarize,
 )
-from frontier.eval.sandbox import SandboxLimits
+from frontier.eval.sandbox import SandboxLimits, isolation
 from tests.eval.tiny import save_model_dir
 
 PROBLEMS = Path(__file__).with_name("problems.jsonl")
 LIMITS = SandboxLimits(timeout_s=3.0, cpu_s=3, memory_mb=512)
+needs_sandbox = pytest.mark.skipif(
+    not isolation()["sandbox"], reason=f"no sandbox on this machine: {isolation().get('why')}"
+)
 
 
 def _enumerated_pass_at_k(n: int, c: int, k: int) -> float:
@@ -75,6 +78,7 @@ def test_load_problems_missing_file(tmp_path):
         load_problems(tmp_path / "nope.jsonl")
 
 
+@needs_sandbox
 def test_canonical_solutions_pass_and_known_wrong_completions_fail():
     problems = load_problems(PROBLEMS)
     by_id = {p.task_id: p for p in problems}
@@ -114,12 +118,14 @@ def test_canonical_solutions_pass_and_known_wrong_completions_fail():
     assert not Path("/tmp/frontier-passk-escape").exists()
 
 
+@needs_sandbox
 def test_summarize_requires_k_samples_per_problem():
     results = execute_completions(load_problems(PROBLEMS, 1), {"Frontier/0": ["    return a + b\n"]}, LIMITS)
     with pytest.raises(ValueError, match="at least 2"):
         summarize(results, [2])
 
 
+@needs_sandbox
 def test_run_passk_stage_end_to_end(tmp_path):
     model_dir = save_model_dir(tmp_path / "model")
     params = load_params(

@@ -18,7 +18,7 @@ import pytest
 from frontier.eval import sandbox
 from frontier.eval.sandbox import SandboxLimits, SandboxUnavailable, isolation, run_check, run_program
 
-pytestmark = pytest.mark.skipif(
+needs_sandbox = pytest.mark.skipif(
     not isolation()["sandbox"], reason=f"no sandbox on this machine: {isolation().get('why')}"
 )
 FAST = SandboxLimits(timeout_s=5.0, cpu_s=3, memory_mb=512, max_processes=16, disk_mb=8)
@@ -35,6 +35,7 @@ def contained(source: str, limits: SandboxLimits = FAST) -> sandbox.ExecResult:
     return result
 
 
+@needs_sandbox
 def test_a_benign_program_runs_and_can_use_its_work_directory() -> None:
     result = run_program(program("""
         import json, os
@@ -50,6 +51,7 @@ def test_a_benign_program_runs_and_can_use_its_work_directory() -> None:
 # --- escape by path -------------------------------------------------------------------------------------
 
 
+@needs_sandbox
 def test_host_files_can_be_neither_written_nor_deleted(tmp_path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -67,6 +69,7 @@ def test_host_files_can_be_neither_written_nor_deleted(tmp_path) -> None:
     assert victim.read_text() == "keep me" and not (tmp_path / "new.txt").exists()
 
 
+@needs_sandbox
 def test_host_files_cannot_be_read(tmp_path) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("TOPSECRET")
@@ -80,6 +83,7 @@ def test_host_files_cannot_be_read(tmp_path) -> None:
 # --- escape by file descriptor or process -----------------------------------------------------------------
 
 
+@needs_sandbox
 def test_no_host_descriptor_or_process_is_reachable(tmp_path) -> None:
     secret = tmp_path / "held-open.txt"
     secret.write_text("TOPSECRET")
@@ -105,6 +109,7 @@ def test_no_host_descriptor_or_process_is_reachable(tmp_path) -> None:
 # --- escape by privileges, or by switching a guard off ------------------------------------------------------
 
 
+@needs_sandbox
 @pytest.mark.parametrize(
     "attack",
     [
@@ -132,6 +137,7 @@ def _tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
+@needs_sandbox
 def test_detached_children_die_with_the_sandbox() -> None:
     tag = uuid.uuid4().hex
     result = run_program(program(f"""
@@ -154,6 +160,7 @@ def test_detached_children_die_with_the_sandbox() -> None:
     assert not survivors, "sandboxed processes outlived the sandbox"
 
 
+@needs_sandbox
 def test_fork_bomb_stops_at_the_process_limit() -> None:
     result = contained("""
         import os, time
@@ -168,6 +175,7 @@ def test_fork_bomb_stops_at_the_process_limit() -> None:
 # --- exhaustion -------------------------------------------------------------------------------------------
 
 
+@needs_sandbox
 def test_disk_is_capped_everywhere_writable() -> None:
     for target in ("/work/big", "/big", "/dev/shm/big", "/proc/big"):
         contained(f"""
@@ -177,6 +185,7 @@ def test_disk_is_capped_everywhere_writable() -> None:
         """)
 
 
+@needs_sandbox
 def test_memory_and_cpu_are_capped() -> None:
     assert "MemoryError" in contained("x = bytearray(2 << 30)", SandboxLimits(timeout_s=10, memory_mb=256)).detail
     started = time.monotonic()
@@ -188,6 +197,7 @@ def test_memory_and_cpu_are_capped() -> None:
 # --- network ----------------------------------------------------------------------------------------------
 
 
+@needs_sandbox
 def test_no_network_not_even_the_hosts_loopback() -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -211,6 +221,7 @@ def verdict(completion: str) -> str:
     return run_check(PROMPT, textwrap.indent(textwrap.dedent(completion), "    "), TEST, "add", FAST).status
 
 
+@needs_sandbox
 def test_correct_and_wrong_completions() -> None:
     assert verdict("return a + b\n") == "passed"
     assert verdict("return a - b\n") == "failed"
@@ -220,6 +231,7 @@ def test_correct_and_wrong_completions() -> None:
     assert run_check(PROMPT, loop, TEST, "add", SandboxLimits(timeout_s=30, cpu_s=1)).status == "failed"  # CPU cap
 
 
+@needs_sandbox
 @pytest.mark.parametrize(
     "forgery",
     [
@@ -238,6 +250,7 @@ def test_the_verdict_cannot_be_forged(forgery: str) -> None:
     assert verdict(forgery) == "failed"
 
 
+@needs_sandbox
 def test_exceptions_raised_by_the_candidate_reach_the_test() -> None:
     test = "def check(candidate):\n    try:\n        candidate(1, 0)\n    except ZeroDivisionError:\n        return\n    raise AssertionError('no error')\n"  # fmt: skip
     assert run_check(PROMPT, "    return a / b\n", test, "add", FAST).passed
