@@ -62,10 +62,7 @@ def _torch_env() -> dict[str, Any]:
     from torch.utils import collect_env
 
     env = collect_env.get_env_info()._asdict()
-    keep = (
-        "os", "libc_version", "gcc_version", "cuda_compiled_version", "cuda_runtime_version",
-        "nvidia_driver_version", "nvidia_gpu_models", "cudnn_version", "is_cuda_available",
-    )  # fmt: skip
+    keep = ("os", "libc_version", "gcc_version", "cuda_runtime_version", "nvidia_driver_version", "nvidia_gpu_models")
     facts = {key: env.get(key) for key in keep}
     facts["cpu_model"] = _cpu_model(env.get("cpu_info") or "")
     return facts
@@ -87,26 +84,37 @@ def _memory_gib() -> float | None:
         return None
 
 
+def gpu_list() -> list[dict[str, Any]]:
+    """Name, compute capability, memory and SM count of each visible CUDA device (none on a CPU build)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(
+            {
+                "name": props.name,
+                "capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "sms": props.multi_processor_count,
+            }
+        )
+    return gpus
+
+
 def _cuda() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"torch_cuda": torch.version.cuda, "gpus": []}
-    if not torch.cuda.is_available():
+    info: dict[str, Any] = {"torch_cuda": torch.version.cuda, "gpus": gpu_list()}
+    if not info["gpus"]:
         return info
     info["cudnn"] = torch.backends.cudnn.version()
     try:
         info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     except (AttributeError, RuntimeError):
         info["nccl"] = None
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        info["gpus"].append(
-            {
-                "name": props.name,
-                "capability": f"{props.major}.{props.minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1),
-            }
-        )
     return info
 
 
@@ -137,7 +145,6 @@ def collect_provenance(argv: list[str] | None = None) -> dict[str, Any]:
             **_cuda(),
             "nvcc": torch_env["cuda_runtime_version"],  # collect_env's "CUDA runtime" is the toolkit's nvcc
             "driver": torch_env["nvidia_driver_version"],
-            "cudnn_version": torch_env["cudnn_version"],
         },
         "hardware": {
             "cpu": torch_env["cpu_model"],

@@ -73,7 +73,7 @@ class CheckpointStore:
         # The params that define the run's result: resume=auto continues only a checkpoint made with
         # the same ones, so a changed params.yaml retrains instead of returning the old run's model.
         self.run_params = run_params
-        self._trusted: set[Path] = set()  # checkpoints this process wrote or verified
+        self._trusted: set[Path] = set()  # written or verified by this process: for pruning, not for loading
         self._lock_fd: int | None = None
 
     def checkpoints(self) -> list[Path]:
@@ -228,10 +228,11 @@ class CheckpointStore:
                     continue
                 if run_id is not None and meta.get("run_id") != run_id:
                     continue
-                if self._valid(path):
+                problem = manifest.verify(path)  # always re-hashed here: this one is about to be loaded
+                if problem is None:
                     chosen = path
                     break
-                log.warning("checkpoint %s skipped: %s; trying an older one", path, manifest.verify(path))
+                log.warning("checkpoint %s skipped: %s; trying an older one", path, problem)
         found = broadcast_object(str(chosen) if chosen else None, self.info)
         return Path(found) if found else None  # type: ignore[arg-type]
 

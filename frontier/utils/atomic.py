@@ -8,6 +8,7 @@ removed by the next write of the same output (its writer's pid is no longer runn
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -63,7 +64,7 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     A sibling is stale when the pid in its name is no longer running: a live writer's is left alone.
     """
     removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
         pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             if tmp.is_dir() and not tmp.is_symlink():
@@ -73,10 +74,6 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
                     tmp.unlink()
             removed.append(tmp)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager

@@ -47,26 +47,6 @@ def _extension_info() -> dict[str, Any]:
     return {"loaded": True, "how": how, "cpu_ops": ops.has_kernel("cpu"), "cuda_ops": ops.has_kernel("cuda")}
 
 
-def _gpu_info() -> list[dict[str, Any]]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    gpus = []
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        gpus.append(
-            {
-                "name": props.name,
-                "capability": f"{props.major}.{props.minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1),
-                "sms": props.multi_processor_count,
-                "peaks": gpu_peaks(props.name),
-            }
-        )
-    return gpus
-
-
 def collect_env() -> dict[str, Any]:
     """Versions, extension ops, GPUs and the provenance record, as a JSON-friendly dict."""
     import torch
@@ -85,7 +65,7 @@ def collect_env() -> dict[str, Any]:
         "deepspeed": packages["deepspeed"],
         "transformers": packages["transformers"],
         "extension": _extension_info(),
-        "gpus": _gpu_info(),
+        "gpus": [{**gpu, "peaks": gpu_peaks(gpu["name"])} for gpu in record["cuda"]["gpus"]],
         "provenance": record,
     }
 
@@ -113,7 +93,7 @@ def format_env(info: dict[str, Any]) -> str:
             f"commit        {git.get('commit') or 'unknown'}{dirty}",
             f"lock          {_lock_line(lock)}",
             f"cpu           {hw['cpu']} ({hw['cpus']} cores, {hw['memory_gib']} GiB)",
-            f"cuda driver   {cuda.get('driver') or 'none'}; cuDNN {cuda.get('cudnn') or cuda.get('cudnn_version') or 'none'}",
+            f"cuda driver   {cuda.get('driver') or 'none'}; cuDNN {cuda.get('cudnn') or 'none'}",
         ]
     if not info["gpus"]:
         lines.append("gpus          none")
