@@ -36,7 +36,7 @@ from frontier.kernels.config import KernelsConfig
 from frontier.model.config import ModelConfig
 from frontier.optim.config import OptimizerConfig
 from frontier.report.config import ReportConfig
-from frontier.train.config import ScheduleConfig, TrainConfig
+from frontier.train.config import LaunchConfig, ScheduleConfig, TrainConfig
 
 _MISSING = dataclasses.MISSING
 
@@ -102,9 +102,12 @@ def _convert(tp: Any, value: Any, key: str, meta: dict[str, Any] | None = None) 
             try:
                 return _convert(arg, value, key, meta)
             except _Invalid as exc:
-                errors.append(exc)
+                errors.append((arg, exc))
         if len(errors) == 1:
-            raise errors[0]
+            raise errors[0][1]
+        same_type = [exc for arg, exc in errors if arg is type(value)]  # e.g. an int out of its bounds
+        if len(same_type) == 1:
+            raise same_type[0]
         raise _bad(key, value, tp)
     if origin is Literal:
         if value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}:
@@ -464,6 +467,7 @@ class Params:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)

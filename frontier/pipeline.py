@@ -71,7 +71,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("data/tokens", "data/tokenizer"),
             outs=("runs/train",),
-            params=("seed", "model", "kernels", "optimizer", "schedule", "train"),
+            params=("seed", "model", "kernels", "optimizer", "schedule", "train", "launch"),
             metrics=("runs/train/metrics.json", "runs/train/speed.json"),
             plots=(
                 ("loss", (("runs/train/plots/train.csv", "loss"), ("runs/train/plots/val.csv", "val_loss"))),
@@ -121,7 +121,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("runs/train", "data/sft"),
             outs=("runs/finetune",),
-            params=("seed", "kernels", "optimizer", "schedule", "train", "finetune"),
+            params=("seed", "kernels", "optimizer", "schedule", "train", "finetune", "launch"),
             metrics=("runs/finetune/metrics.json", "runs/finetune/speed.json"),
             plots=(
                 (

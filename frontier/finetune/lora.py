@@ -128,7 +128,8 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
 
     # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
     weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
-    store = CheckpointStore(checkpoints_dir, info, run_params=run_params(params, weights, sections=("finetune",)))
+    ft_run = run_params(params, weights, sections=("finetune",), global_batch=layout.global_batch)
+    store = CheckpointStore(checkpoints_dir, info, run_params=ft_run)
     state, start = store.begin(cfg.resume, engine, TrainerState(seed=params.seed, world_size=info.world_size))
     if start is not None:
         log.info("finetune: resumed from %s at step %d", start, state.step)

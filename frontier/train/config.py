@@ -118,3 +118,41 @@ class TrainConfig:
             raise ValueError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3, got 0")
         if self.resume not in ("auto", "none") and not self.resume.strip():
             raise ValueError("resume: expected 'auto', 'none' or a checkpoint directory")
+
+
+@dataclass
+class LaunchConfig:
+    """How the train and finetune stages start their ranks, and what a cluster job asks for.
+
+    One stage = one job = N ranks: with more than one rank per node (or several nodes) the stage
+    starts them itself through torch's elastic launcher (frontier.train.launch), so the same
+    command under Snakemake or DVC uses every GPU of the node. `external` leaves that to an outer
+    launcher (srun, mpirun, deepspeed); `auto` does the same whenever one already started this process.
+    """
+
+    launcher: Literal["auto", "torchrun", "external"] = "auto"
+    nproc_per_node: int | Literal["auto"] = field(default="auto", metadata=bounds(ge=1))  # auto: CUDA devices, else 1
+    nnodes: int = field(default=1, metadata=bounds(ge=1))
+    node_rank: int = field(default=0, metadata=bounds(ge=0))  # this node's index (multi-node, started by hand)
+    master_addr: str = "127.0.0.1"  # node 0's address (multi-node)
+    master_port: int | None = field(default=None, metadata=bounds(ge=1, le=65535))  # None: a free port (one node)
+    threads_per_rank: int = field(default=0, metadata=bounds(ge=0))  # CPU threads per rank; 0: the cores / ranks
+    shutdown_timeout_s: float = field(default=120.0, metadata=bounds(ge=1))  # checkpoint time after a stop signal
+    # what a cluster job asks its scheduler for (Snakemake resources:, read by executor plugins such as SLURM)
+    gpus_per_node: int = field(default=0, metadata=bounds(ge=0))
+    mem_mb: int = field(default=8192, metadata=bounds(ge=1))  # per node
+    runtime_min: int = field(default=120, metadata=bounds(ge=1))
+
+    def validate(self) -> None:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank: {self.node_rank} is outside [0, nnodes={self.nnodes})")
+        if self.nnodes > 1 and self.launcher != "external" and self.master_port is None:
+            raise ValueError(
+                f"master_port: {self.nnodes} nodes must agree on a port; set launch.master_port (and "
+                "launch.master_addr to node 0's address)"
+            )
+        if self.launcher == "external" and (self.nnodes > 1 or self.nproc_per_node not in ("auto", 1)):
+            raise ValueError(
+                "launcher: 'external' takes the ranks from the outer launcher (srun -n, mpirun -np, deepspeed "
+                "--num_gpus); leave nproc_per_node at auto and nnodes at 1"
+            )

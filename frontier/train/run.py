@@ -60,13 +60,24 @@ _OPERATIONAL = {
 }  # fmt: skip
 
 
-def run_params(params: Params, inputs: list[Path], sections: tuple[str, ...] = ("model",)) -> dict[str, Any]:
-    """What defines a run's result: its params sections and the content of its input files
-    (recorded in, and matched against, checkpoints)."""
+# How a global batch is split (per rank, per micro-step) changes no sample of a step: the run is
+# defined by the global batch instead, so resuming on another rank count continues the same run.
+_SPLIT = ("micro_batch_size", "grad_accum_steps")
+
+
+def run_params(
+    params: Params, inputs: list[Path], sections: tuple[str, ...] = ("model",), *, global_batch: int
+) -> dict[str, Any]:
+    """What defines a run's result: its params sections, its global batch and the content of its
+    input files (recorded in, and matched against, checkpoints)."""
     keys = ("seed", *sections, "optimizer", "schedule", "train")
     out: dict[str, Any] = {k: _plain(getattr(params, k)) for k in keys}  # the sections read, one by one
     for section, keys in _OPERATIONAL.items():
         out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    for section in ("train", "finetune"):
+        if section in out:
+            out[section] = {k: v for k, v in out[section].items() if k not in _SPLIT}
+    out["global_batch"] = global_batch
     out["inputs"] = {f"{p.parent.name}/{p.name}": sha256_file(p) for p in inputs}
     return out
 
@@ -145,8 +156,9 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
         checkpoints_dir,
         info,
         model=shape_signature(lm),
-        run_params=run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"]),
-    )
+        run_params=run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"],
+                              global_batch=cfg.micro_batch_size * cfg.grad_accum_steps * info.world_size),
+    )  # fmt: skip
     fresh = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
     state, start = store.begin(cfg.resume, engine, fresh)
     if start is not None:
