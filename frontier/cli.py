@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from frontier.errors import FrontierError
+from frontier.train.launch import report_rank_error
 
 log = logging.getLogger("frontier")
 
@@ -49,10 +50,23 @@ def cmd_tokenize(ns: argparse.Namespace) -> Any:
     )
 
 
+def _launched(ns: argparse.Namespace, params: Any) -> bool:
+    """Start this stage's ranks (launch: section) when it needs several and no launcher started it yet."""
+    from frontier.train.launch import launch_ranks, should_launch
+
+    if not should_launch(params.launch):
+        return False
+    launch_ranks(params.launch, ns.argv, ns.command)
+    return True
+
+
 def cmd_train(ns: argparse.Namespace) -> Any:
+    params = _params(ns)
+    if _launched(ns, params):
+        return None
     return _call(
         "frontier.train.run:train",
-        _params(ns),
+        params,
         Path(ns.data),
         Path(ns.tokenizer),
         Path(ns.out),
@@ -70,9 +84,12 @@ def cmd_sft_data(ns: argparse.Namespace) -> Any:
 
 
 def cmd_finetune(ns: argparse.Namespace) -> Any:
+    params = _params(ns)
+    if _launched(ns, params):
+        return None
     return _call(
         "frontier.finetune.lora:finetune",
-        _params(ns),
+        params,
         Path(ns.model),
         Path(ns.data),
         Path(ns.out),
@@ -265,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
+    ns.argv = argv  # what a stage that starts its own ranks runs again in each of them
     if not sys.stderr.isatty():  # a log file: no library progress bars either (their \r frames are noise)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
@@ -274,34 +293,48 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        return _run(ns)
+    except Exception as exc:  # a bug, not a user's error: the traceback goes to stderr as usual
+        report_rank_error(f"{exc.__class__.__name__}: {exc}")  # and its last line to a launcher, if any
+        raise
+
+
+def _run(ns: argparse.Namespace) -> int:
+    """Run the stage; an error a user can cause ends as one line on stderr (and to a launcher) and an exit code."""
+    try:
         ns.fn(ns)
-    except FrontierError as exc:
-        sys.stderr.write(f"frontier {ns.command}: error: {exc}\n")
-        return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write(f"frontier {ns.command}: interrupted\n")
         return 130
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        # A path the user gave is wrong; name it without a traceback.
-        where = exc.filename or ""
-        sys.stderr.write(f"frontier {ns.command}: error: {exc.strerror}: {where}\n")
-        return 2
-    except OSError as exc:
-        if exc.errno not in _DISK_ERRORS:
+    except (FrontierError, OSError, MemoryError) as exc:
+        explained = _explain(exc, ns)
+        if explained is None:
             raise
+        message, code = explained
+        sys.stderr.write(f"frontier {ns.command}: error: {message}\n")
+        report_rank_error(message)
+        return code
+    return 0
+
+
+def _explain(exc: BaseException, ns: argparse.Namespace) -> tuple[str, int] | None:
+    """(one line, exit code) for an error a user can cause; None for a bug (its traceback is shown)."""
+    if isinstance(exc, FrontierError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        # A path the user gave is wrong; name it without a traceback.
+        return f"{exc.strerror}: {exc.filename or ''}", 2
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
         # A write failed for lack of room or a read-only mount: the atomic output left nothing half-written.
         where = exc.filename or getattr(ns, "out", None) or getattr(ns, "checkpoints", None) or "the output"
-        sys.stderr.write(
-            f"frontier {ns.command}: error: {exc.strerror} while writing {where}; {_DISK_ERRORS[exc.errno]}\n"
+        return f"{exc.strerror} while writing {where}; {_DISK_ERRORS[exc.errno]}", 2
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory; lower this stage's sizes in params.yaml (for example prepare.max_docs, "
+            "prepare.clean.max_chars, train.micro_batch_size) or run it on a machine with more memory",
+            2,
         )
-        return 2
-    except MemoryError:
-        sys.stderr.write(
-            f"frontier {ns.command}: error: out of memory; lower this stage's sizes in params.yaml (for example "
-            "prepare.max_docs, prepare.clean.max_chars, train.micro_batch_size) or run it on a machine with more memory\n"
-        )
-        return 2
-    return 0
+    return None
 
 
 _DISK_ERRORS = {

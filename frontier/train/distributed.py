@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from frontier.errors import ConfigError
+from frontier.errors import ConfigError, FrontierError
 
 # (rank, world size, local rank) variables, in order of preference
 _ENV_SCHEMES = (
@@ -143,17 +145,43 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device, backend=backend)
 
 
+class PeerLost(FrontierError):
+    """A collective failed because another rank is gone (it failed, was killed, or its node went away)."""
+
+
+# how gloo and NCCL word a broken connection to a peer (a RuntimeError or its DistBackendError subclass)
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
+              "remote process exited", "Socket Timeout", "ProcessGroupNCCL", "gloo/transport")  # fmt: skip
+
+
+@contextmanager
+def peer_errors(info: DistInfo, what: str = "a collective") -> Iterator[None]:
+    """Turn a collective's failure because another rank is gone into one line (PeerLost)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if info.world_size == 1 or not any(marker in str(exc) for marker in _PEER_GONE):
+            raise
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
+        raise PeerLost(
+            f"rank {info.rank}: {what} failed: another rank stopped or became unreachable ({first}); "
+            "the rank that failed first says why"
+        ) from None
+
+
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     """Element-wise sum of `values` over ranks (float64, one collective)."""
     t = torch.tensor(values, dtype=torch.float64, device=info.device)
     if info.world_size > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        with peer_errors(info, "all-reduce"):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
-        dist.barrier()
+        with peer_errors(info, "barrier"):
+            dist.barrier()
 
 
 def broadcast_object(obj: object, info: DistInfo) -> object:
@@ -161,5 +189,6 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     if info.world_size == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with peer_errors(info, "broadcast"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]

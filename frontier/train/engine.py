@@ -56,6 +56,21 @@ def weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
+@contextlib.contextmanager
+def universal_loads(engine: Any) -> Iterator[None]:
+    """engine.load_checkpoint reads a universal checkpoint inside the block (frontier.train.reshard).
+
+    DeepSpeed reads its ``checkpoint.load_universal`` setting only when loading, so it is switched on
+    for this one load instead of in the config: the engine's own checkpoints stay ordinary ones.
+    """
+    before = engine._config.load_universal_checkpoint
+    engine._config.load_universal_checkpoint = True
+    try:
+        yield
+    finally:
+        engine._config.load_universal_checkpoint = before
+
+
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
     """DeepSpeed's torch checkpoint engine with weights_only loads (DeepSpeed's passes weights_only=False)."""
 

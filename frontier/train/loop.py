@@ -18,7 +18,7 @@ from frontier.errors import TrainingError
 from frontier.train.checkpoint import CheckpointStore
 from frontier.train.config import TrainConfig
 from frontier.train.data import Batch, TrainBatches
-from frontier.train.distributed import DistInfo, all_reduce_sum
+from frontier.train.distributed import DistInfo, all_reduce_sum, peer_errors
 from frontier.train.engine import loss_scale
 from frontier.train.metrics import mfu
 from frontier.train.monitor import RunMonitor
@@ -65,7 +65,7 @@ class Trainer:
 
     def run(self) -> TrainerState:
         try:
-            with StopRequest() as stop:
+            with StopRequest() as stop, peer_errors(self.p.info, "a step's collective"):  # DeepSpeed's too
                 self._loop(stop)
         finally:
             self.p.monitor.close()

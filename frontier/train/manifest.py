@@ -54,6 +54,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def digest(directory: Path) -> str:
+    """sha256 of the manifest file: it names every file's hash, so it stands for the whole checkpoint."""
+    return sha256_file(directory / MANIFEST)
+
+
 def verify(directory: Path) -> str | None:
     """None when the checkpoint matches its manifest, else the first problem found."""
     try:

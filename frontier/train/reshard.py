@@ -1,0 +1,236 @@
+"""Resuming a ZeRO checkpoint on another number of ranks, through DeepSpeed's universal checkpoint.
+
+Why a conversion: under ZeRO-1/2 the optimizer state (fp32 master weights, exp_avg, exp_avg_sq)
+and under ZeRO-3 the weights too are stored cut into one partition per data-parallel rank, and
+DeepSpeed loads such files only on the same number of ranks. Its *universal* format
+(``deepspeed.checkpoint.ds_to_universal``) stores each parameter's fp32 weight and Adam moments
+whole, under the parameter's name; at load time every ZeRO optimizer cuts its own partition out
+of them, for any rank count. Frontier's client optimizers (FusedAdamW, torch's AdamW) keep the
+per-parameter state names it expects (``step``, ``exp_avg``, ``exp_avg_sq``), so DeepSpeed's own
+converter and loader serve as they are (ZeRO-1, 2 and 3, fp32 and bf16). ZeRO-0 checkpoints
+hold the whole state and load on any rank count without conversion.
+
+The layout of a checkpoint (ranks, ZeRO stage, partitions, precision) is recorded in its manifest
+and checked against the files the manifest lists, so a manifest that lies about it is refused
+before anything is read. A layout that no conversion bridges (another ZeRO stage family or
+precision) ends in one line that says how to resume it.
+
+Trust: the caller verifies the checkpoint (frontier.train.manifest) before it is converted; the
+converter reads it weights-only; the universal copy is written by rank 0 into
+``<checkpoints>/.reshard/<step>/`` (never into the checkpoint, whose manifest would stop matching),
+gets a manifest of its own, is re-hashed before any rank loads it (weights-only as well) and is
+removed once loaded. A copy left behind by a killed run is deleted, never loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import re
+import shutil
+import types
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from frontier.errors import CheckpointError
+from frontier.train import manifest
+from frontier.train.distributed import DistInfo, barrier, broadcast_object
+from frontier.train.engine import universal_loads, weights_only_loads
+from frontier.utils.atomic import atomic_dir
+
+CACHE_DIR = ".reshard"  # under the checkpoints root; holds at most the conversion being loaded
+DS_DIR, DS_TAG = "ds", "state"  # as frontier.train.checkpoint lays a checkpoint out
+
+# DeepSpeed's file names under ds/state (deepspeed.checkpoint.constants; "mp_rank" is the tensor-parallel rank)
+_OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
+_ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
+_MODEL = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+_RNG = re.compile(r"^rng/rank_\d+\.json$")
+# the converter's own exceptions (it asserts, raises RuntimeError/ValueError/NotImplementedError, or fails to read)
+_CONVERT_ERRORS = (AssertionError, RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                   OSError, pickle.UnpicklingError)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a checkpoint's DeepSpeed state is cut: what decides whether another run can load it as it is."""
+
+    world_size: int  # ranks that wrote it
+    zero_stage: int
+    partitions: int  # ZeRO partitions of the optimizer state (the data-parallel degree); 1 under ZeRO-0
+    precision: str  # fp32 | bf16 | fp16
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"{self.world_size} rank(s), ZeRO-{self.zero_stage}, {self.partitions} partition(s), {self.precision}"
+
+
+def engine_layout(engine: Any, world_size: int) -> Layout:
+    """The layout this engine saves (and loads without conversion)."""
+    stage = int(engine.zero_optimization_stage())
+    precision = "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+    partitions = int(getattr(engine, "dp_world_size", world_size)) if stage > 0 else 1
+    return Layout(world_size=world_size, zero_stage=stage, partitions=partitions, precision=precision)
+
+
+def _family(stage: int) -> str:
+    # ZeRO-1 and 2 share one optimizer class and file format; ZeRO-3 partitions the weights too
+    return {0: "ZeRO-0 (whole state)", 1: "ZeRO-1/2", 2: "ZeRO-1/2", 3: "ZeRO-3"}.get(stage, f"ZeRO-{stage}")
+
+
+def _from_files(files: list[str]) -> tuple[int | None, int, str | None]:
+    """(stage family as 0, 2 or 3; ZeRO partition count; precision prefix) told by DeepSpeed's file names."""
+    names = [f.split("/", 2)[2] for f in files if f.startswith(f"{DS_DIR}/{DS_TAG}/") and f.count("/") == 2]
+    optim = [m for n in names if (m := _OPTIM.match(n))]
+    zero3_model = [m for n in names if _ZERO3_MODEL.match(n)]
+    model = [m for n in names if _MODEL.match(n)]
+    if any(m.group(3) != "00" for m in optim):
+        raise CheckpointError("tensor-parallel partitions (mp_rank > 0), which Frontier never writes")
+    prefixes = {m.group(1) or "" for m in optim}
+    if len(prefixes) > 1:
+        raise CheckpointError("ZeRO optimizer files of mixed precisions")
+    ranks = sorted(int(m.group(2)) for m in optim)
+    if ranks != list(range(len(ranks))):
+        raise CheckpointError(f"ZeRO optimizer partitions {ranks} (expected 0..{len(ranks) - 1})")
+    if zero3_model and optim:
+        family = 3
+    elif model and optim:
+        family = 2
+    elif model and not zero3_model:
+        family = 0
+    else:
+        raise CheckpointError("no DeepSpeed model state it could be loaded from")
+    prefix = prefixes.pop() if prefixes else None
+    return family, (len(optim) if optim else 1), ({"bf16_": "bf16", "fp16_": "fp16"}.get(prefix, "fp32")
+                                                  if prefix is not None else None)  # fmt: skip
+
+
+def saved_layout(meta: dict[str, Any], now: Layout) -> Layout:
+    """The layout a checkpoint's manifest records, checked against the files it lists; CheckpointError if they
+    disagree (a manifest that lies, or is damaged, is never believed). A manifest from before layouts were
+    recorded gets the layout its files tell."""
+    files = sorted(meta.get("files", {}))
+    family, partitions, precision = _from_files(files)
+    rng_files = sum(1 for f in files if _RNG.match(f))
+    recorded = meta.get("layout")
+    if recorded is None:  # an older checkpoint: its files tell all but ZeRO-1 vs 2 (the same format)
+        stage = now.zero_stage if family == 2 and now.zero_stage in (1, 2) else family
+        world = meta.get("world_size") if isinstance(meta.get("world_size"), int) else rng_files
+        return Layout(world_size=world or partitions, zero_stage=stage, partitions=partitions,
+                      precision=precision or now.precision)  # fmt: skip
+    try:
+        layout = Layout(**recorded)
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in
+                 (layout.world_size, layout.zero_stage, layout.partitions)) and isinstance(layout.precision, str)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise CheckpointError(f"its manifest's layout {recorded!r} is not a layout record")
+    told = {
+        "ZeRO stage": (_family(layout.zero_stage), _family(family)),
+        "partitions": (layout.partitions, partitions),
+        "ranks": (layout.world_size, rng_files),
+        "world_size": (layout.world_size, meta.get("world_size", layout.world_size)),
+    }
+    if precision is not None:
+        told["precision"] = (layout.precision, precision)
+    if layout.zero_stage > 0:
+        told["ranks vs partitions"] = (layout.world_size, partitions)
+    for what, (says, files_say) in told.items():
+        if says != files_say:
+            raise CheckpointError(
+                f"its manifest's layout ({layout.describe()}) disagrees with the files it lists ({what}: "
+                f"{says} recorded, {files_say} found); the checkpoint is damaged or was edited"
+            )
+    return layout
+
+
+def needs_universal(saved: Layout, now: Layout) -> bool:
+    """True when `saved` loads only after a universal conversion; CheckpointError when nothing bridges them."""
+    if _family(saved.zero_stage) != _family(now.zero_stage):
+        raise CheckpointError(
+            f"written with ZeRO-{saved.zero_stage} ({saved.describe()}), which this run's ZeRO-{now.zero_stage} "
+            f"cannot load; resume it with train.zero_stage={saved.zero_stage} (on any number of ranks) or set "
+            "train.resume=none"
+        )
+    if saved.zero_stage == 0:
+        return False  # whole state in one file: any rank count loads it as it is
+    if saved.precision != now.precision:
+        raise CheckpointError(
+            f"written with train.precision={saved.precision} under ZeRO-{saved.zero_stage}; its partitioned "
+            f"state does not load into {now.precision}; resume it with train.precision={saved.precision} or set "
+            "train.resume=none"
+        )
+    return saved.partitions != now.partitions
+
+
+def to_universal(src: Path, dst: Path) -> None:
+    """Convert DeepSpeed's checkpoint directory `src` (.../ds/state) into a universal one at `dst`.
+
+    DeepSpeed's converter, run in this process (one worker: no subprocess escapes the weights-only
+    loads), with its prints and progress bars kept out of the logs. CheckpointError when it fails.
+    """
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = types.SimpleNamespace(input_folder=str(src), output_folder=str(dst), num_extract_workers=1,
+                                 num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                 inject_missing_state=True)  # fmt: skip  (Frontier models carry no UC info)
+    chatter = io.StringIO()
+    try:
+        with weights_only_loads(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            ds_to_universal.main(args)
+    except pickle.UnpicklingError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "unsafe pickle")
+        raise CheckpointError(f"refused to convert a file that is not plain tensors/data: {first}") from None
+    except _CONVERT_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise CheckpointError(f"DeepSpeed's universal conversion failed: {first}") from None
+
+
+def build(checkpoint: Path, cache: Path) -> None:
+    """Write the universal copy of verified `checkpoint` into `cache` (atomically) with its own manifest."""
+    with atomic_dir(cache, fsync=False) as tmp:  # a scratch copy: a crash leaves garbage the next run deletes
+        to_universal(checkpoint / DS_DIR / DS_TAG, tmp / DS_DIR / DS_TAG)
+        manifest.write_manifest(tmp, {"universal_of": checkpoint.name, "source_manifest": manifest.digest(checkpoint)})
+
+
+@contextlib.contextmanager
+def universal_copy(root: Path, checkpoint: Path, info: DistInfo) -> Iterator[Path]:
+    """Collective: a verified universal copy of verified `checkpoint` for the block (its ``ds`` directory).
+
+    Rank 0 converts (deleting whatever ``.reshard`` holds: a copy is never reused) and re-hashes the copy
+    right before the ranks load it; the copy is removed when the block ends, however it ends.
+    """
+    cache = root / CACHE_DIR / checkpoint.name
+    problem = None
+    if info.is_main:
+        shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
+        try:
+            build(checkpoint, cache)
+            problem = manifest.verify(cache)
+        except CheckpointError as exc:
+            problem = str(exc)
+        except OSError as exc:  # no space, read-only directory
+            problem = f"cannot write its universal copy under {root / CACHE_DIR} ({exc.strerror or exc})"
+    problem = broadcast_object(problem, info)
+    try:
+        if problem is not None:
+            raise CheckpointError(f"{checkpoint}: {problem}")
+        yield cache / DS_DIR
+    finally:
+        barrier(info)  # every rank has finished reading it
+        if info.is_main:
+            shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
+
+
+def load_universal(engine: Any, ds_dir: Path) -> Any:
+    """engine.load_checkpoint of a universal checkpoint (optimizer state included; weights-only reads)."""
+    with universal_loads(engine), weights_only_loads():
+        loaded, _ = engine.load_checkpoint(str(ds_dir), tag=DS_TAG, load_optimizer_states=True,
+                                           load_lr_scheduler_states=False)  # fmt: skip
+    return loaded
