@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,8 +41,21 @@ class DistInfo:
         return self.rank == 0
 
 
+# SLURM_STEP_ID of a job's batch script (SLURM_BATCH_SCRIPT): the script is not one of the job's tasks
+_SLURM_BATCH_STEP = "4294967294"
+
+
+def in_slurm_step(env: Mapping[str, str] | None = None) -> bool:
+    """True inside a task that srun started (a job step); false in an sbatch script, where SLURM_NTASKS
+    describes the job, not this process."""
+    env = os.environ if env is None else env
+    return "SLURM_PROCID" in env and env.get("SLURM_STEP_ID", _SLURM_BATCH_STEP) not in (_SLURM_BATCH_STEP, "")
+
+
 def _read_env() -> tuple[int, int, int]:
     for rank_key, size_key, local_key in _ENV_SCHEMES:
+        if rank_key == "SLURM_PROCID" and not in_slurm_step():
+            continue
         if rank_key in os.environ and size_key in os.environ:
             try:
                 rank, size = int(os.environ[rank_key]), int(os.environ[size_key])

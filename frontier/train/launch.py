@@ -35,6 +35,7 @@ from typing import Any
 
 from frontier.errors import FrontierError
 from frontier.train.config import LaunchConfig
+from frontier.train.distributed import in_slurm_step
 from frontier.train.signals import EXIT_INTERRUPTED, STOP_SIGNALS, TrainingInterrupted
 
 log = logging.getLogger("frontier.launch")
@@ -55,8 +56,7 @@ def started_by_launcher(env: Mapping[str, str] | None = None) -> bool:
         return True
     if "OMPI_COMM_WORLD_SIZE" in env:  # mpirun
         return True
-    # srun: a job step's task. (The batch script of a multi-task job is not a rank: no step id there.)
-    return "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1
+    return in_slurm_step(env) and env.get("SLURM_NTASKS", "1") != "1"  # srun: one task of a job step
 
 
 def _cuda_devices() -> int:
@@ -216,16 +216,20 @@ def launch_ranks(cfg: LaunchConfig, argv: Sequence[str], stage: str) -> None:
 def _raise_for(exc: Any, signum: int | None, stage: str) -> None:
     failures: dict[int, Any] = exc.failures
     codes = {rank: f.exitcode for rank, f in failures.items()}
+    log.debug("%s: rank exit codes %s", stage, codes)
     if signum is not None and all(c == EXIT_INTERRUPTED or c < 0 for c in codes.values()):
+        # The stop checkpoint is collective: one rank's exit 3 means every rank's part of it is saved
+        # (a rank still exiting when the agent saw that is the one with a signal's code).
+        saved = [f for f in failures.values() if f.exitcode == EXIT_INTERRUPTED]
         name = signal.Signals(signum).name
+        if saved:
+            raise TrainingInterrupted(_error_file_message(saved[0]) or f"{stage}: stopped by {name} at a checkpoint; "
+                                      "run the same command again to resume")  # fmt: skip
         raise TrainingInterrupted(
-            f"{name}: every rank stopped at a checkpoint; rerun the same command to resume"
-            if all(c == EXIT_INTERRUPTED for c in codes.values())
-            else f"{name}: ranks stopped (some before they could checkpoint); rerun to resume from the newest checkpoint"
+            f"{stage}: stopped by {name} before a checkpoint could be saved; rerunning resumes from the newest one"
         )
     rank, failure = exc.get_first_failure()
-    wrote = failure.error_file not in ("", "<N/A>") and os.path.isfile(failure.error_file)
-    message = _one_line(failure.message) if wrote else None  # else torch's own text (a signal's name) only
+    message = _error_file_message(failure)
     if failure.exitcode < 0:
         what = f"died of {failure.signal_name()}"
     else:
@@ -241,6 +245,13 @@ def _raise_for(exc: Any, signum: int | None, stage: str) -> None:
         "checkpoint",
         exit_code=failure.exitcode if failure.exitcode > 0 else 1,
     )
+
+
+def _error_file_message(failure: Any) -> str | None:
+    """The one line a rank left in its error file (None without one: torch then only names a signal)."""
+    if failure.error_file in ("", "<N/A>") or not os.path.isfile(failure.error_file):
+        return None
+    return _one_line(failure.message) or None
 
 
 def _one_line(message: Any) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.helpers import Corpus, make_corpus
+from tests.train.helpers import BASE, Corpus, make_corpus, params
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +24,13 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> Path:
+    """The reference for multi-rank layouts: BASE on one rank, in-process, micro-batch 4 (its output dir)."""
+    from frontier.train.run import train
+
+    root = tmp_path_factory.mktemp("one_rank")
+    train(params(*BASE, "train.micro_batch_size=4"), corpus.tokens, corpus.tokenizer, root / "out", root / "ckpt")
+    return root / "out"

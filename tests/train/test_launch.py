@@ -12,7 +12,7 @@ from frontier.train.distributed import _read_env, init_distributed
 from frontier.train.signals import EXIT_INTERRUPTED, StopRequest, TrainingInterrupted
 
 _KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-         "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")  # fmt: skip
+         "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_ID")  # fmt: skip
 
 
 @pytest.fixture
@@ -28,7 +28,10 @@ def clean_env(monkeypatch):
         ({}, (0, 1, 0)),
         ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (5, 8, 1)),  # deepspeed / torchrun
         ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "3"}, (3, 4, 3)),
-        ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}, (9, 16, 1)),
+        ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}, (9, 16, 1)),
+        # an sbatch script of a 16-task job is not one of its tasks (srun starts those)
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_LOCALID": "0"}, (0, 1, 0)),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_STEP_ID": "4294967294"}, (0, 1, 0)),
         ({"RANK": "2", "WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (2, 4, 2)),  # launcher wins
     ],
 )

@@ -12,17 +12,7 @@ import json
 
 import pytest
 
-from frontier.train.run import train
-from tests.train.helpers import assert_same_run, launch, log_tail, params, tiny_params, wait_all
-
-BASE = ("train.document_aware=true", "train.max_steps=3", "optimizer.lr=1e-2")
-
-
-@pytest.fixture(scope="module")
-def one_rank(tmp_path_factory, corpus):
-    root = tmp_path_factory.mktemp("one_rank")
-    train(params(*BASE, "train.micro_batch_size=4"), corpus.tokens, corpus.tokenizer, root / "out", root / "ckpt")
-    return root / "out"
+from tests.train.helpers import BASE, assert_same_run, launch, log_tail, tiny_params, wait_all
 
 
 @pytest.mark.slow
