@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 import frontier.config
 from frontier.config import Params, load_params
@@ -85,3 +89,99 @@ def test_every_stage_declares_the_sections_it_reads(tmp_path: Path, monkeypatch:
         declared = set(STAGES[name].params)
         assert reads <= declared, f"{name} reads {sorted(reads - declared)} without declaring them"
         assert declared <= reads, f"{name} declares {sorted(declared - reads)} but never reads them"
+
+
+# ---- What each rule asks a cluster for (Snakemake resources:, from params' launch: section) ----------------
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_NODES = {"gpus_per_node": 8, "nnodes": 2, "master_port": 29500, "threads_per_rank": 6, "mem_mb": 480000,
+             "runtime_min": 2880}  # fmt: skip
+GPU_NODES_JOB = {"nodes": 2, "tasks_per_node": 8, "tasks": None, "cpus_per_task": 6, "gres": "gpu:8",
+                 "tasks_per_gpu": 0, "mem_mb": 480000, "runtime": 2880}  # fmt: skip
+
+
+def _dry_run(tmp_path: Path, *args: str) -> dict[str, dict[str, object]]:
+    """`snakemake -n -p finetune` in a fresh directory: per rule, its threads, resources and shell command."""
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    (work / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "finetune", "-n", "-p", "--directory", str(work), "--snakefile",
+         str(REPO / "Snakefile"), "--configfile", str(work / "params.yaml"), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs: dict[str, dict[str, object]] = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("rule ") and line.endswith(":"):
+            rule = line[5:-1]
+            jobs[rule] = {"threads": 1, "resources": {}}
+        elif rule and line.strip().startswith("threads: "):
+            jobs[rule]["threads"] = int(line.split(":", 1)[1])
+        elif rule and line.strip().startswith("resources: "):
+            pairs = (item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+            jobs[rule]["resources"] = {k: int(v) if v.isdigit() else v for k, v in pairs}
+        elif rule and line.startswith("Shell command: "):
+            jobs[rule]["shell"] = line[len("Shell command: ") :]
+    assert {"prepare", "tokenize", "train", "finetune"} <= set(jobs), proc.stdout[-3000:]
+    return jobs
+
+
+@pytest.mark.parametrize(
+    ("launch", "expected"),
+    [
+        # the defaults: one CPU rank, what a modest job asks for; no GPU request at all
+        ({}, {"nodes": 1, "tasks": 1, "cpus_per_task": 4, "mem_mb": 8192, "runtime": 120}),
+        # nproc auto on GPU nodes: one rank per GPU on each node (tasks per node: a total could be packed
+        # unevenly); gres counts per node; tasks_per_gpu 0 keeps the plugin from passing --ntasks-per-gpu
+        (GPU_NODES, GPU_NODES_JOB),
+        # CPU ranks on two nodes
+        ({"nproc_per_node": 3, "nnodes": 2, "master_port": 29500}, {"nodes": 2, "tasks_per_node": 3, "tasks": None}),
+        # one rank on each of two nodes: two tasks on two nodes cannot be uneven (and the plugin refuses
+        # tasks_per_node 1 for an MPI job)
+        ({"nnodes": 2, "master_port": 29500}, {"nodes": 2, "tasks": 2, "tasks_per_node": None}),
+        # fewer ranks than GPUs: the GPUs are still asked for
+        ({"nproc_per_node": 2, "gpus_per_node": 4}, {"nodes": 1, "tasks": 2, "gres": "gpu:4"}),
+        # ranks from an outer launcher: one task per GPU the job asks for
+        ({"launcher": "external", "gpus_per_node": 4}, {"nodes": 1, "tasks": 4, "gres": "gpu:4"}),
+    ],
+    ids=["defaults", "auto-gpus-2-nodes", "cpu-ranks-2-nodes", "1-rank-2-nodes", "fewer-ranks-than-gpus", "external"],
+)
+def test_train_and_finetune_ask_for_what_launch_describes(tmp_path: Path, launch: dict, expected: dict) -> None:
+    config = ("--config", f"launch={yaml.safe_dump(launch, default_flow_style=True).strip()}") if launch else ()
+    jobs = _dry_run(tmp_path, "--cores", "2", *config)
+    for name in ("train", "finetune"):
+        resources = jobs[name]["resources"]
+        assert {k: resources.get(k) for k in expected} == expected, (name, resources)
+        if "gres" not in expected:
+            assert "gres" not in resources and "gpu" not in resources, resources
+        # Locally nothing launches the ranks from outside: no `mpi` resource, the command as DVC runs it.
+        assert "mpi" not in resources, resources
+        assert str(jobs[name]["shell"]).startswith(f"frontier {name} --params "), jobs[name]["shell"]
+        assert jobs[name]["threads"] == 2  # every core of the local run (the stage divides them among its ranks)
+    for name in ("prepare", "tokenize", "sft_data"):
+        resources = jobs[name]["resources"]
+        assert resources["mem_mb"] == 4096 and resources["runtime"] == 60, (name, resources)
+        assert not {"tasks", "nodes", "mpi", "gres"} & set(resources), (name, resources)
+
+
+def test_an_mpi_resource_starts_the_ranks_as_the_plugin_documents(tmp_path: Path) -> None:
+    """snakemake-executor-plugin-slurm's MPI convention: resources tasks + mpi, the shell starts `{mpi} -n {tasks}`."""
+    launch = "launch={gpus_per_node: 8, nnodes: 2, master_port: 29500, threads_per_rank: 6}"
+    jobs = _dry_run(tmp_path, "--cores", "2", "--config", launch, "--set-resources", "train:mpi=srun",
+                    "finetune:mpi='mpiexec --bind-to none'")  # fmt: skip
+    # srun gets the rank's CPUs (it does not inherit the job's --cpus-per-task) and ends the step when a rank fails
+    assert str(jobs["train"]["shell"]).startswith("srun -n 16 --ntasks-per-node=8 --cpus-per-task=6 "
+                                                  "--kill-on-bad-exit=1 frontier train --params "), jobs["train"]  # fmt: skip
+    assert str(jobs["finetune"]["shell"]).startswith("mpiexec --bind-to none -n 16 frontier finetune --params ")
+    assert str(jobs["prepare"]["shell"]).startswith("frontier prepare ")  # no mpi resource: no launcher
+
+
+def test_unlimited_cores_are_this_machines_cpus(tmp_path: Path) -> None:
+    """`--cores` beyond reason (-j unlimited is sys.maxsize) must not become OMP_NUM_THREADS or --workers."""
+    jobs = _dry_run(tmp_path, "--cores", str(sys.maxsize))
+    cpus = len(os.sched_getaffinity(0))
+    assert jobs["train"]["threads"] == jobs["tokenize"]["threads"] == cpus, jobs
+    assert f"--workers {cpus} " in str(jobs["tokenize"]["shell"])
+    assert jobs["prepare"]["threads"] == 1

@@ -1,6 +1,7 @@
 # Every stage of frontier/pipeline.py as one rule, built in one loop (dvc.yaml comes from the same list).
 # Outputs that `snakemake --report` should show are tagged with report(); multithreaded stages get all
-# the cores Snakemake may use, and parallel ones pass them on as --workers.
+# the cores Snakemake may use (a cluster job's CPUs under an executor), and parallel ones pass them on as
+# --workers. resources: is what a cluster executor asks for (train and finetune: params' launch: section).
 for _stage in STAGES.values():
 
     rule:
@@ -13,7 +14,10 @@ for _stage in STAGES.values():
         params:
             cmd=stage_cmd(_stage.name),
             fingerprint=stage_fingerprint(_stage.name),
+            launcher=rank_launcher,
         threads: stage_threads(_stage.name)
+        resources:
+            **stage_resources(_stage.name),
         log:
             f"logs/{_stage.name}.log",
         shell:
