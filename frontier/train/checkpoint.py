@@ -4,11 +4,12 @@ Layout of ``checkpoints_dir`` (shared by all ranks; on several nodes it must be 
 filesystem, as DeepSpeed's own checkpoints assume)::
 
     step_00000120/
-        manifest.json        sha256 + size of every file below; step, val_loss
+        manifest.json        sha256 + size of every file below; step, val_loss, run id, layout
         trainer_state.json   step (= data position), counters, lr scale, metric history
         rng/rank_00000.json  Python / NumPy / torch RNG of each rank
         ds/state/...         DeepSpeed's model + optimizer (+ ZeRO partition) files
     .step_00000120.tmp/      a checkpoint being written (ignored, removed by the next save)
+    .reshard/step_.../       a ZeRO checkpoint converted for another rank count while it is loaded (reshard)
     .step_00000100.deleting/ a pruned checkpoint being deleted (ignored)
     logs/                    live logs of the run (frontier.train.monitor)
     archived/<time>/         an earlier run's checkpoints and logs, moved aside by train.resume=none
@@ -16,7 +17,9 @@ filesystem, as DeepSpeed's own checkpoints assume)::
 
 A save writes into the temporary directory, fsyncs it, then renames it into place, so a crash
 leaves either the previous checkpoints or the new complete one. Loading verifies the manifest
-first and reads DeepSpeed's files weights-only (frontier.train.engine).
+first and reads DeepSpeed's files weights-only (frontier.train.engine). The manifest records the
+checkpoint's layout (ranks, ZeRO stage, partitions, precision); another rank count loads a ZeRO-0
+checkpoint as it is and a ZeRO-1/2/3 one through a universal copy (frontier.train.reshard).
 
 Trust rules: a save happens only when every rank's weights and optimizer state are finite (a NaN
 streak is never persisted); each manifest names the run (``run_id``) that wrote it; pruning deletes
@@ -41,16 +44,16 @@ from pathlib import Path
 from typing import Any
 
 from frontier.errors import CheckpointError
-from frontier.train import manifest
+from frontier.train import manifest, reshard
 from frontier.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
 from frontier.train.engine import local_state_finite, weights_only_loads
+from frontier.train.reshard import DS_DIR, DS_TAG
 from frontier.train.state import TrainerState, read_rng, restore_rng, write_rng
 from frontier.utils.atomic import atomic_file, fsync_dir, fsync_tree
 
 log = logging.getLogger("frontier.train")
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
-DS_DIR, DS_TAG = "ds", "state"
 STATE_FILE = "trainer_state.json"
 _HELD: dict[str, int] = {}  # lock file -> fd: the checkpoint directories this process holds
 
@@ -157,7 +160,8 @@ class CheckpointStore:
             with atomic_file(tmp / STATE_FILE) as f:
                 f.write(state.to_json())
             meta = {"step": state.step, "val_loss": val_loss, "world_size": self.info.world_size,
-                    "run_id": state.run_id, "finite": True}  # fmt: skip
+                    "run_id": state.run_id, "finite": True,
+                    "layout": reshard.engine_layout(engine, self.info.world_size).to_json()}  # fmt: skip
             if self.run_params is not None:
                 meta["run_params"] = self.run_params
             manifest.write_manifest(tmp, meta)
@@ -303,30 +307,60 @@ class CheckpointStore:
                 f"{path}: written for a different model ({k}={state.model[k]!r} there, {self.model[k]!r} now); "
                 f"set train.resume=none or use another checkpoints directory than {self.root}"
             )
-        if state.world_size != self.info.world_size and engine.zero_optimization_stage() > 0:
-            raise CheckpointError(
-                f"{path}: written by {state.world_size} ranks with ZeRO-{engine.zero_optimization_stage()}; its "
-                f"optimizer partitions need the same number of ranks (got {self.info.world_size})"
-            )
-        try:
-            with weights_only_loads():
-                loaded, _ = engine.load_checkpoint(
-                    str(path / DS_DIR), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-                )
-        except pickle.UnpicklingError as exc:
-            first = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "unsafe pickle")
-            raise CheckpointError(f"{path}: refused to load a file that is not plain tensors/data: {first}") from None
-        except (RuntimeError, KeyError, ValueError, OSError) as exc:
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-            raise CheckpointError(f"{path}: DeepSpeed state does not fit this model/config: {first}") from None
-        if loaded is None:
-            raise CheckpointError(f"{path}: DeepSpeed found no model state under {DS_DIR}/{DS_TAG}")
+        universal = self._plan(engine, path)
+        if universal:
+            log.info("%s: converting its ZeRO partitions to a universal checkpoint for %d rank(s)", path,
+                     self.info.world_size)  # fmt: skip
+            with reshard.universal_copy(self.root, path, self.info) as ds_dir:
+                problem = self._load_ds(engine, path, ds_dir, universal=True)
+        else:
+            problem = self._load_ds(engine, path, path / DS_DIR, universal=False)
+        (failed,) = all_reduce_sum([1.0 if problem else 0.0], self.info)  # every rank stops, not only the failed one
+        if failed:
+            raise CheckpointError(problem or f"{path}: loading failed on {int(failed)} other rank(s); see their logs")
         rng = read_rng(path, self.info.rank)
-        if rng is None:
-            log.warning("%s: no RNG state for rank %d; random streams restart from the seed", path, self.info.rank)
+        if rng is None:  # a rank the checkpoint's run did not have (resumed on more ranks), or a damaged one
+            log.warning("%s: no RNG state for rank %d (written by %d rank(s)); its random streams (dropout) start "
+                        "from the seed", path, self.info.rank, state.world_size)  # fmt: skip
         else:
             restore_rng(rng)
         return state
+
+    def _plan(self, engine: Any, path: Path) -> bool:
+        """Whether `path` loads through a universal conversion (rank 0 decides from the manifest, every rank
+        gets the answer); CheckpointError, on every rank, when its layout cannot be loaded here."""
+        problem, universal = None, False
+        if self.info.is_main:
+            now = reshard.engine_layout(engine, self.info.world_size)
+            try:
+                saved = reshard.saved_layout(manifest.read_manifest(path), now)
+                universal = reshard.needs_universal(saved, now)
+            except (CheckpointError, ValueError) as exc:
+                problem = f"{path}: {exc}"
+        problem, universal = broadcast_object((problem, universal), self.info)  # type: ignore[misc]
+        if problem is not None:
+            raise CheckpointError(problem)
+        return bool(universal)
+
+    def _load_ds(self, engine: Any, path: Path, ds_dir: Path, *, universal: bool) -> str | None:
+        """Load DeepSpeed's state from `ds_dir` (weights-only reads); the problem in one line, or None."""
+        try:
+            if universal:
+                loaded = reshard.load_universal(engine, ds_dir)
+            else:
+                with weights_only_loads():
+                    loaded, _ = engine.load_checkpoint(
+                        str(ds_dir), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+                    )
+        except pickle.UnpicklingError as exc:
+            first = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "unsafe pickle")
+            return f"{path}: refused to load a file that is not plain tensors/data: {first}"
+        except reshard.DEEPSPEED_ERRORS as exc:
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            return f"{path}: DeepSpeed state does not fit this model/config: {first}"
+        if loaded is None:
+            return f"{path}: DeepSpeed found no model state under {DS_DIR}/{DS_TAG}"
+        return None
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

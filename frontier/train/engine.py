@@ -41,15 +41,33 @@ def _safe_globals() -> list[Any]:
     return out
 
 
+_weights_only_depth = 0  # nesting of weights_only_loads in this process
+
+
 @contextlib.contextmanager
 def weights_only_loads() -> Iterator[None]:
-    """Every torch.load inside runs with weights_only=True and only SAFE_GLOBAL_NAMES allowed."""
+    """Every torch.load inside runs with weights_only=True and only SAFE_GLOBAL_NAMES allowed.
+
+    Re-entrant: only the outermost block sets and restores anything. (torch's safe_globals removes its
+    globals when a block exits, so a nested block, such as the checkpoint engine's load inside a
+    DeepSpeed load, would otherwise take them away from the rest of the outer one.)
+    """
+    global _weights_only_depth
+    if _weights_only_depth:
+        _weights_only_depth += 1
+        try:
+            yield
+        finally:
+            _weights_only_depth -= 1
+        return
     previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    _weights_only_depth = 1
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             yield
     finally:
+        _weights_only_depth = 0
         if previous is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
         else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import pickle
 import re
 import shutil
@@ -34,6 +35,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from deepspeed.runtime.zero.utils import ZeRORuntimeException
 
 from frontier.errors import CheckpointError
 from frontier.train import manifest
@@ -49,9 +53,10 @@ _OPTIM = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_stat
 _ZERO3_MODEL = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
 _MODEL = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
 _RNG = re.compile(r"^rng/rank_\d+\.json$")
-# the converter's own exceptions (it asserts, raises RuntimeError/ValueError/NotImplementedError, or fails to read)
-_CONVERT_ERRORS = (AssertionError, RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError,
-                   OSError, pickle.UnpicklingError)  # fmt: skip
+# What DeepSpeed's loader and converter raise on files that do not fit (they assert, raise their own type, or
+# fail to read): reported in one line, never as a traceback
+DEEPSPEED_ERRORS = (AssertionError, RuntimeError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+                    OSError, ZeRORuntimeException)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,12 +88,13 @@ def _family(stage: int) -> str:
     return {0: "ZeRO-0 (whole state)", 1: "ZeRO-1/2", 2: "ZeRO-1/2", 3: "ZeRO-3"}.get(stage, f"ZeRO-{stage}")
 
 
-def _from_files(files: list[str]) -> tuple[int | None, int, str | None]:
-    """(stage family as 0, 2 or 3; ZeRO partition count; precision prefix) told by DeepSpeed's file names."""
+def _from_files(files: list[str]) -> tuple[int, int, set[str] | None]:
+    """(stage family: 0, 2 for ZeRO-1/2, or 3; ZeRO partitions; precisions the names allow, None for any)
+    as DeepSpeed's file names tell them. Its fp16 and fp32 ZeRO files share their names; bf16 ones do not."""
     names = [f.split("/", 2)[2] for f in files if f.startswith(f"{DS_DIR}/{DS_TAG}/") and f.count("/") == 2]
     optim = [m for n in names if (m := _OPTIM.match(n))]
-    zero3_model = [m for n in names if _ZERO3_MODEL.match(n)]
-    model = [m for n in names if _MODEL.match(n)]
+    zero3_model = [n for n in names if _ZERO3_MODEL.match(n)]
+    model = [n for n in names if _MODEL.match(n)]
     if any(m.group(3) != "00" for m in optim):
         raise CheckpointError("tensor-parallel partitions (mp_rank > 0), which Frontier never writes")
     prefixes = {m.group(1) or "" for m in optim}
@@ -105,9 +111,8 @@ def _from_files(files: list[str]) -> tuple[int | None, int, str | None]:
         family = 0
     else:
         raise CheckpointError("no DeepSpeed model state it could be loaded from")
-    prefix = prefixes.pop() if prefixes else None
-    return family, (len(optim) if optim else 1), ({"bf16_": "bf16", "fp16_": "fp16"}.get(prefix, "fp32")
-                                                  if prefix is not None else None)  # fmt: skip
+    allowed = {"bf16_": {"bf16"}, "fp16_": {"fp16"}, "": {"fp32", "fp16"}}[prefixes.pop()] if prefixes else None
+    return family, (len(optim) if optim else 1), allowed
 
 
 def saved_layout(meta: dict[str, Any], now: Layout) -> Layout:
@@ -115,18 +120,20 @@ def saved_layout(meta: dict[str, Any], now: Layout) -> Layout:
     disagree (a manifest that lies, or is damaged, is never believed). A manifest from before layouts were
     recorded gets the layout its files tell."""
     files = sorted(meta.get("files", {}))
-    family, partitions, precision = _from_files(files)
+    family, partitions, precisions = _from_files(files)
     rng_files = sum(1 for f in files if _RNG.match(f))
     recorded = meta.get("layout")
-    if recorded is None:  # an older checkpoint: its files tell all but ZeRO-1 vs 2 (the same format)
+    if recorded is None:  # an older checkpoint: its files tell all but ZeRO-1 vs 2 (the same format) and fp16 vs 32
         stage = now.zero_stage if family == 2 and now.zero_stage in (1, 2) else family
         world = meta.get("world_size") if isinstance(meta.get("world_size"), int) else rng_files
-        return Layout(world_size=world or partitions, zero_stage=stage, partitions=partitions,
-                      precision=precision or now.precision)  # fmt: skip
+        precision = now.precision if precisions is None or now.precision in precisions else min(precisions)
+        return Layout(world_size=world or partitions, zero_stage=stage, partitions=partitions, precision=precision)
     try:
         layout = Layout(**recorded)
-        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in
-                 (layout.world_size, layout.zero_stage, layout.partitions)) and isinstance(layout.precision, str)
+        ok = all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for v in (layout.world_size, layout.zero_stage, layout.partitions)
+        ) and layout.precision in ("fp32", "bf16", "fp16")
     except TypeError:
         ok = False
     if not ok:
@@ -137,8 +144,8 @@ def saved_layout(meta: dict[str, Any], now: Layout) -> Layout:
         "ranks": (layout.world_size, rng_files),
         "world_size": (layout.world_size, meta.get("world_size", layout.world_size)),
     }
-    if precision is not None:
-        told["precision"] = (layout.precision, precision)
+    if precisions is not None and layout.precision not in precisions:
+        told["precision"] = (layout.precision, " or ".join(sorted(precisions)))
     if layout.zero_stage > 0:
         told["ranks vs partitions"] = (layout.world_size, partitions)
     for what, (says, files_say) in told.items():
@@ -177,9 +184,11 @@ def to_universal(src: Path, dst: Path) -> None:
     """
     from deepspeed.checkpoint import ds_to_universal
 
+    # inject_missing_state: DeepSpeed wants the model to describe tensor/pipeline-parallel slicing (Megatron
+    # does); Frontier has none, and the converter's default description (no slicing) is the right one
     args = types.SimpleNamespace(input_folder=str(src), output_folder=str(dst), num_extract_workers=1,
                                  num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                 inject_missing_state=True)  # fmt: skip  (Frontier models carry no UC info)
+                                 inject_missing_state=True)  # fmt: skip
     chatter = io.StringIO()
     try:
         with weights_only_loads(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
@@ -187,7 +196,7 @@ def to_universal(src: Path, dst: Path) -> None:
     except pickle.UnpicklingError as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "unsafe pickle")
         raise CheckpointError(f"refused to convert a file that is not plain tensors/data: {first}") from None
-    except _CONVERT_ERRORS as exc:
+    except DEEPSPEED_ERRORS as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise CheckpointError(f"DeepSpeed's universal conversion failed: {first}") from None
 
@@ -209,10 +218,14 @@ def universal_copy(root: Path, checkpoint: Path, info: DistInfo) -> Iterator[Pat
     cache = root / CACHE_DIR / checkpoint.name
     problem = None
     if info.is_main:
-        shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
+        _clear(root / CACHE_DIR)
         try:
             build(checkpoint, cache)
-            problem = manifest.verify(cache)
+            changed = manifest.verify(cache)  # what the ranks are about to read is what was written
+            if changed is not None:
+                problem = (
+                    f"its universal copy in {cache} changed before it was loaded ({changed}); rerun to convert again"
+                )
         except CheckpointError as exc:
             problem = str(exc)
         except OSError as exc:  # no space, read-only directory
@@ -225,12 +238,54 @@ def universal_copy(root: Path, checkpoint: Path, info: DistInfo) -> Iterator[Pat
     finally:
         barrier(info)  # every rank has finished reading it
         if info.is_main:
-            shutil.rmtree(root / CACHE_DIR, ignore_errors=True)
+            _clear(root / CACHE_DIR)
+
+
+def _clear(path: Path) -> None:
+    """Remove `path`; a symlink planted there goes, not what it points to (nor is anything written through it)."""
+    if path.is_symlink():
+        path.unlink()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def load_universal(engine: Any, ds_dir: Path) -> Any:
     """engine.load_checkpoint of a universal checkpoint (optimizer state included; weights-only reads)."""
-    with universal_loads(engine), weights_only_loads():
+    with universal_loads(engine), weights_only_loads(), _quiet("DeepSpeed"):  # "MPU is not provided": none is
         loaded, _ = engine.load_checkpoint(str(ds_dir), tag=DS_TAG, load_optimizer_states=True,
                                            load_lr_scheduler_states=False)  # fmt: skip
+        if loaded is not None and int(engine.zero_optimization_stage()) == 3:
+            _restore_group_settings(engine, ds_dir / DS_TAG / "zero" / "optimizer_state.pt")
     return loaded
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Only errors from logger `name` inside the block."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def _restore_group_settings(engine: Any, optimizer_state: Path) -> None:
+    """Undo two shortcuts of DeepSpeed 0.19's ZeRO-3 universal loader, which assumes one param group.
+
+    (1) It copies the *first* group's settings into every group, which here would put weight decay on
+    the exempt group (norms, biases, embeddings): the converted optimizer state keeps every group's
+    settings, restored here by position. (2) It hands every group the *same* ``step`` tensor, which
+    AdamW increments in place, once per group and step: each group gets its own copy.
+    """
+    saved = torch.load(optimizer_state, map_location="cpu", weights_only=True).get("param_groups")
+    base = engine.optimizer.optimizer  # the client optimizer, inside DeepSpeed's wrapper
+    if not isinstance(saved, list) or len(saved) != len(base.param_groups):
+        raise ValueError(
+            f"{optimizer_state} holds {len(saved or [])} param groups, this optimizer {len(base.param_groups)}"
+        )
+    for group, settings in zip(base.param_groups, saved):
+        group.update({k: v for k, v in settings.items() if k != "params"})
+    for entry in base.state.values():
+        if torch.is_tensor(entry.get("step")):
+            entry["step"] = entry["step"].clone()
