@@ -422,9 +422,12 @@ def section_keys(name: str) -> list[str]:
 
     Lists and free mappings are leaves: DVC tracks them as one value.
     """
-    hints = typing.get_type_hints(Params)
-    if name not in hints:
-        raise KeyError(name)
+    tp: Any = Params
+    for part in name.split("."):  # a dotted key names a subsection or a leaf
+        hints = typing.get_type_hints(_unwrap_optional(tp))
+        if part not in hints:
+            raise KeyError(name)
+        tp = hints[part]
     out: list[str] = []
 
     def walk(tp: Any, prefix: str) -> None:
@@ -436,7 +439,7 @@ def section_keys(name: str) -> list[str]:
         else:
             out.append(prefix)
 
-    walk(hints[name], name)
+    walk(tp, name)
     return out
 
 

@@ -24,7 +24,7 @@ class Stage:
     args: tuple[str, ...]  # the command after `frontier <name> --params params.yaml`
     deps: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()
-    params: tuple[str, ...] = ()  # top-level sections (or scalar keys) of params.yaml
+    params: tuple[str, ...] = ()  # sections, scalar keys or dotted keys ("launch.nnodes") of params.yaml
     metrics: tuple[str, ...] = ()  # files inside outs, declared to DVC as top-level metrics
     # named DVC plots: name -> (csv inside outs -> y column); x is always "step"
     plots: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
@@ -32,6 +32,10 @@ class Stage:
     parallel: bool = False  # takes --workers; Snakemake passes the cores it gives the rule
     multithreaded: bool = False  # uses every core it is given (torch threads); Snakemake gives it all
 
+
+# What of launch: a run's outputs depend on (its world size, in metrics.json). The rest (node rank,
+# addresses, threads, what a cluster job asks for) changes where a run executes, not what it makes.
+LAUNCH_LAYOUT = ("launch.launcher", "launch.nproc_per_node", "launch.nnodes")
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -71,7 +75,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("data/tokens", "data/tokenizer"),
             outs=("runs/train",),
-            params=("seed", "model", "kernels", "optimizer", "schedule", "train", "launch"),
+            params=("seed", "model", "kernels", "optimizer", "schedule", "train", *LAUNCH_LAYOUT),
             metrics=("runs/train/metrics.json", "runs/train/speed.json"),
             plots=(
                 ("loss", (("runs/train/plots/train.csv", "loss"), ("runs/train/plots/val.csv", "val_loss"))),
@@ -121,7 +125,7 @@ STAGES: dict[str, Stage] = {
             ),
             deps=("runs/train", "data/sft"),
             outs=("runs/finetune",),
-            params=("seed", "kernels", "optimizer", "schedule", "train", "finetune", "launch"),
+            params=("seed", "kernels", "optimizer", "schedule", "train", "finetune", *LAUNCH_LAYOUT),
             metrics=("runs/finetune/metrics.json", "runs/finetune/speed.json"),
             plots=(
                 (
@@ -254,8 +258,14 @@ def params_file_for(config: dict[str, Any], base: str | Path = PARAMS_FILE) -> s
 
 def fingerprint(params_data: dict[str, Any], stage: Stage) -> str:
     """A stable hash of the resolved params sections `stage` depends on (Snakemake's params trigger)."""
-    subset = {k: params_data.get(k) for k in stage.params}
+    subset = {k: _lookup(params_data, k) for k in stage.params}
     return hashlib.sha256(json.dumps(subset, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def dvc_yaml() -> dict[str, Any]:
