@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Summarise the output folder of bench/gpu/run.sh as markdown: print it and write summary.md there.
 
     python3 bench/gpu/summarize.py OUT_DIR [--no-write]
