@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from tests.train.helpers import read_rows
-from tests.workflow.test_end_to_end import TINY, _env, _merge, _project, _run
+from tests.workflow.test_end_to_end import REPO, TINY, _env, _merge, _project, _run
 
 pytestmark = pytest.mark.slow
 
@@ -287,3 +287,31 @@ def test_train_runs_as_a_two_task_slurm_job(tmp_path: Path, slurm_cluster: Clust
     _run([sys.executable, "-m", "snakemake", "train", "--report", "report.zip", *ON_SLURM], root, timeout=60)
     with zipfile.ZipFile(root / "report.zip") as archive:
         assert any(n.endswith("/metrics.json") for n in archive.namelist()), archive.namelist()
+
+
+def test_a_batch_script_is_not_a_rank_but_sruns_tasks_are(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    """What frontier reads of SLURM's environment, in a real 2-task job: the batch script (where a user may
+    run `frontier train` without srun) is one process of its own; srun's two tasks are ranks 0 and 1."""
+    probe = ("from frontier.train.distributed import _read_env; from frontier.train.launch import started_by_launcher; "
+             "print(*_read_env(), started_by_launcher())")  # fmt: skip
+    script = tmp_path / "job.sh"
+    script.write_text(
+        f"#!/bin/bash\ncd {REPO}\necho batch $({sys.executable} -c '{probe}')\n"
+        f"srun -n 2 bash -c 'echo task $({sys.executable} -c \"{probe}\")'\n"
+    )
+    out = tmp_path / "job.out"
+    submitted = _cmd("sbatch", "--parsable", "-n", "2", "--cpus-per-task=1", "--mem=500", "-o", str(out),
+                     "--export=ALL", str(script))  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    state = ""
+    while state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        assert time.monotonic() < deadline, f"job {job_id} still {state!r}" + slurm_cluster.logs()
+        time.sleep(0.5)
+        shown = _cmd("scontrol", "show", "job", job_id).stdout
+        state = m.group(1) if (m := re.search(r"JobState=(\w+)", shown)) else ""
+    lines = out.read_text().split("\n") if out.is_file() else []
+    assert state == "COMPLETED", (state, lines, slurm_cluster.logs())
+    assert "batch 0 1 0 False" in lines, lines  # rank, world size, local rank, started by a launcher
+    assert sorted(ln for ln in lines if ln.startswith("task ")) == ["task 0 2 0 True", "task 1 2 1 True"], lines
