@@ -18,13 +18,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from frontier.errors import CheckpointError
 from frontier.train import manifest, reshard
 from frontier.train.reshard import Layout
 from frontier.train.run import train
-from tests.train.helpers import launch, log_tail, params, read_rows, tiny_params, wait_all, weights
+from tests.train.helpers import assert_same_run, launch, log_tail, params, tiny_params, wait_all
 
 STEPS = ("train.document_aware=true", "train.max_steps=4", "optimizer.lr=1e-2", "train.checkpoint.every_steps=2",
          "train.checkpoint.keep_last=5", "train.checkpoint.keep_best=false")  # fmt: skip
@@ -45,19 +44,6 @@ def _stopped_after_step_2(ckpt: Path, dest: Path) -> Path:
     shutil.copytree(ckpt, dest)
     shutil.rmtree(dest / "step_00000004")
     return dest
-
-
-def _assert_same_run(expected: Path, got: Path) -> None:
-    """Same per-step loss, grad norm and lr (fp32 summation order aside) and final weights (as in test_multi_rank)."""
-    a_rows, b_rows = read_rows(expected / "plots" / "train.csv"), read_rows(got / "plots" / "train.csv")
-    assert [r["step"] for r in b_rows] == [r["step"] for r in a_rows] == [1.0, 2.0, 3.0, 4.0]
-    for a, b in zip(a_rows, b_rows):
-        for key in ("loss", "grad_norm", "lr"):
-            assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a_rows, b_rows)
-    w1, w2 = weights(expected), weights(got)
-    assert w1.keys() == w2.keys()
-    for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def _layout(step_dir: Path) -> dict:
@@ -98,8 +84,8 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, corpus, runs, stage, 
     assert metrics["world_size"] == 1 and metrics["steps"] == 4
     assert not (ckpt / reshard.CACHE_DIR).exists()  # the universal copy is gone once loaded
     assert _layout(ckpt / "step_00000004")["world_size"] == 1  # saved in the new layout
-    _assert_same_run(two_out, out)
-    _assert_same_run(runs(stage, 1)[1], out)  # and the one-rank run it now is
+    assert_same_run(two_out, out, steps=4)
+    assert_same_run(runs(stage, 1)[1], out, steps=4)  # and the one-rank run it now is
 
 
 @pytest.mark.slow
@@ -114,7 +100,7 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(tmp_path, corpus, runs, stage)
     assert not (ckpt / reshard.CACHE_DIR).exists()
     assert _layout(ckpt / "step_00000004") == {"world_size": 2, "zero_stage": stage,
                                                "partitions": 2 if stage else 1, "precision": "fp32"}  # fmt: skip
-    _assert_same_run(one_out, out)
+    assert_same_run(one_out, out, steps=4)
 
 
 @pytest.mark.slow
@@ -127,7 +113,7 @@ def test_zero1_checkpoint_resumes_under_zero2(tmp_path, corpus, runs, caplog):
     with caplog.at_level("INFO", logger="frontier.train"):
         train(params(*overrides), corpus.tokens, corpus.tokenizer, tmp_path / "out", ckpt)
     assert "at step 2" in caplog.text and "converting" not in caplog.text
-    _assert_same_run(one_out, tmp_path / "out")
+    assert_same_run(one_out, tmp_path / "out", steps=4)
 
 
 # -- attacks and mismatches -----------------------------------------------------------------------
@@ -188,7 +174,7 @@ def test_a_planted_universal_copy_is_never_loaded(tmp_path, corpus, runs, monkey
     assert "converting its ZeRO partitions" in caplog.text and "at step 2" in caplog.text
     assert not (tmp_path / "pwned").exists()
     assert not (ckpt / reshard.CACHE_DIR).exists()
-    _assert_same_run(two_out, tmp_path / "out")
+    assert_same_run(two_out, tmp_path / "out", steps=4)
 
 
 @pytest.mark.slow
