@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from frontier.errors import FrontierError
-from frontier.train.launch import report_rank_error
+from frontier.train.launch import die_with_launcher, report_rank_error
 
 log = logging.getLogger("frontier")
 
@@ -52,9 +52,10 @@ def cmd_tokenize(ns: argparse.Namespace) -> Any:
 
 def _launched(ns: argparse.Namespace, params: Any) -> bool:
     """Start this stage's ranks (launch: section) when it needs several and no launcher started it yet."""
-    from frontier.train.launch import launch_ranks, should_launch
+    from frontier.train.launch import check_outer_launcher, launch_ranks, should_launch
 
     if not should_launch(params.launch):
+        check_outer_launcher(params.launch, ns.command)
         return False
     launch_ranks(params.launch, ns.argv, ns.command)
     return True
@@ -292,10 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    die_with_launcher()  # a rank of a stage that started its own ranks ends (checkpointing) with that stage
     try:
         return _run(ns)
     except Exception as exc:  # a bug, not a user's error: the traceback goes to stderr as usual
-        report_rank_error(f"{exc.__class__.__name__}: {exc}")  # and its last line to a launcher, if any
+        report_rank_error(f"{exc.__class__.__name__}: {exc}", 1)  # and its last line to a launcher, if any
         raise
 
 
@@ -312,7 +314,7 @@ def _run(ns: argparse.Namespace) -> int:
             raise
         message, code = explained
         sys.stderr.write(f"frontier {ns.command}: error: {message}\n")
-        report_rank_error(message)
+        report_rank_error(message, code)
         return code
     return 0
 

@@ -135,7 +135,8 @@ class LaunchConfig:
     nnodes: int = field(default=1, metadata=bounds(ge=1))
     node_rank: int = field(default=0, metadata=bounds(ge=0))  # this node's index (multi-node, started by hand)
     master_addr: str = "127.0.0.1"  # node 0's address (multi-node)
-    master_port: int | None = field(default=None, metadata=bounds(ge=1, le=65535))  # None: a free port (one node)
+    # None: a free port on one node; several nodes started by hand need one (srun's ranks derive theirs)
+    master_port: int | None = field(default=None, metadata=bounds(ge=1, le=65535))
     threads_per_rank: int = field(default=0, metadata=bounds(ge=0))  # CPU threads per rank; 0: the cores / ranks
     shutdown_timeout_s: float = field(default=120.0, metadata=bounds(ge=1))  # checkpoint time after a stop signal
     # what a cluster job asks its scheduler for (Snakemake resources:, read by executor plugins such as SLURM)
@@ -146,11 +147,6 @@ class LaunchConfig:
     def validate(self) -> None:
         if self.node_rank >= self.nnodes:
             raise ValueError(f"node_rank: {self.node_rank} is outside [0, nnodes={self.nnodes})")
-        if self.nnodes > 1 and self.launcher != "external" and self.master_port is None:
-            raise ValueError(
-                f"master_port: {self.nnodes} nodes must agree on a port; set launch.master_port (and "
-                "launch.master_addr to node 0's address)"
-            )
         if self.launcher == "external" and (self.nnodes > 1 or self.nproc_per_node not in ("auto", 1)):
             raise ValueError(
                 "launcher: 'external' takes the ranks from the outer launcher (srun -n, mpirun -np, deepspeed "

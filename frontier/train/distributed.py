@@ -8,6 +8,7 @@ device follows DeepSpeed's accelerator (CUDA when present, the CPU with DS_ACCEL
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import zlib
@@ -19,6 +20,9 @@ import torch
 import torch.distributed as dist
 
 from frontier.errors import ConfigError, FrontierError
+from frontier.train.signals import EXIT_PEER_LOST
+
+log = logging.getLogger("frontier.train")
 
 # (rank, world size, local rank) variables, in order of preference
 _ENV_SCHEMES = (
@@ -55,6 +59,10 @@ def in_slurm_step(env: Mapping[str, str] | None = None) -> bool:
 def _read_env() -> tuple[int, int, int]:
     for rank_key, size_key, local_key in _ENV_SCHEMES:
         if rank_key == "SLURM_PROCID" and not in_slurm_step():
+            continue
+        if rank_key == "RANK" and "MASTER_ADDR" not in os.environ:
+            # torchrun and the deepspeed launcher always set MASTER_ADDR; RANK / WORLD_SIZE alone are what a
+            # single process leaves for DeepSpeed (init_distributed below) and its children inherit
             continue
         if rank_key in os.environ and size_key in os.environ:
             try:
@@ -161,10 +169,13 @@ def init_distributed() -> DistInfo:
 class PeerLost(FrontierError):
     """A collective failed because another rank is gone (it failed, was killed, or its node went away)."""
 
+    exit_code = EXIT_PEER_LOST  # a launcher blames the rank that failed first, not this one
+
 
 # how gloo and NCCL word a broken connection to a peer (a RuntimeError or its DistBackendError subclass)
+# (only a lost connection: this rank's own NCCL or CUDA failure must keep its message)
 _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator was aborted",
-              "remote process exited", "Socket Timeout", "ProcessGroupNCCL", "gloo/transport")  # fmt: skip
+              "remote process exited")  # fmt: skip
 
 
 @contextmanager
@@ -175,6 +186,7 @@ def peer_errors(info: DistInfo, what: str = "a collective") -> Iterator[None]:
     except RuntimeError as exc:
         if info.world_size == 1 or not any(marker in str(exc) for marker in _PEER_GONE):
             raise
+        log.debug("%s failed on rank %d", what, info.rank, exc_info=True)
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise PeerLost(
             f"rank {info.rank}: {what} failed: another rank stopped or became unreachable ({first}); "

@@ -230,6 +230,9 @@ def universal_copy(root: Path, checkpoint: Path, info: DistInfo) -> Iterator[Pat
             problem = str(exc)
         except OSError as exc:  # no space, read-only directory
             problem = f"cannot write its universal copy under {root / CACHE_DIR} ({exc.strerror or exc})"
+        except BaseException as exc:  # a bug or MemoryError: tell the waiting ranks before raising it here
+            broadcast_object(f"rank 0 failed converting it ({exc.__class__.__name__})", info)
+            raise
     problem = broadcast_object(problem, info)
     try:
         if problem is not None:

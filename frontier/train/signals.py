@@ -17,6 +17,7 @@ from typing import Any
 from frontier.errors import FrontierError
 
 EXIT_INTERRUPTED = 3
+EXIT_PEER_LOST = 4  # a rank whose peer went away first (frontier.train.distributed.PeerLost)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 

@@ -10,8 +10,8 @@ import sys
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """In a worker process: be killed (SIGKILL) when `parent_pid` dies, however it dies (Linux).
+def die_with_parent(parent_pid: int, sig: int = signal.SIGKILL) -> None:
+    """In a worker process: get `sig` (by default SIGKILL) when `parent_pid` dies, however it dies (Linux).
 
     A killed stage must not leave its workers running. Where prctl is unavailable this is a no-op.
     """
@@ -19,7 +19,7 @@ def die_with_parent(parent_pid: int) -> None:
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent_pid:  # the parent died before the request took effect

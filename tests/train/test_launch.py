@@ -11,7 +11,7 @@ from frontier.errors import ConfigError
 from frontier.train.distributed import _read_env, init_distributed
 from frontier.train.signals import EXIT_INTERRUPTED, StopRequest, TrainingInterrupted
 
-_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
          "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_ID")  # fmt: skip
 
 
@@ -26,13 +26,18 @@ def clean_env(monkeypatch):
     ("env", "expected"),
     [
         ({}, (0, 1, 0)),
-        ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, (5, 8, 1)),  # deepspeed / torchrun
+        ({"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h"}, (5, 8, 1)),  # deepspeed / torchrun
+        # RANK / WORLD_SIZE without MASTER_ADDR: what a one-process run leaves its children, not a launcher
+        ({"RANK": "0", "WORLD_SIZE": "1", "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"}, (1, 2, 1)),
         ({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "3"}, (3, 4, 3)),
         ({"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0"}, (9, 16, 1)),
         # an sbatch script of a 16-task job is not one of its tasks (srun starts those)
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_LOCALID": "0"}, (0, 1, 0)),
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_STEP_ID": "4294967294"}, (0, 1, 0)),
-        ({"RANK": "2", "WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (2, 4, 2)),  # launcher wins
+        (
+            {"RANK": "2", "WORLD_SIZE": "4", "MASTER_ADDR": "h", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
+            (2, 4, 2),
+        ),  # launcher wins
     ],
 )
 def test_rank_from_the_launcher_environment(clean_env, env, expected):
@@ -41,7 +46,9 @@ def test_rank_from_the_launcher_environment(clean_env, env, expected):
     assert _read_env() == expected
 
 
-@pytest.mark.parametrize("env", [{"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}])
+@pytest.mark.parametrize(
+    "env", [{"RANK": "x", "WORLD_SIZE": "2", "MASTER_ADDR": "h"}, {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h"}]
+)
 def test_bad_launcher_environment_is_a_config_error(clean_env, env):
     for key, value in env.items():
         clean_env.setenv(key, value)

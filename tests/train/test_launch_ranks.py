@@ -28,8 +28,9 @@ from tests.train.helpers import BASE, assert_same_run, free_port, losses, params
     ("env", "expected"),
     [
         ({}, False),
-        ({"RANK": "0", "WORLD_SIZE": "1"}, True),  # torchrun, even for one rank
+        ({"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}, True),  # torchrun, even for one rank
         ({"RANK": "0"}, False),  # half a launcher's environment is no launcher
+        ({"RANK": "0", "WORLD_SIZE": "1"}, False),  # what a one-process run leaves its children (for DeepSpeed)
         ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}, True),
         ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"}, True),  # srun -n 2
         ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}, False),  # srun -n 1: one rank, ours
@@ -48,7 +49,8 @@ def test_should_launch(monkeypatch):
     assert should_launch(LaunchConfig(nnodes=2, master_port=29500), {})
     assert should_launch(LaunchConfig(launcher="torchrun"), {})  # one rank, still under the agent
     assert not should_launch(LaunchConfig(launcher="external"), {})
-    assert not should_launch(LaunchConfig(nproc_per_node=2), {"RANK": "1", "WORLD_SIZE": "2"})  # never recursive
+    ranks = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    assert not should_launch(LaunchConfig(nproc_per_node=2), ranks)  # never recursive
 
 
 def test_threads_per_rank(monkeypatch):
@@ -63,7 +65,6 @@ def test_threads_per_rank(monkeypatch):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("launch.nnodes=2", "launch.master_port: 2 nodes must agree on a port"),
         ("launch.node_rank=1", "launch.node_rank: 1 is outside [0, nnodes=1)"),
         ("launch.nproc_per_node=0", "launch.nproc_per_node: got 0, expected a value >= 1"),
         ("launch.launcher=srun", "launch.launcher: got 'srun', expected one of 'auto', 'torchrun', 'external'"),
@@ -80,6 +81,29 @@ def test_bad_launch_params_are_one_line(override, message):
         return
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         params(override)
+
+
+def test_several_nodes_by_hand_need_a_port_said_before_anything_starts():
+    from frontier.errors import ConfigError
+    from frontier.train.launch import launch_ranks
+
+    cfg = params("launch.nnodes=2").launch  # valid as params: under srun the ranks derive their port
+    with pytest.raises(ConfigError, match="launch.master_port: 2 nodes must agree on a port"):
+        launch_ranks(cfg, ["train"], "train")
+
+
+def test_an_outer_launcher_that_disagrees_with_launch_params_is_named(caplog):
+    from frontier.train.launch import check_outer_launcher
+
+    with caplog.at_level("WARNING", logger="frontier.launch"):
+        outer = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1"}
+        check_outer_launcher(LaunchConfig(nproc_per_node=8), "train", outer)
+        check_outer_launcher(LaunchConfig(), "train", outer)  # auto: nothing to say
+        check_outer_launcher(LaunchConfig(nproc_per_node=2), "train", outer)
+    assert [r.getMessage() for r in caplog.records] == [
+        "train: launch: asks for 8 rank(s) (nnodes x nproc_per_node) but the outer launcher started 2; training "
+        "with 2 (global batch = micro x accumulation x 2)"
+    ]
 
 
 # -- real ranks ------------------------------------------------------------------------------------
@@ -203,3 +227,23 @@ def test_sigterm_checkpoints_every_rank_and_one_rank_resumes_the_same_run(tmp_pa
     assert len(expected) == len(got) == 300 // 100
     for a, b in zip(expected, got):
         assert abs(a - b) <= 1e-4 * abs(a), (expected, got)
+
+
+@pytest.mark.slow
+def test_ranks_checkpoint_and_end_when_the_stage_process_is_killed(tmp_path, corpus):
+    """SIGKILL to the stage (the OOM killer, a scheduler's escalation): its ranks, in sessions of their own,
+    get SIGTERM from the kernel, save one checkpoint together and exit instead of training on unowned."""
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    proc = stage(tiny_params(*LONG, "launch.nproc_per_node=2"), corpus, out, ckpt)
+    _wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, out)
+    ranks = psutil.Process(proc.pid).children()
+    assert len(ranks) == 2
+    proc.kill()
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(ranks, timeout=120)
+    for p in alive:
+        p.kill()
+    assert not alive, stage_log(out)
+    assert stage_log(out).count("stopped by SIGTERM") == 2, stage_log(out)  # both ranks, then nothing more
+    assert _steps(ckpt)[-1] > 50
+    assert not out.exists()

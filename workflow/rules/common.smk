@@ -59,8 +59,12 @@ SMALL_JOB = {"mem_mb": 4096, "runtime": 60}
 CLUSTER_CPUS = 4
 
 
-def ranks_per_node(launch: dict) -> int:
-    """launch.nproc_per_node for a cluster job: "auto" is every GPU the job asks for on a node, else 1."""
+def job_ranks_per_node(launch: dict) -> int:
+    """launch.nproc_per_node for a cluster job: "auto" is every GPU the job asks for on a node, else 1.
+
+    (frontier.train.launch.ranks_per_node resolves "auto" on the node itself, from the CUDA devices it sees:
+    the same number once the job has its GPUs, but this one is needed before, on the submitting machine.)
+    """
     if launch["nproc_per_node"] == "auto":
         return max(1, launch["gpus_per_node"])
     return int(launch["nproc_per_node"])
@@ -87,7 +91,7 @@ def in_slurm() -> bool:
 def _srun_ranks(launch: dict) -> bool:
     """Ranks started by srun as the job's tasks (several of them, inside SLURM)? The plugin refuses an MPI
     job of one task, and one rank needs no launcher."""
-    return launch["nnodes"] * ranks_per_node(launch) > 1 and in_slurm()
+    return launch["nnodes"] * job_ranks_per_node(launch) > 1 and in_slurm()
 
 
 def stage_resources(name: str) -> dict:
@@ -95,7 +99,7 @@ def stage_resources(name: str) -> dict:
     if name not in LAUNCHED:
         return dict(SMALL_JOB)
     launch = PARAMS["launch"]
-    nodes, per_node = launch["nnodes"], ranks_per_node(launch)
+    nodes, per_node = launch["nnodes"], job_ranks_per_node(launch)
     resources = {
         "nodes": nodes,
         "cpus_per_task": cpus_per_rank(launch),
@@ -170,7 +174,7 @@ def stage_threads(name: str) -> int | Callable[..., int]:
         if name not in LAUNCHED:
             return CLUSTER_CPUS
         launch = PARAMS["launch"]
-        return cpus_per_rank(launch) * (1 if _srun_ranks(launch) else ranks_per_node(launch))
+        return cpus_per_rank(launch) * (1 if _srun_ranks(launch) else job_ranks_per_node(launch))
 
     return threads
 
