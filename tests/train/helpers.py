@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -163,6 +166,29 @@ def stage_log(out: Path, log_name: str | None = None) -> str:
     """The whole output of a `stage` run (ranks included)."""
     path = out.parent / f"{out.name}.{log_name or 'stage'}.log"
     return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every process under it (a stage and the ranks it started)."""
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+    proc.kill()
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, output: Callable[[], str],
+             timeout: float = 240) -> None:  # fmt: skip
+    """Poll until `predicate()` holds; fail (with the process's `output()`) if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (code {proc.returncode}) before it could be interrupted:\n{output()[-4000:]}")
+        if time.monotonic() > deadline:
+            kill_tree(proc)
+            pytest.fail("timed out waiting for the run to make progress")
+        time.sleep(0.01)
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float = 240) -> list[int]:

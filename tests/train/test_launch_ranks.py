@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +18,18 @@ from frontier.train.config import LaunchConfig
 from frontier.train.launch import should_launch, started_by_launcher, threads_per_rank
 from frontier.train.run import train
 from frontier.train.signals import EXIT_INTERRUPTED
-from tests.train.helpers import BASE, assert_same_run, free_port, losses, params, stage, stage_log, tiny_params
+from tests.train.helpers import (
+    BASE,
+    assert_same_run,
+    free_port,
+    kill_tree,
+    losses,
+    params,
+    stage,
+    stage_log,
+    tiny_params,
+    wait_for,
+)
 
 # -- when does a stage launch? ------------------------------------------------------------------
 
@@ -139,27 +149,10 @@ def test_two_nodes_on_localhost_match_one_node(tmp_path, corpus, one_rank):
     finally:
         for p in procs:
             if p.poll() is None:
-                _kill_tree(p)
+                kill_tree(p)
     assert codes == [0, 0], stage_log(out, "node0") + stage_log(out, "node1")
     assert _metrics(out)["world_size"] == 2
     assert_same_run(one_rank, out)
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        child.kill()
-    proc.kill()
-
-
-def _wait_for(predicate, proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"the stage ended (code {proc.returncode}) before it could be interrupted:\n{stage_log(out)}")
-        if time.monotonic() > deadline:
-            _kill_tree(proc)
-            pytest.fail("timed out waiting for the stage to make progress")
-        time.sleep(0.01)
 
 
 def _steps(ckpt: Path) -> list[int]:
@@ -175,7 +168,7 @@ def test_killed_rank_ends_the_stage_in_one_line_and_the_rerun_resumes(tmp_path, 
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     run = tiny_params(*LONG, "launch.nproc_per_node=2")
     proc = stage(run, corpus, out, ckpt)
-    _wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, out)
+    wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, lambda: stage_log(out))
     ranks = psutil.Process(proc.pid).children()
     assert len(ranks) == 2
     ranks[1].kill()  # SIGKILL: no handler, no error file; the other rank is left waiting on it
@@ -203,7 +196,7 @@ def test_sigterm_checkpoints_every_rank_and_one_rank_resumes_the_same_run(tmp_pa
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     short = (*LONG, "train.max_steps=300")
     proc = stage(tiny_params(*short, "train.micro_batch_size=2", "launch.nproc_per_node=2"), corpus, out, ckpt)
-    _wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, out)
+    wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, lambda: stage_log(out))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=180) == EXIT_INTERRUPTED, stage_log(out)
     log = stage_log(out)
@@ -235,7 +228,7 @@ def test_ranks_checkpoint_and_end_when_the_stage_process_is_killed(tmp_path, cor
     get SIGTERM from the kernel, save one checkpoint together and exit instead of training on unowned."""
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     proc = stage(tiny_params(*LONG, "launch.nproc_per_node=2"), corpus, out, ckpt)
-    _wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, out)
+    wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, lambda: stage_log(out))
     ranks = psutil.Process(proc.pid).children()
     assert len(ranks) == 2
     proc.kill()

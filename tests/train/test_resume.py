@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from frontier.train.checkpoint import CheckpointStore
 from frontier.train.distributed import init_distributed
 from frontier.train.run import train
 from frontier.train.signals import EXIT_INTERRUPTED
-from tests.train.helpers import launch, log_tail, losses, params, read_rows, tiny_params, weights
+from tests.train.helpers import launch, log_tail, losses, params, read_rows, tiny_params, wait_for, weights
 
 RUN = (
     "model.arch=gpt2",
@@ -49,17 +47,6 @@ def _assert_identical(straight_out: Path, resumed_out: Path, resumed_from: int) 
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def _wait_for(predicate, proc: subprocess.Popen, out: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (code {proc.returncode}) before it could be interrupted:\n{log_tail(out)}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("timed out waiting for the run to make progress")
-        time.sleep(0.01)
-
-
 def _live_step(ckpt: Path) -> int:
     path = ckpt / "logs" / "train.csv"
     rows = read_rows(path) if path.is_file() else []
@@ -69,7 +56,7 @@ def _live_step(ckpt: Path) -> int:
 def test_sigterm_then_resume_is_exact(tmp_path, corpus, straight):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     (proc,) = launch(1, tiny_params(*RUN), corpus, out, ckpt)
-    _wait_for(lambda: _live_step(ckpt) >= 20, proc, out)
+    wait_for(lambda: _live_step(ckpt) >= 20, proc, lambda: log_tail(out))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == EXIT_INTERRUPTED, log_tail(out)
     assert "stopped by SIGTERM" in log_tail(out)
@@ -84,7 +71,7 @@ def test_sigterm_then_resume_is_exact(tmp_path, corpus, straight):
 def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, corpus, straight):
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
     (proc,) = launch(1, tiny_params(*RUN), corpus, out, ckpt)
-    _wait_for(lambda: (ckpt / "step_00000020" / "manifest.json").is_file(), proc, out)
+    wait_for(lambda: (ckpt / "step_00000020" / "manifest.json").is_file(), proc, lambda: log_tail(out))
     proc.kill()  # SIGKILL: no handler runs; maybe mid-way through a later checkpoint
     proc.wait(timeout=60)
     resume_point = CheckpointStore(ckpt, init_distributed()).newest_valid()
