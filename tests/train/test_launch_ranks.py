@@ -240,3 +240,18 @@ def test_ranks_checkpoint_and_end_when_the_stage_process_is_killed(tmp_path, cor
     assert stage_log(out).count("stopped by SIGTERM") == 2, stage_log(out)  # both ranks, then nothing more
     assert _steps(ckpt)[-1] > 50
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaches_every_rank_as_a_stop_request(tmp_path, corpus):
+    """SIGINT to the stage (Ctrl-C; the ranks sit in sessions of their own and see nothing of the terminal):
+    forwarded as a stop request, both ranks save one checkpoint and the stage exits 3."""
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    proc = stage(tiny_params(*LONG, "launch.nproc_per_node=2"), corpus, out, ckpt)
+    wait_for(lambda: (ckpt / "step_00000050" / "manifest.json").is_file(), proc, lambda: stage_log(out))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, stage_log(out)
+    stopped_at = _steps(ckpt)[-1]
+    assert stage_log(out).count(f"stopped by SIGTERM at step {stopped_at}") == 3, stage_log(out)
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])]
+    assert not left  # no rank outlives the stage
