@@ -294,6 +294,72 @@ def cumulative(prof: dict[str, dict[str, Any]], top: int) -> list[dict[str, Any]
     return rows[:top]
 
 
+# -- isolated costs ----------------------------------------------------------------------------------
+
+
+def _median_ms(fn: Callable[[], object], reps: int) -> float:
+    fn()  # first call: allocations, lazy state
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dict[str, float]:
+    """Median ms of each piece the Frontier step runs and the bare loop does not, timed alone on real grads.
+
+    The profiler diff says which pieces exist; these figures say what removing each would save per step
+    (the interleaved step medians are too noisy on a 2-core machine to resolve a few ms apiece).
+    """
+    from frontier.train.distributed import all_reduce_sum, init_distributed
+    from frontier.train.ds_config import build_ds_config
+    from frontier.train.engine import full_grad_norm, make_engine
+    from frontier.train.optimizer import build_client_optimizer
+
+    info = init_distributed()
+    module = _module(case)
+    optimizer = build_client_optimizer(module, case.params.optimizer)
+    engine = make_engine(module, optimizer, build_ds_config(case.params.train, info.world_size))
+    bare_module = _module(case)
+    torch_opt = _torch_adamw(bare_module, case)
+    micro = batches[0]
+
+    def grads() -> None:  # real gradients of one step on both models (no optimizer update)
+        for m in (module, bare_module):
+            m.zero_grad(set_to_none=True)
+            for b in micro:
+                m(b.input_ids, b.targets).backward()
+
+    grads()
+    out = {
+        # step.py: the n_global all-reduce, the (loss, non-finite) all-reduce; loop.py: the stop/time/ckpt flags
+        "all_reduce_sum x3 (loop.py:84, step.py:39, step.py:52)": _median_ms(
+            lambda: [all_reduce_sum([0.0, 0.0, 0.0], info) for _ in range(3)], reps
+        ),
+        "Batch.num_targets per micro-batch (step.py:39)": _median_ms(lambda: [b.num_targets for b in micro], reps),
+        "full_grad_norm (step.py:56 -> engine.py:117)": _median_ms(lambda: full_grad_norm(engine), reps),
+        "DeepSpeed allreduce_gradients, 1 rank (engine.backward epilogue)": _median_ms(
+            engine.allreduce_gradients, reps
+        ),
+        "DeepSpeed clip_fp32_gradients (grad_clip; engine.step)": _median_ms(engine.clip_fp32_gradients, reps),
+    }
+    # zero_grad drops the grads, so each timing needs fresh ones
+    zg = []
+    for _ in range(max(reps // 4, 3)):
+        grads()
+        t0 = time.perf_counter()
+        engine.zero_grad()
+        zg.append(time.perf_counter() - t0)
+    out["DeepSpeed zero_grad (named_parameters, grad=None)"] = statistics.median(zg) * 1e3
+    grads()
+    # optimizer implementations on the same gradients (each updates its own copy of the weights)
+    out["optimizer step: frontier client optimizer"] = _median_ms(optimizer.step, reps)
+    out["optimizer step: torch AdamW (bare loop's)"] = _median_ms(torch_opt.step, reps)
+    return {k: round(v, 4) for k, v in out.items()}
+
+
 # -- driver ------------------------------------------------------------------------------------------
 
 
@@ -310,7 +376,10 @@ def run(
     profile_top: int = 15,
     profile_steps: int = 10,
 ) -> dict[str, Any]:
-    """Measure every (config, threads) case; returns {"meta", "results", "profiles"} (JSON-ready)."""
+    """Measure every (config, threads) case; returns {"meta", "results", "profiles", "probes"} (JSON-ready).
+
+    Profiles and probes (isolated costs) are taken at the first thread count only.
+    """
     import logging
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # as the train stage does (run.setup_logging)
@@ -318,6 +387,7 @@ def run(
         raise ValueError("variants must include 'bare' (every ratio is to it)")
     results: list[dict[str, Any]] = []
     profiles: list[dict[str, Any]] = []
+    probes: list[dict[str, Any]] = []
     threads_before = torch.get_num_threads()  # a caller (pytest) keeps its own setting
     load_start, started = _loadavg(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     try:
@@ -341,6 +411,7 @@ def run(
                         "tokens_per_s": round(step_tokens / (ms / 1e3), 1), "n_steps": len(times[v.name]),
                     })  # fmt: skip
                 if profile and n_threads == threads[0]:
+                    probes.append({"config": name, "threads": n_threads, "ms": probe_overheads(case, batches)})
                     profiles.append(
                         _profile_case(name, n_threads, built, warmup + rounds * steps, profile_top, profile_steps)
                     )
@@ -353,7 +424,7 @@ def run(
         "steps": steps, "rounds": rounds, "warmup": warmup, "overrides": list(overrides),
         "started_utc": started,
     }  # fmt: skip
-    return {"meta": meta, "results": results, "profiles": profiles}
+    return {"meta": meta, "results": results, "profiles": profiles, "probes": probes}
 
 
 def _profile_case(name: str, n_threads: int, built: list[Variant], index: int, top: int, steps: int) -> dict[str, Any]:
@@ -388,6 +459,9 @@ def format_table(report: dict[str, Any]) -> str:
 
 def format_profiles(report: dict[str, Any], top: int = 10) -> str:
     out = []
+    for p in report.get("probes", []):
+        out.append(f"\n## {p['config']}, {p['threads']} thread(s): isolated costs, median ms")
+        out += [f"  {ms:8.3f}  {name}" for name, ms in p["ms"].items()]
     for p in report["profiles"]:
         out.append(f"\n## {p['config']}, {p['threads']} thread(s): profiler self-CPU ms/step "
                    f"{json.dumps(p['per_variant_self_ms'])}")  # fmt: skip
@@ -418,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                  profile_steps=args.profile_steps)  # fmt: skip
     report["meta"]["loadavg_end"] = _loadavg()
     print(format_table(report))
-    if report["profiles"]:
+    if report["profiles"] or report["probes"]:
         print(format_profiles(report))
     print(f"\nload average at start {report['meta']['loadavg_start']}, at end {report['meta']['loadavg_end']}")
     if args.json:

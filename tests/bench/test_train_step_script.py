@@ -40,7 +40,7 @@ def test_entry_function_reports_every_variant(tmp_path: Path) -> None:
         ["llama_default", "shakespeare_char"], [1], steps=2, rounds=2, warmup=1, overrides=TINY,
         profile=True, profile_top=5, profile_steps=1,
     )  # fmt: skip
-    assert set(report) == {"meta", "results", "profiles"}
+    assert set(report) == {"meta", "results", "profiles", "probes"}
     rows = report["results"]
     assert [(r["config"], r["variant"]) for r in rows] == [
         (c, v) for c in ("llama_default", "shakespeare_char") for v in bench.VARIANTS
@@ -57,6 +57,9 @@ def test_entry_function_reports_every_variant(tmp_path: Path) -> None:
             for kind in ("ops", "python"):
                 for row in p[f"{variant}_{kind}"]:
                     assert row["extra_ms"] > 0 and row["calls"] > row["bare_calls"]
+    assert [p["config"] for p in report["probes"]] == ["llama_default", "shakespeare_char"]
+    for p in report["probes"]:
+        assert p["ms"] and all(ms >= 0 for ms in p["ms"].values())
     table = bench.format_table(report)
     assert table.count("\n") == 1 + len(rows)  # header, rule, one line per row
     bench.format_profiles(report)
@@ -72,4 +75,6 @@ def test_cli_writes_json(tmp_path: Path) -> None:
         args += ["--set", item]
     assert bench.main(args) == 0
     report = json.loads(out.read_text())
-    assert [r["variant"] for r in report["results"]] == ["bare", "frontier"] and report["profiles"] == []
+    assert [r["variant"] for r in report["results"]] == ["bare", "frontier"] and report["profiles"] == report[
+        "probes"
+    ] == []
