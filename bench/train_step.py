@@ -334,12 +334,12 @@ def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dic
 
     grads()
     out = {
-        # step.py: the n_global all-reduce, the (loss, non-finite) all-reduce; loop.py: the stop/time/ckpt flags
-        "all_reduce_sum x3 (loop.py:84, step.py:39, step.py:52)": _median_ms(
+        # loop.py: the stop/time/ckpt flags; step.py: the n_global all-reduce, the (loss, non-finite) one
+        "all_reduce_sum x3 (loop.py:83, step.py:40, step.py:51)": _median_ms(
             lambda: [all_reduce_sum([0.0, 0.0, 0.0], info) for _ in range(3)], reps
         ),
-        "Batch.num_targets per micro-batch (step.py:39)": _median_ms(lambda: [b.num_targets for b in micro], reps),
-        "full_grad_norm (step.py:56 -> engine.py:117)": _median_ms(lambda: full_grad_norm(engine), reps),
+        "Batch.num_targets per micro-batch (step.py:40)": _median_ms(lambda: [b.num_targets for b in micro], reps),
+        "full_grad_norm (step.py:56 -> engine.py:114)": _median_ms(lambda: full_grad_norm(engine), reps),
         "DeepSpeed allreduce_gradients, 1 rank (engine.backward epilogue)": _median_ms(
             engine.allreduce_gradients, reps
         ),
