@@ -111,6 +111,10 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     held_examples = encode_all(tokenizer, read_records(sft_dir / "heldout.jsonl", tokenizer), max_len, sft_dir)
 
     apply_kernels(lm, params.kernels)
+    if cfg.activation_checkpointing:  # train's engine setting, as precision and ZeRO stage
+        from frontier.model.checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(lm)
     peft_model = attach_lora(lm, ft)  # injects the adapter into `lm` in place
     trainable, total = trainable_parameters(lm)
     log.info("finetune: %d trainable of %d parameters (LoRA r=%d on %s)", trainable, total, ft.r, ft.target_modules)

@@ -53,9 +53,10 @@ def _apply_kernels(lm: Any, params: Params) -> Any:
 
 # Keys that do not change what a run computes: how it is logged, monitored, checkpointed and which
 # (numerically equivalent) implementation runs. Everything else in the train stage's sections does.
+# activation_checkpointing recomputes the same values (dropout replayed), so a resume may switch it.
 _OPERATIONAL = {
     "train": ("checkpoint", "resume", "log_every", "eval_every", "eval_batches", "monitor", "alerts", "profile",
-              "max_minutes"),
+              "max_minutes", "activation_checkpointing"),
     "optimizer": ("impl",),
 }  # fmt: skip
 
@@ -144,6 +145,10 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     seq_len = cfg.seq_len or max_seq_len
     _check(params, seq_len, max_seq_len, info.device)
     lm = _apply_kernels(lm, params)
+    if cfg.activation_checkpointing:
+        from frontier.model.checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(lm)
     n_params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
     flops_per_token = model_flops_per_token(lm, seq_len)
     module = CausalLMWithLoss(lm, params.kernels)
