@@ -35,7 +35,7 @@ from typing import Any
 
 from frontier.errors import ConfigError, FrontierError
 from frontier.train.config import LaunchConfig
-from frontier.train.signals import EXIT_INTERRUPTED, EXIT_PEER_LOST, STOP_SIGNALS, TrainingInterrupted
+from frontier.train.signals import EXIT_INTERRUPTED, EXIT_PEER_LOST, STOP_SIGNALS, StopRequest, TrainingInterrupted
 
 log = logging.getLogger("frontier.launch")
 
@@ -158,7 +158,7 @@ class StoppedBeforeRanks(TrainingInterrupted):
     """A stop signal arrived before any rank was running: nothing to checkpoint."""
 
 
-class _ForwardStops:
+class _ForwardStops(StopRequest):
     """While the ranks run: a stop signal to the stage becomes a stop request to every rank.
 
     torch starts each rank in a session of its own, so a terminal's Ctrl-C reaches the stage only:
@@ -167,10 +167,11 @@ class _ForwardStops:
     first signal are killed. A signal that comes before any rank exists ends the launch at once.
     """
 
+    signals = _FORWARDED
+
     def __init__(self, timeout_s: float) -> None:
+        super().__init__()
         self.timeout_s = timeout_s
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
 
     def _ranks(self) -> list[Any]:
@@ -195,26 +196,16 @@ class _ForwardStops:
             return
         reached = self._send(signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
         if not reached:  # still in the rendezvous: the agent cleans up what it started as this unwinds
-            raise StoppedBeforeRanks(
-                f"stopped by {signal.Signals(signum).name} before the ranks started; nothing to checkpoint"
-            )
+            raise StoppedBeforeRanks(f"stopped by {self.name} before the ranks started; nothing to checkpoint")
         if first:
             self._timer = threading.Timer(self.timeout_s, self._send, args=(signal.SIGKILL,))
             self._timer.daemon = True
             self._timer.start()
 
-    def __enter__(self) -> _ForwardStops:
-        if threading.current_thread() is threading.main_thread():
-            for sig in _FORWARDED:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        super().__exit__(*exc)
 
 
 def _quiet_agent() -> None:

@@ -47,9 +47,11 @@ class StopRequest:
             raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the save
         self.signum = signum
 
+    signals: tuple[int, ...] = STOP_SIGNALS  # what a subclass listens to
+
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
+            for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
