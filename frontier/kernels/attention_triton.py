@@ -204,6 +204,9 @@ def attn_fwd_kernel(
     PREC: tl.constexpr,
     F32: tl.constexpr,
 ):
+    # Inductor passes Python floats to user kernels as fp64 (Triton's launcher, fp32): fix the math's
+    # dtype here, or fp64 scores reach tl.dot's fp32 accumulator and compilation fails.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     # Heaviest (last) causal query blocks first: better tail balance across the grid.
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)

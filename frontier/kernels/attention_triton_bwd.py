@@ -128,6 +128,9 @@ def attn_bwd_dq_kernel(
     PREC: tl.constexpr,
     F32: tl.constexpr,
 ):
+    # fp32 scale math whoever launches (Inductor passes Python floats as fp64); see attn_fwd_kernel
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     start_m = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -342,6 +345,9 @@ def attn_bwd_dkdv_kernel(
     F32: tl.constexpr,
 ):
     """One program per (key block, batch x KV head): loops over the GROUP query heads sharing it."""
+    # fp32 scale math whoever launches (Inductor passes Python floats as fp64); see attn_fwd_kernel
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    qk_scale = tl.cast(qk_scale, tl.float32)
     start_n = tl.program_id(0)
     bhk = tl.program_id(1)
     HK = H // GROUP

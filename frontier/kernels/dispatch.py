@@ -86,8 +86,14 @@ def row_tile(n_cols: int, op: str = "kernel") -> tuple[int, int, int]:
         raise KernelUnavailableError(f"{op}: rows of {n_cols} elements exceed the fused limit {MAX_FUSED_COLS}")
     block_cols = max(16, 1 << (max(n_cols, 1) - 1).bit_length())
     block_rows = max(1, TILE_ELEMENTS // block_cols)
-    num_warps = min(32, max(4, block_rows * block_cols // 512))
-    return block_rows, block_cols, num_warps
+    return block_rows, block_cols, warps_for(block_rows * block_cols, most=32)
+
+
+def warps_for(tile_elements: int, least: int = 4, most: int = 16) -> int:
+    """num_warps for a program holding `tile_elements` values: one warp per 512 (~16 fp32 a thread),
+    rounded down to a power of two (Triton's CUDA backend takes nothing else), within [least, most]."""
+    warps = max(1, tile_elements // 512)
+    return min(most, max(least, 1 << (warps.bit_length() - 1)))
 
 
 def num_programs(device: torch.device) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from frontier.kernels.dispatch import TILE_ELEMENTS, empty_output_like, resolve_impl
+from frontier.kernels.dispatch import TILE_ELEMENTS, empty_output_like, resolve_impl, warps_for
 from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
 
@@ -109,7 +109,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     per_token = (block_qh + block_kh) * block_d
     # Stack tokens until a program moves ~TILE_ELEMENTS per half (Llama-7B: 1 token; tiny models: many).
     block_t = 1 << max(0, (TILE_ELEMENTS // per_token).bit_length() - 1)
-    num_warps = min(16, max(4, block_t * per_token // 512))
+    num_warps = warps_for(block_t * per_token)  # per_token need not be a power of two (GQA: 32 + 8 heads)
     _rope_kernel[(triton.cdiv(n_tokens, block_t),)](
         q, k, cos, sin, qo, ko,
         n_tokens, seq_len, half, n_qh, n_kh,
