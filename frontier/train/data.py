@@ -52,6 +52,10 @@ class Batch:
     def num_targets(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
 
+    def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The keyword arguments of CausalLMWithLoss.forward, on `device`."""
+        return {"input_ids": self.input_ids.to(device), "targets": self.targets.to(device)}
+
 
 class WindowSampler:
     """Maps a global sample index to a (inputs, targets) window of one split."""

@@ -44,7 +44,7 @@ def run_step(engine: Any, batches: list[Batch], info: DistInfo, gate: StepGate) 
     finite = True
     full_grads = zero_stage(engine) == 0 and not engine.bfloat16_enabled() and not engine.fp16_enabled()
     for i, batch in enumerate(batches):
-        loss_sum = engine(batch.input_ids.to(info.device), batch.targets.to(info.device))  # fp32 scalar
+        loss_sum = engine(**batch.model_inputs(info.device))  # fp32 scalar
         local_sum += loss_sum.detach().double()
         last = i == len(batches) - 1
         if last:
@@ -76,7 +76,7 @@ def evaluate(engine: Any, batches: list[Batch], info: DistInfo) -> float:
         local = torch.zeros((), dtype=torch.float64, device=info.device)
         count = 0
         for batch in batches:
-            local += engine(batch.input_ids.to(info.device), batch.targets.to(info.device)).double()
+            local += engine(**batch.model_inputs(info.device)).double()
             count += batch.num_targets
     finally:
         engine.train()
