@@ -24,14 +24,11 @@ from frontier.kernels.attention_triton_bwd import (
     attn_bwd_preprocess_kernel,
 )
 from frontier.kernels.dispatch import KernelUnavailableError, resolve_impl
+from frontier.kernels.interpreter import ATTENTION_BLOCKS, INTERPRETED, dot_in_fp32
+from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import triton
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-# Under TRITON_INTERPRET=1, @triton.jit returns an InterpretedFunction that runs on CPU tensors.
-# Such kernels cannot be traced by wrap_triton (torch.compile / opcheck's AOT check would drop the
-# launch), so there the ops are opaque custom ops; on a GPU they are triton_ops that Inductor sees.
-_INTERPRETED = type(attn_fwd_kernel).__name__ == "InterpretedFunction"
 
 
 # ---------------------------------------------------------------- reference and SDPA
@@ -104,16 +101,10 @@ def attention_sdpa(
 def _config(kernel: str, head_dim: int, dtype: torch.dtype) -> dict[str, int]:
     """Block sizes and launch settings; fixed (no autotuning) so results are reproducible run to run.
 
-    BLOCK_M counts queries, BLOCK_N keys. The interpreter gets small blocks: it runs every program
-    in numpy, and small blocks make the odd-shape tests cross several blocks.
+    BLOCK_M counts queries, BLOCK_N keys. The interpreter gets its own (frontier.kernels.interpreter).
     """
-    if _INTERPRETED:
-        return {
-            "fwd": dict(BLOCK_M=32, BLOCK_N=16),
-            "dq": dict(BLOCK_M=32, BLOCK_N=16),
-            "dkdv": dict(BLOCK_M=16, BLOCK_N=32),
-            "pre": dict(BLOCK_M=32),
-        }[kernel]
+    if INTERPRETED:
+        return dict(ATTENTION_BLOCKS[kernel])
     if dtype == torch.float32:  # a correctness path (exact fp32 dots, no tensor cores): small tiles
         return {
             "fwd": dict(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=2),
@@ -158,14 +149,8 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _dot_args(dtype: torch.dtype) -> dict[str, object]:
-    # fp32 inputs: no TF32 rounding in the dots. F32: the interpreter's bf16 dot is wrong (raw bits),
-    # so there the kernels widen bf16 operands to fp32 first (exact: same products, fp32 sums).
-    return {"PREC": "ieee" if dtype == torch.float32 else None, "F32": _INTERPRETED and dtype == torch.bfloat16}
-
-
-def _skip_launch(*tensors: torch.Tensor) -> bool:
-    # Interpreted kernels cannot run on fake tensors (shape propagation only needs the buffers).
-    return _INTERPRETED and any(torch._subclasses.fake_tensor.is_fake(t) for t in tensors)
+    # fp32 inputs: no TF32 rounding in the dots. F32: set only for the interpreter's bf16 dot.
+    return {"PREC": "ieee" if dtype == torch.float32 else None, "F32": dot_in_fp32(dtype)}
 
 
 def attention_fwd(
@@ -187,7 +172,7 @@ def attention_fwd(
     out = torch.empty_like(q) if out is None else out
     lse = torch.empty(batch, heads, seq, device=q.device, dtype=torch.float32) if lse is None else lse
     doc_start, doc_end, has_doc = _doc_bounds(doc_ids, q)
-    if q.numel() == 0 or _skip_launch(q):
+    if q.numel() == 0:
         return out, lse
     cfg = _config("fwd", dim, q.dtype)
     grid = (triton.cdiv(seq, cfg["BLOCK_M"]), batch * heads)
@@ -240,7 +225,7 @@ def attention_bwd(
     dv = torch.empty_like(v) if dv is None else dv
     delta = torch.empty_like(lse)
     doc_start, doc_end, has_doc = _doc_bounds(doc_ids, q)
-    if q.numel() == 0 or _skip_launch(q):
+    if q.numel() == 0:
         return dq, dk, dv
     common = dict(D=dim, CAUSAL=causal, HAS_DOC=has_doc, **_dot_args(q.dtype))
     qk_scale = scale * math.log2(math.e)
@@ -303,17 +288,15 @@ def attention_bwd(
 
 # ---------------------------------------------------------------- torch.library ops
 
-_define = torch.library.custom_op if _INTERPRETED else torch.library.triton_op
 
-
-@_define("frontier::attention_fwd", mutates_args=())
+@define_op("attention_fwd")
 def _attention_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: torch.Tensor | None, causal: bool, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return attention_fwd(q, k, v, doc_ids, causal, scale)
 
 
-@_define("frontier::attention_bwd", mutates_args=())
+@define_op("attention_bwd")
 def _attention_bwd_op(
     do: torch.Tensor,
     q: torch.Tensor,

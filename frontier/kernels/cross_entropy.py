@@ -2,7 +2,8 @@
 
 Three faces, one name:
   * ``cross_entropy_reference`` -- pure PyTorch in fp32 (the fallback, and what the tests compare against);
-  * Triton kernels behind ``torch.library.custom_op`` with fake implementations for torch.compile:
+  * Triton kernels behind torch.library ops (frontier.kernels.library: triton_op, custom_op under the
+    interpreter) with fake implementations for torch.compile:
       - ``frontier::cross_entropy_fwd``      (functional: per-row loss and logsumexp; autograd registered,
                                                its backward is ``frontier::cross_entropy_bwd``)
       - ``frontier::cross_entropy_fwd_bwd_`` (mutates ``logits``: loss, and the gradient written over the logits)
@@ -32,14 +33,17 @@ the host would cost a device sync every step). Losses are fp32 whatever the logi
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
 from frontier.kernels.dispatch import empty_output, resolve_impl
+from frontier.kernels.interpreter import CROSS_ENTROPY_MAX_BLOCK_V, INTERPRETED, SCALE_ROWS_BLOCK
+from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
 REDUCTIONS = ("mean", "sum", "none")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_GPU_MAX_BLOCK_V = 32768  # 32 warps x 32 fp32 per thread: a block of a 128k vocabulary in 4 steps
-_INTERPRET_MAX_BLOCK_V = 256  # small blocks in the interpreter so odd V exercises the online softmax
+_MAX_BLOCK_V = 32768  # 32 warps x 32 fp32 per thread: a block of a 128k vocabulary in 4 steps
+_SCALE_ROWS_BLOCK = 4096
 
 
 def cross_entropy_reference(
@@ -88,6 +92,9 @@ def _cross_entropy_kernel(
 ):  # fmt: skip
     # One program per row. COMPUTE_LSE: pass 1 (online softmax) -> LOSS, LSE; else LSE is read.
     # WRITE_GRAD: pass 2 writes SCALE[row] * dloss/dx into G (G may be X itself).
+    # fp32 math whoever launches (Inductor passes Python floats as fp64)
+    label_smoothing = tl.cast(label_smoothing, tl.float32)
+    z_loss = tl.cast(z_loss, tl.float32)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride may exceed 2**31
     x_row = X + row * stride_x
     g_row = G + row * stride_g
@@ -153,8 +160,8 @@ def _scale_rows_kernel(X, stride_x, SCALE, stride_scale, n_cols, BLOCK: tl.const
 
 
 def _block_v(n_cols: int, device: torch.device, block_v: int | None) -> tuple[int, int]:
-    """(BLOCK_V, num_warps): GPU-sized blocks on CUDA, small ones for the CPU interpreter."""
-    cap = block_v or (_GPU_MAX_BLOCK_V if device.type == "cuda" else _INTERPRET_MAX_BLOCK_V)
+    """(BLOCK_V, num_warps): GPU-sized blocks, small ones in the interpreter (frontier.kernels.interpreter)."""
+    cap = block_v or (CROSS_ENTROPY_MAX_BLOCK_V if INTERPRETED else _MAX_BLOCK_V)
     block = min(cap, triton.next_power_of_2(max(n_cols, 1)))
     return block, (32 if block >= 16384 else 16 if block >= 4096 else 8 if block >= 1024 else 4)
 
@@ -184,7 +191,7 @@ def launch_cross_entropy(
     block, num_warps = _block_v(n_cols, logits.device, block_v)
     compute_lse, write_grad = loss_out is not None, grad_out is not None
     scale = grad_scale if grad_scale is not None else lse  # any fp32 tensor: unused without WRITE_GRAD
-    _cross_entropy_kernel[(n_rows,)](
+    wrap_triton(_cross_entropy_kernel)[(n_rows,)](
         logits, logits.stride(0),
         grad_out if write_grad else logits, grad_out.stride(0) if write_grad else 0,
         targets, loss_out if compute_lse else lse, lse, scale, scale.stride(0) if scale.dim() else 0,
@@ -197,7 +204,7 @@ def launch_cross_entropy(
 # ------------------------------------------------------------------------------------------ torch.library
 
 
-@torch.library.custom_op("frontier::cross_entropy_fwd", mutates_args=())
+@define_op("cross_entropy_fwd")
 def _cross_entropy_fwd_op(
     logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +217,7 @@ def _cross_entropy_fwd_op(
     return loss, lse
 
 
-@torch.library.custom_op("frontier::cross_entropy_bwd", mutates_args=())
+@define_op("cross_entropy_bwd")
 def _cross_entropy_bwd_op(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -229,7 +236,7 @@ def _cross_entropy_bwd_op(
     return grad
 
 
-@torch.library.custom_op("frontier::cross_entropy_fwd_bwd_", mutates_args=("logits",))
+@define_op("cross_entropy_fwd_bwd_", mutates_args=("logits",))
 def _cross_entropy_fwd_bwd_op(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -247,14 +254,14 @@ def _cross_entropy_fwd_bwd_op(
     return loss
 
 
-@torch.library.custom_op("frontier::scale_rows_", mutates_args=("x",))
+@define_op("scale_rows_", mutates_args=("x",))
 def _scale_rows_op(x: torch.Tensor, scale: torch.Tensor) -> None:
     """``x *= scale`` for a 2-D `x` (unit stride along dim 1) and a fp32 `scale` of shape () or (rows,)."""
     n_rows, n_cols = x.shape
     if x.numel() == 0:
         return
-    block = min(4096 if x.is_cuda else 256, triton.next_power_of_2(n_cols))
-    _scale_rows_kernel[(n_rows, triton.cdiv(n_cols, block))](
+    block = min(SCALE_ROWS_BLOCK if INTERPRETED else _SCALE_ROWS_BLOCK, triton.next_power_of_2(n_cols))
+    wrap_triton(_scale_rows_kernel)[(n_rows, triton.cdiv(n_cols, block))](
         x, x.stride(0), scale, scale.stride(0) if scale.dim() else 0, n_cols, BLOCK=block, num_warps=8
     )
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from frontier.errors import FrontierError
+from frontier.kernels.interpreter import PERSISTENT_PROGRAMS
 
 IMPLS = ("auto", "triton", "torch")
 
@@ -101,11 +102,11 @@ def num_programs(device: torch.device) -> int:
 
     Two per SM on a GPU: a wide row (8 warps, ~100 registers a thread) leaves room for two programs per
     SM, enough to overlap one program's loads with the other's reduction, while the partial sums stay
-    a few percent of the traffic. The interpreter runs programs one after another: a few suffice.
+    a few percent of the traffic. Elsewhere (the interpreter) see frontier.kernels.interpreter.
     """
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return PERSISTENT_PROGRAMS
 
 
 # --- output buffers: kernels allocate through here so tests can catch elements a kernel never writes ---

@@ -4,8 +4,8 @@ Three faces, one name:
   * ``fused_linear_cross_entropy_reference`` -- the eager computation (linear in the input dtype, then
     ``cross_entropy_reference`` in fp32, as Hugging Face's causal-LM loss does); the fallback;
   * ``torch.ops.frontier.fused_linear_cross_entropy`` (autograd registered) and
-    ``torch.ops.frontier.fused_linear_cross_entropy_bwd`` -- chunked loops behind ``torch.library.custom_op``
-    with fake implementations for torch.compile;
+    ``torch.ops.frontier.fused_linear_cross_entropy_bwd`` -- chunked loops behind torch.library ops
+    (frontier.kernels.library: triton_op, custom_op under the interpreter) with fake implementations;
   * ``fused_linear_cross_entropy(hidden, weight, targets, ..., impl=...)`` -- the public op.
 
 The loop walks N in chunks of C rows: one (C, V) logits buffer is filled by a matmul, the cross-entropy
@@ -34,6 +34,7 @@ from frontier.kernels.cross_entropy import (
     scale_rows_,
 )
 from frontier.kernels.dispatch import empty_output, resolve_impl
+from frontier.kernels.library import define_op
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MIN_CHUNK = 256  # fewer rows than this underfeeds a GPU matmul
@@ -136,7 +137,7 @@ def _reduce(loss_rows: torch.Tensor, targets: torch.Tensor, ignore_index: int, r
     return loss_rows.sum() / (targets != ignore_index).sum().clamp(min=1)  # every row ignored -> 0
 
 
-@torch.library.custom_op("frontier::fused_linear_cross_entropy", mutates_args=())
+@define_op("fused_linear_cross_entropy")
 def _flce_op(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -166,7 +167,7 @@ def _flce_op(
     return _reduce(loss_rows, targets, ignore_index, reduction), d_hidden, d_weight, d_bias
 
 
-@torch.library.custom_op("frontier::fused_linear_cross_entropy_bwd", mutates_args=())
+@define_op("fused_linear_cross_entropy_bwd")
 def _flce_bwd_op(
     hidden: torch.Tensor,
     weight: torch.Tensor,

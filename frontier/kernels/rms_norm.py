@@ -2,8 +2,9 @@
 
 Three faces, one name:
   * ``rms_norm_reference``  -- pure PyTorch, the exact formula of transformers' LlamaRMSNorm (the fallback);
-  * ``torch.ops.frontier.rms_norm`` / ``rms_norm_backward`` -- Triton kernels behind torch.library.custom_op
-    with a fake (shape-only) implementation for torch.compile and autograd registered on the forward op;
+  * ``torch.ops.frontier.rms_norm`` / ``rms_norm_backward`` -- Triton kernels behind torch.library ops
+    (frontier.kernels.library: triton_op, custom_op under the interpreter) with a fake (shape-only)
+    implementation for torch.compile and autograd registered on the forward op;
   * ``rms_norm(x, weight, eps, impl=...)`` -- the public op, which picks one of the two.
 
 The kernel computes in fp32 and rounds once at the end (the reference rounds the normalised value to the
@@ -15,8 +16,10 @@ partials.
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
 from frontier.kernels.dispatch import empty_output, num_programs, resolve_impl, row_tile
+from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
 
@@ -33,6 +36,7 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6)
 def _rms_norm_fwd_kernel(
     X, W, Y, RSTD, stride_x, stride_y, n_rows, n_cols, eps, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 ):
+    eps = tl.cast(eps, tl.float32)  # fp32 math whoever launches (Inductor passes Python floats as fp64)
     # One tile of BLOCK_R whole rows; int64 row indices: row * stride may exceed 2**31.
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_C)
@@ -85,7 +89,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
-@torch.library.custom_op("frontier::rms_norm", mutates_args=())
+@define_op("rms_norm")
 def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton forward: returns (y, rstd) with rstd (fp32, one per row) saved for the backward."""
     x2, weight = _rows(x), weight.contiguous()  # (N, H), (H,)
@@ -96,14 +100,14 @@ def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[tor
         return y, rstd
     block_r, block_c, num_warps = row_tile(n_cols, "rms_norm")
     y2 = y.view(-1, n_cols)  # (N, H), fresh and contiguous
-    _rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_r),)](
+    wrap_triton(_rms_norm_fwd_kernel)[(triton.cdiv(n_rows, block_r),)](
         x2, weight, y2, rstd, x2.stride(0), y2.stride(0), n_rows, n_cols, eps,
         BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps,
     )  # fmt: skip
     return y, rstd
 
 
-@torch.library.custom_op("frontier::rms_norm_backward", mutates_args=())
+@define_op("rms_norm_backward")
 def _rms_norm_backward_op(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +124,7 @@ def _rms_norm_backward_op(
     # (P, H): every program writes its whole row, also when its block of rows is empty
     dw_partial = empty_output((programs, n_cols), dtype=torch.float32, device=x.device)
     dx2 = dx.view(-1, n_cols)  # (N, H)
-    _rms_norm_bwd_kernel[(programs,)](
+    wrap_triton(_rms_norm_bwd_kernel)[(programs,)](
         dy2, x2, weight, rstd, dx2, dw_partial,
         dy2.stride(0), x2.stride(0), dx2.stride(0),
         n_rows, n_cols, rows_per_program,

@@ -6,8 +6,8 @@ produced by LlamaRotaryEmbedding.
 
 Three faces, one name:
   * ``rope_reference`` -- transformers' apply_rotary_pos_emb, verbatim (the fallback);
-  * ``torch.ops.frontier.rope`` / ``rope_backward`` -- one Triton launch for q and k together (custom_op +
-    fake + autograd);
+  * ``torch.ops.frontier.rope`` / ``rope_backward`` -- one Triton launch for q and k together (a torch.library
+    op from frontier.kernels.library + fake + autograd);
   * ``rope(q, k, cos, sin, impl=...)`` -- the public op.
 
 One program handles one (batch, position) and all heads of q and k, so cos/sin are read once per token.
@@ -18,8 +18,10 @@ Gradients for cos/sin (not needed by Llama, which builds them under no_grad) are
 from __future__ import annotations
 
 import torch
+from torch.library import wrap_triton
 
 from frontier.kernels.dispatch import TILE_ELEMENTS, empty_output_like, resolve_impl, warps_for
+from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
 
@@ -110,7 +112,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     # Stack tokens until a program moves ~TILE_ELEMENTS per half (Llama-7B: 1 token; tiny models: many).
     block_t = 1 << max(0, (TILE_ELEMENTS // per_token).bit_length() - 1)
     num_warps = warps_for(block_t * per_token)  # per_token need not be a power of two (GQA: 32 + 8 heads)
-    _rope_kernel[(triton.cdiv(n_tokens, block_t),)](
+    wrap_triton(_rope_kernel)[(triton.cdiv(n_tokens, block_t),)](
         q, k, cos, sin, qo, ko,
         n_tokens, seq_len, half, n_qh, n_kh,
         q.stride(0), q.stride(1), q.stride(2), qo.stride(0), qo.stride(1), qo.stride(2),
@@ -121,14 +123,14 @@ def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return qo, ko
 
 
-@torch.library.custom_op("frontier::rope", mutates_args=())
+@define_op("rope")
 def _rope_op(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch(q, k, cos, sin, backward=False)
 
 
-@torch.library.custom_op("frontier::rope_backward", mutates_args=())
+@define_op("rope_backward")
 def _rope_backward_op(
     dq: torch.Tensor, dk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,8 @@
 
 Three faces, one name:
   * ``swiglu_reference`` -- ``F.silu(gate) * up`` as LlamaMLP computes it (the fallback);
-  * ``torch.ops.frontier.swiglu`` / ``swiglu_backward`` -- elementwise Triton kernels (custom_op + fake +
-    autograd); the backward recomputes silu from the saved inputs instead of storing it;
+  * ``torch.ops.frontier.swiglu`` / ``swiglu_backward`` -- elementwise Triton kernels (a torch.library op from
+    frontier.kernels.library + fake + autograd); the backward recomputes silu from the saved inputs instead of storing it;
   * ``swiglu(gate, up, impl=...)`` -- the public op.
 
 Math in fp32, one rounding per output.
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.library import wrap_triton
 
 from frontier.kernels.dispatch import empty_output, resolve_impl
+from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
 _BLOCK = 4096  # elements per program: 16 per thread at 8 warps, enough bytes in flight to saturate HBM
@@ -54,22 +56,24 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, _BLOCK),)
 
 
-@torch.library.custom_op("frontier::swiglu", mutates_args=())
+@define_op("swiglu")
 def _swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     gate, up = gate.contiguous(), up.contiguous()
     y = empty_output(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
     if y.numel():
-        _swiglu_fwd_kernel[_grid(y.numel())](gate, up, y, y.numel(), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+        wrap_triton(_swiglu_fwd_kernel)[_grid(y.numel())](gate, up, y, y.numel(), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return y
 
 
-@torch.library.custom_op("frontier::swiglu_backward", mutates_args=())
+@define_op("swiglu_backward")
 def _swiglu_backward_op(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dy, gate, up = dy.contiguous(), gate.contiguous(), up.contiguous()
     dgate = empty_output(gate.shape, dtype=gate.dtype, device=gate.device)
     dup = empty_output(up.shape, dtype=up.dtype, device=up.device)
     if dy.numel():
-        _swiglu_bwd_kernel[_grid(dy.numel())](dy, gate, up, dgate, dup, dy.numel(), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+        wrap_triton(_swiglu_bwd_kernel)[_grid(dy.numel())](
+            dy, gate, up, dgate, dup, dy.numel(), BLOCK=_BLOCK, num_warps=_NUM_WARPS
+        )
     return dgate, dup
 
 
