@@ -292,14 +292,23 @@ class TokenShards:
         return self._doc_starts
 
     def verify(self) -> None:
-        """Recompute every shard's sha256; DataError naming the first shard that differs."""
+        """Recompute every shard's sha256; DataError naming the first shard that differs.
+
+        Reads every shard once, sequentially (sha256 runs at roughly 0.5-2 GB/s on one core: the
+        default corpus's ~18 MB of train tokens take tens of milliseconds).
+        """
         for shard in self.shards:
             path = self.dir / shard["file"]
+            recorded = shard.get("sha256")
+            if not isinstance(recorded, str):
+                raise DataError(
+                    f"{self.dir / META_FILE}: no sha256 recorded for {path.name}; re-run the tokenize stage"
+                )
             digest = hashlib.sha256()
             with open(path, "rb") as f:
                 while chunk := f.read(_HASH_CHUNK):
                     digest.update(chunk)
-            if digest.hexdigest() != shard.get("sha256"):
+            if digest.hexdigest() != recorded:
                 raise DataError(
                     f"{path}: sha256 {digest.hexdigest()[:16]}... does not match meta.json; shard is corrupt"
                 )

@@ -18,7 +18,10 @@ checkpoints stay loadable by plain transformers.
 
 Document masking: when a batch of packed documents carries position_ids that restart at each
 document, the "frontier" attention derives per-token document ids from them (the way transformers
-detects packed sequences) and no token attends across a document boundary.
+detects packed sequences) and no token attends across a document boundary, whichever kernel runs
+(Triton's document mask, torch's SDPA or the reference with a mask), attention dropout included.
+``kernels.attention: sdpa`` and GPT-2 models use transformers' own attention, whose mask builder
+detects the same restarting positions (create_causal_mask), so they keep documents apart too.
 """
 
 from __future__ import annotations
@@ -126,24 +129,24 @@ def frontier_attention_forward(
 
     The fused kernel covers training and full-sequence evaluation: causal, no padding mask, no
     dropout, as many keys as queries. Anything else (padded batches, decoding with a KV cache,
-    attention dropout) goes to transformers' SDPA with the mask transformers built for it.
+    attention dropout) goes to transformers' SDPA with the mask transformers built for it; packed
+    documents under attention dropout get the document mask built here, since frontier_attention_mask
+    left it to the kernel.
     """
-    if attention_mask is not None or dropout > 0.0 or query.shape[2] != key.shape[2]:
+    from frontier.kernels.attention import attention, visibility_mask
+
+    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    same_length = query.shape[2] == key.shape[2]
+    doc_ids = _doc_ids(kwargs.get("position_ids"), query.shape[0]) if same_length else None
+    if attention_mask is not None or dropout > 0.0 or not same_length:
+        if attention_mask is None and doc_ids is not None:
+            attention_mask = visibility_mask(query.shape[2], causal=causal, doc_ids=doc_ids, device=query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    from frontier.kernels.attention import attention
 
     impl = getattr(module, "attention_impl", "auto")
     if impl == "auto" and not query.is_cuda:
         impl = "sdpa"  # on the CPU torch's SDPA beats the float32 reference
-    out = attention(
-        query,
-        key,
-        value,
-        causal=bool(kwargs.get("is_causal", getattr(module, "is_causal", True))),
-        doc_ids=_doc_ids(kwargs.get("position_ids"), query.shape[0]),
-        scale=scaling,
-        impl=impl,
-    )
+    out = attention(query, key, value, causal=causal, doc_ids=doc_ids, scale=scaling, impl=impl)
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
 
 

@@ -5,6 +5,11 @@ count (frontier.train.step); a per-micro-batch mean would weight short, padded m
 like full ones. The loss goes through frontier.kernels: the fused linear + cross-entropy (no
 (N, V) logits) when ``kernels.fused_linear_cross_entropy`` is on, else the lm_head then
 ``cross_entropy``. Targets equal to IGNORE_INDEX (padding) contribute nothing.
+
+Packed documents: ``position_ids`` (B, T) restarting at 0 at each document start go to the LM
+unchanged; the attention then keeps each document to itself (frontier.model.kernels for Llama,
+transformers' own packed-sequence mask for its sdpa/eager attention), and the data pipeline sets
+the target of each document's last token to IGNORE_INDEX (frontier.train.data).
 """
 
 from __future__ import annotations
@@ -35,11 +40,15 @@ class CausalLMWithLoss(nn.Module):
         """The lm_head weight (V, H); the fused loss reads it outside the head's own forward."""
         return self.lm.get_output_embeddings().weight
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """input_ids, targets: (B, T) int64 -> fp32 scalar, the sum of the non-ignored token losses."""
+    def forward(
+        self, input_ids: torch.Tensor, targets: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids, targets, position_ids (None: 0..T-1): (B, T) int64 -> fp32 scalar, the sum of the
+        non-ignored token losses."""
         flat_targets = targets.reshape(-1)  # (B*T,)
+        lm_inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
         if self.fused:
-            hidden = self.lm.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+            hidden = self.lm.base_model(**lm_inputs).last_hidden_state  # (B, T, H)
             return fused_linear_cross_entropy(
                 hidden.reshape(-1, hidden.shape[-1]),  # (B*T, H)
                 self.head_weight(),
@@ -48,7 +57,7 @@ class CausalLMWithLoss(nn.Module):
                 reduction="sum",
                 impl=self.impl,
             )
-        logits = self.lm(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
+        logits = self.lm(**lm_inputs).logits  # (B, T, V)
         return cross_entropy(
             logits.reshape(-1, logits.shape[-1]),  # (B*T, V)
             flat_targets,

@@ -86,6 +86,17 @@ def test_verify_catches_flipped_byte(tmp_path):
         ts.verify()
 
 
+def test_verify_refuses_a_meta_without_checksums(tmp_path):
+    write_split(tmp_path / "s", [list(range(100))] * 3, vocab_size=128, eos_id=0, shard_tokens=128)
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["shards"][1]["sha256"]  # a hand-edited or foreign meta: nothing to check against
+    meta_path.write_text(json.dumps(meta))
+    ts = TokenShards(tmp_path / "s")
+    with pytest.raises(DataError, match="no sha256 recorded for shard_00001.bin"):
+        ts.verify()
+
+
 def test_truncated_shard_and_bad_meta(tmp_path):
     write_split(tmp_path / "s", [list(range(100))] * 3, vocab_size=128, eos_id=0, shard_tokens=128)
     path = tmp_path / "s" / "shard_00000.bin"

@@ -1,4 +1,7 @@
-"""Batches are a pure function of (seed, step, rank): sharded, layout-invariant, document-aware, O(1) to resume."""
+"""Batches are a pure function of (seed, step, rank): sharded, layout-invariant, O(1) to resume, packed or not.
+
+What a packed window holds (documents, positions, masked targets) is tested in test_packing.py.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from frontier.data.tokens import TokenShards, write_split
 from frontier.errors import DataError
-from frontier.model.loss import IGNORE_INDEX
 from frontier.train.data import Layout, TrainBatches, WindowSampler, val_batches
 
 SEQ = 16
@@ -21,9 +24,11 @@ def shards(corpus) -> TokenShards:
 
 
 def _rows(batches) -> list[tuple[int, ...]]:
+    """One tuple per sample: inputs, targets and (packed) positions."""
     out = []
     for b in batches:
-        out += [tuple(r) + tuple(t) for r, t in zip(b.input_ids.tolist(), b.targets.tolist())]
+        positions = b.position_ids.tolist() if b.position_ids is not None else [[]] * len(b.input_ids)
+        out += [tuple(r) + tuple(t) + tuple(p) for r, t, p in zip(b.input_ids.tolist(), b.targets.tolist(), positions)]
     return out
 
 
@@ -52,14 +57,15 @@ def test_ranks_get_disjoint_shares_and_steps_differ(shards):
     assert _rows(TrainBatches(sampler, Layout(2, 1, 2, 0)).step(6)) != r0
 
 
-def test_deterministic_from_seed_and_step_and_o1_resume(shards):
+@pytest.mark.parametrize("doc_aware", [False, True])
+def test_deterministic_from_seed_and_step_and_o1_resume(shards, doc_aware):
     """A fresh sampler (a resumed process) jumping straight to a late step builds the same batch, and only
     the permutation of that step's epoch is drawn: nothing is replayed."""
     lay = Layout(4, 1, 1, 0)
-    running = TrainBatches(WindowSampler(shards, SEQ, 7, False), lay)
+    running = TrainBatches(WindowSampler(shards, SEQ, 7, doc_aware), lay)
     for step in range(30):
         expected = running.step(step)
-    fresh_sampler = WindowSampler(shards, SEQ, 7, False)
+    fresh_sampler = WindowSampler(shards, SEQ, 7, doc_aware)
     fresh = TrainBatches(fresh_sampler, lay)
     assert _rows(fresh.step(29)) == _rows(expected)
     late = 10**6  # far beyond one epoch
@@ -67,7 +73,8 @@ def test_deterministic_from_seed_and_step_and_o1_resume(shards):
     fresh.step(late)
     assert fresh_sampler._perm.cache_info().currsize <= 2  # the epoch(s) of that step only
     assert epoch > 100
-    assert _rows(TrainBatches(WindowSampler(shards, SEQ, 8, False), lay).step(29)) != _rows(expected)  # seed matters
+    reseeded = TrainBatches(WindowSampler(shards, SEQ, 8, doc_aware), lay)
+    assert _rows(reseeded.step(29)) != _rows(expected)  # seed matters
 
 
 def test_epoch_covers_every_window_once_and_offsets_change_per_epoch(shards):
@@ -85,37 +92,39 @@ def test_epoch_covers_every_window_once_and_offsets_change_per_epoch(shards):
     assert np.array_equal(inputs, stream[:-1]) and np.array_equal(targets, stream[1:])
 
 
-def test_document_aware_windows_never_cross_a_boundary(shards):
-    sampler = WindowSampler(shards, SEQ, 7, True)
-    doc_of = np.searchsorted(shards.doc_starts, np.arange(shards.num_tokens), side="right") - 1
-    stream = shards.read(0, shards.num_tokens)
-    padded = 0
-    spans = [sampler.span(g) for g in range(sampler.num_windows)]
-    assert len(set(spans)) == sampler.num_windows  # one epoch visits every window once
-    for g, (start, end) in enumerate(spans):
-        assert len(set(doc_of[start:end])) == 1  # one document
-        inputs, targets = sampler.window(g)
-        n = end - start - 1
-        assert np.array_equal(inputs[:n], stream[start : end - 1]) and np.array_equal(
-            targets[:n], stream[start + 1 : end]
-        )
-        assert (targets[n:] == IGNORE_INDEX).all() and (inputs[n:] == shards.pad_id).all()
-        padded += n < SEQ
-    assert padded > 0
-    # every token that has a successor in its document is a target exactly once per epoch
-    lens = np.diff(np.append(shards.doc_starts, shards.num_tokens))
-    assert sum(end - start - 1 for start, end in spans) == int((lens - 1).sum())
+def test_model_inputs_carry_positions_only_when_packed(shards):
+    plain = WindowSampler(shards, SEQ, 7, False).batch([0, 1])
+    packed = WindowSampler(shards, SEQ, 7, True).batch([0, 1])
+    cpu = torch.device("cpu")
+    assert plain.position_ids is None and set(plain.model_inputs(cpu)) == {"input_ids", "targets"}
+    inputs = packed.model_inputs(cpu)
+    assert set(inputs) == {"input_ids", "targets", "position_ids"}
+    assert inputs["position_ids"].shape == (2, SEQ) and inputs["position_ids"].dtype == torch.int64
+    assert torch.equal(inputs["position_ids"], packed.position_ids)
 
 
-def test_val_set_is_fixed_and_layout_invariant(corpus):
+@pytest.mark.parametrize("doc_aware", [False, True])
+def test_val_set_is_fixed_and_layout_invariant(corpus, doc_aware):
     val = TokenShards(corpus.tokens / "val")
-    sampler = WindowSampler(val, SEQ, 8, False)
+    sampler = WindowSampler(val, SEQ, 8, doc_aware)
     one = Counter(_rows(val_batches(sampler, Layout(4, 1, 1, 0), 2)))
     split = Counter(
         _rows(val_batches(sampler, Layout(1, 2, 2, 0), 2)) + _rows(val_batches(sampler, Layout(1, 2, 2, 1), 2))
     )
     assert one == split and sum(one.values()) == 8
     assert len(val_batches(sampler, Layout(1, 2, 2, 0), 2)) == len(val_batches(sampler, Layout(1, 2, 2, 1), 2))
+
+
+@pytest.mark.parametrize("doc_aware", [False, True])
+def test_a_corrupted_shard_stops_the_sampler_with_one_data_error_naming_it(tmp_path, doc_aware):
+    write_split(tmp_path / "s", [list(range(3, 60))] * 6, vocab_size=64, eos_id=2, shard_tokens=100)
+    WindowSampler(TokenShards(tmp_path / "s"), SEQ, 0, doc_aware)  # intact: builds
+    path = tmp_path / "s" / "shard_00002.bin"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # same size, one bit: only the checksum can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"shard_00002\.bin: sha256 .* does not match meta\.json"):
+        WindowSampler(TokenShards(tmp_path / "s"), SEQ, 0, doc_aware)
 
 
 def test_too_little_data_is_a_data_error(tmp_path):
