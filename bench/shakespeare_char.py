@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete --work first (no resume)")
     args = parser.parse_args(argv)
 
+    import torch
+
     from frontier.config import load_params
     from frontier.data.pack import tokenize
     from frontier.data.tokenizer import train_tokenizer
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": round(metrics["tokens_per_s"]),
         "train_time_s": round(metrics["train_time_s"], 1),
         "stage_wall_s": round(elapsed, 1),
+        # what the train stage ran with: torch reads OMP_NUM_THREADS at import, the stage sets no count itself
+        "torch_threads": torch.get_num_threads(),
         "params": metrics["params"],
         "vocab_size": vocab,
         **split,
