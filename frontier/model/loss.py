@@ -46,6 +46,7 @@ class CausalLMWithLoss(nn.Module):
         """input_ids, targets, position_ids (None: 0..T-1): (B, T) int64 -> fp32 scalar, the sum of the
         non-ignored token losses."""
         flat_targets = targets.reshape(-1)  # (B*T,)
+        # no cache: training never decodes, and transformers detects packed position_ids only without one
         lm_inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
         if self.fused:
             hidden = self.lm.base_model(**lm_inputs).last_hidden_state  # (B, T, H)

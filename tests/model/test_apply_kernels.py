@@ -107,6 +107,25 @@ def test_packed_documents_do_not_attend_across_boundaries() -> None:
     torch.testing.assert_close(logits[:, 7:], model(doc_b).logits, rtol=1e-5, atol=2e-5)
 
 
+def test_packed_documents_stay_apart_under_attention_dropout() -> None:
+    # Dropout sends the "frontier" attention to transformers' SDPA, for which the mask builder left no
+    # mask (the kernel path masks documents itself): the document mask must be built there. The
+    # dropout pattern depends on the seed and shapes only, so with the same seed the second document's
+    # logits cannot change when the first document's tokens do, unless attention crosses the boundary.
+    model = apply_kernels(tiny_llama(attention_dropout=0.5), ALL_TORCH).train()
+    doc_b = _ids(1, 9, seed=3)
+    position_ids = torch.cat([torch.arange(7), torch.arange(9)])[None]
+    second = []
+    for seed in (2, 4):
+        torch.manual_seed(0)
+        packed = torch.cat([_ids(1, 7, seed=seed), doc_b], dim=1)
+        second.append(model(packed, position_ids=position_ids).logits[:, 7:])
+    assert torch.equal(second[0], second[1])
+    torch.manual_seed(1)  # and the dropout is real: another seed, other logits
+    packed = torch.cat([_ids(1, 7, seed=4), doc_b], dim=1)
+    assert not torch.allclose(model(packed, position_ids=position_ids).logits[:, 7:], second[1])
+
+
 @pytest.mark.parametrize("cfg", [ALL_TRITON, ALL_TORCH], ids=["triton", "torch"])
 def test_padding_mask_and_generation_fall_back_to_sdpa(cfg: KernelsConfig) -> None:
     # Generation runs with transformers' KV cache (the path a transformers release renamed once,

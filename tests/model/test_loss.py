@@ -30,3 +30,21 @@ def test_sum_of_unmasked_token_losses(arch, fused):
     loss.backward()
     head = module.head_weight()
     assert head.grad is not None and head.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["lm_head+cross_entropy", "fused_linear_cross_entropy"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_position_ids_reach_the_model(arch, fused):
+    """0..T-1 is the default; positions restarting at 5 split each row into two independent documents."""
+    torch.manual_seed(0)
+    lm = build_model(ModelConfig(arch=arch, hidden_size=32, num_layers=1, num_heads=4, max_seq_len=12), 40)
+    module = CausalLMWithLoss(lm, KernelsConfig(fused_linear_cross_entropy=fused, cross_entropy="torch"))
+    ids = torch.randint(0, 40, (2, 12))
+    targets = torch.randint(0, 40, (2, 12))
+    plain = torch.arange(12).expand(2, 12)  # (B, T)
+    torch.testing.assert_close(module(ids, targets, plain), module(ids, targets), rtol=1e-6, atol=1e-5)
+    restart = torch.cat([torch.arange(5), torch.arange(7)]).expand(2, 12)  # (B, T)
+    packed = module(ids, targets, position_ids=restart)
+    alone = module(ids[:, :5], targets[:, :5]) + module(ids[:, 5:], targets[:, 5:])
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    assert (packed - module(ids, targets)).abs() > 1e-3  # the split really changes the loss
