@@ -200,8 +200,18 @@ def _gpt2() -> torch.nn.Module:
     return build_model(ModelConfig(arch="gpt2", hidden_size=32, num_layers=2, num_heads=4, max_seq_len=SEQ), VOCAB)
 
 
+def _checkpointed(lm: torch.nn.Module) -> torch.nn.Module:
+    """Activation checkpointing: the recomputed layers must get the positions again."""
+    from frontier.model.checkpointing import enable_activation_checkpointing
+
+    enable_activation_checkpointing(lm)
+    assert lm.is_gradient_checkpointing
+    return lm.train()
+
+
 MODELS = {
     "llama-torch": lambda: _llama("torch"),
+    "llama-torch-checkpointed": lambda: _checkpointed(_llama("torch")),
     "llama-auto": lambda: _llama("auto"),
     "llama-sdpa": lambda: _llama("sdpa"),
     "llama-eager": lambda: _llama("eager"),
