@@ -205,7 +205,7 @@ def _checkpointed(lm: torch.nn.Module) -> torch.nn.Module:
     from frontier.model.checkpointing import enable_activation_checkpointing
 
     enable_activation_checkpointing(lm)
-    assert lm.is_gradient_checkpointing
+    assert lm.is_activation_checkpointing
     return lm.train()
 
 
