@@ -3,13 +3,18 @@
     python bench/peers.py --nanogpt DIR [--out bench/results] [--work runs/peers] [--quick]
         [--rows shakespeare llama llama_compiled] [--repeats 2] [--llama-steps 300] [--llama-warmup 20]
 
-Rows (each side in a fresh process, its thread count set through OMP_NUM_THREADS before torch loads):
+Rows (each side in a fresh process, its thread count set through OMP_NUM_THREADS before torch loads, and
+pinned to that many CPUs, so worker pools that size themselves from the CPUs they see get that many too):
 
 * shakespeare_char, 1 thread: bench/shakespeare_char.py (Frontier's tokenizer, tokenize and train stages
   on nanoGPT's split of tinyshakespeare.txt, configs/shakespeare_char.yaml) against nanoGPT's own
   data/shakespeare_char/prepare.py + train.py with its README's CPU settings (bench/peers_nanogpt.py).
   Figures: the whole run's wall clock from start to exit (targets: Frontier <= 0.8x nanoGPT's) and the
-  best val loss (target: Frontier <= 1.88). Without --nanogpt only Frontier's figures are measured.
+  best val loss (target: Frontier <= 1.88). The whole run is, for Frontier, the one script's process
+  (split, tokenizer, tokenize, train with its evals and checkpoints); for nanoGPT, prepare.py's and
+  train.py's processes (train.py's evals and checkpoints included). nanoGPT's prepare.py writes its
+  input.txt / train.bin / val.bin / meta.pkl into the checkout given. Without --nanogpt only Frontier's
+  figures are measured.
 * Llama default, 2 threads: tokens/s of Frontier's train stage against transformers.Trainer on the same
   model, tokens and batches (bench/peers_llama.py), eager and compiled (Frontier train.compile, Trainer
   torch_compile); target Frontier >= 1.3x. The tokens are made here by Frontier's prepare, tokenizer
@@ -31,7 +36,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
@@ -44,6 +48,7 @@ if str(BENCH) not in sys.path:  # the sibling modules, whether run as a script o
     sys.path.insert(0, str(BENCH))
 
 import peers_nanogpt  # noqa: E402
+from peers_proc import child_env, cpu_set, tail, timed  # noqa: E402
 
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 SHAKESPEARE_PARAMS = REPO / "configs" / "shakespeare_char.yaml"
@@ -57,30 +62,6 @@ QUICK_SHAKESPEARE = {"steps": 20, "warmup": 5, "eval_every": 10, "eval_batches":
 QUICK_LLAMA = {"warmup": 1, "steps": 2, "docs": 40, "repeats": 1}
 
 
-def child_env(threads: int) -> dict[str, str]:
-    """The environment of a measured process: `threads` CPU threads, nothing fetched, kernels as users get them."""
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1")  # fmt: skip
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    # The test suite runs Triton kernels in its interpreter; a user's CPU run does not (kernels: auto -> torch)
-    env.pop("TRITON_INTERPRET", None)
-    return env
-
-
-def _run(cmd: Sequence[str], env: Mapping[str, str], log: Path, ok: Sequence[int] = (0,)) -> float:
-    """Run `cmd`, output to `log`; seconds from start to exit. RuntimeError (with the log's end) on failure."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as f:
-        code = subprocess.run(list(cmd), cwd=REPO, env=dict(env), stdout=f, stderr=subprocess.STDOUT).returncode
-    seconds = time.perf_counter() - start
-    if code not in ok:
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"{Path(cmd[1]).name} exited {code}; the end of {log}:\n{tail}")
-    return seconds
-
-
 # -- shakespeare_char --------------------------------------------------------------------------------
 
 
@@ -89,7 +70,7 @@ def shakespeare_overrides(quick: Mapping[str, int] | None) -> list[str]:
         return []
     return [f"train.max_steps={quick['steps']}", f"schedule.warmup_steps={quick['warmup']}",
             f"train.eval_every={quick['eval_every']}", f"train.eval_batches={quick['eval_batches']}",
-            f"train.checkpoint.every_steps={quick['steps']}", "train.monitor.progress_bar=false"]  # fmt: skip
+            f"train.checkpoint.every_steps={quick['steps']}"]  # fmt: skip
 
 
 def frontier_shakespeare(data: Path, work: Path, quick: Mapping[str, int] | None) -> dict[str, Any]:
@@ -97,22 +78,25 @@ def frontier_shakespeare(data: Path, work: Path, quick: Mapping[str, int] | None
     cmd = [sys.executable, str(BENCH / "shakespeare_char.py"), "--data", str(data), "--work", str(work), "--fresh"]
     for item in shakespeare_overrides(quick):
         cmd += ["--set", item]
-    wall = _run(cmd, child_env(1), work.parent / "frontier_shakespeare.log", ok=(0, 1))  # 1: ran, target missed
+    log, cpus = work.parent / "frontier_shakespeare.log", cpu_set(1)
+    wall = timed(cmd, child_env(1), log, cpus=cpus, ok=(0, 1))  # 1: ran, target missed (or an uncaught error)
+    if not (work / "report.json").is_file():
+        raise RuntimeError(f"bench/shakespeare_char.py wrote no report; {tail(log)}")
     report = json.loads((work / "report.json").read_text())
-    return {**report, "wall_s": wall, "omp_num_threads": "1"}
+    return {**report, "wall_s": wall, "omp_num_threads": "1", "cpus": cpus}
 
 
 def nanogpt_shakespeare(checkout: Path, data: Path, work: Path, quick: Mapping[str, int] | None) -> dict[str, Any]:
     """nanoGPT's prepare.py + train.py, 1 thread; its settings compared with Frontier's params."""
     from frontier.config import load_params
 
-    env = child_env(1)
-    result = peers_nanogpt.run(checkout, data, work, env, quick=quick)
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
-                           capture_output=True, text=True, check=True)  # fmt: skip
+    env, cpus = child_env(1), cpu_set(1)
+    result = peers_nanogpt.run(checkout, data, work, env, quick=quick, cpus=cpus)
+    probe = work / "threads.log"
+    timed([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env, probe, cpus=cpus)
     # train.py sets no count (set_num_threads_calls is empty): what torch picks in the same environment is its count
-    result["torch_threads"] = int(probe.stdout.strip()) if not result["set_num_threads_calls"] else None
-    result["omp_num_threads"] = "1"
+    threads = int(probe.read_text().strip())
+    result.update(torch_threads=None if result["set_num_threads_calls"] else threads, omp_num_threads="1", cpus=cpus)
     if result["recorded"]:
         params = load_params(SHAKESPEARE_PARAMS, shakespeare_overrides(quick))
         result["config_check"] = peers_nanogpt.compare_config(result["recorded"], params, checkout)
@@ -126,13 +110,13 @@ def llama_data(work: Path, docs: int) -> tuple[Path, Path]:
     """prepared -> tokenizer -> tokens with Frontier's stage commands (bench/gpu/run.sh phase_data)."""
     shutil.rmtree(work, ignore_errors=True)
     sets = ["--params", str(LLAMA_PARAMS), "--set", f"prepare.max_docs={docs}"]
-    env = child_env(2)
+    env, cpus = child_env(2), cpu_set(2)
     frontier = [sys.executable, "-m", "frontier"]
-    _run([*frontier, "prepare", *sets, "--out", str(work / "prepared")], env, work / "prepare.log")
-    _run([*frontier, "tokenizer", *sets, "--data", str(work / "prepared"), "--out", str(work / "tokenizer")], env,
-         work / "tokenizer.log")  # fmt: skip
-    _run([*frontier, "tokenize", *sets, "--data", str(work / "prepared"), "--tokenizer", str(work / "tokenizer"),
-          "--out", str(work / "tokens")], env, work / "tokenize.log")  # fmt: skip
+    timed([*frontier, "prepare", *sets, "--out", str(work / "prepared")], env, work / "prepare.log", cpus=cpus)
+    timed([*frontier, "tokenizer", *sets, "--data", str(work / "prepared"), "--out", str(work / "tokenizer")], env,
+          work / "tokenizer.log", cpus=cpus)  # fmt: skip
+    timed([*frontier, "tokenize", *sets, "--data", str(work / "prepared"), "--tokenizer", str(work / "tokenizer"),
+           "--out", str(work / "tokens")], env, work / "tokenize.log", cpus=cpus)  # fmt: skip
     return work / "tokens", work / "tokenizer"
 
 
@@ -147,8 +131,9 @@ def llama_side(side: str, tokens: Path, tokenizer: Path, work: Path, *, warmup: 
     if compile:
         cmd.append("--compile")
     shutil.rmtree(work, ignore_errors=True)
-    wall = _run(cmd, child_env(2), work.parent / f"{work.name}.log")
-    return {**json.loads(out.read_text()), "process_wall_s": wall}
+    cpus = cpu_set(2)
+    wall = timed(cmd, child_env(2), work.parent / f"{work.name}.log", cpus=cpus)
+    return {**json.loads(out.read_text()), "process_wall_s": wall, "cpus": cpus}
 
 
 def llama_pair(tokens: Path, tokenizer: Path, work: Path, *, compile: bool, warmup: int, steps: int, repeats: int,
@@ -271,8 +256,9 @@ def machine_facts() -> dict[str, Any]:
         **{name: _version(name) for name in ("torch", "transformers", "deepspeed", "accelerate", "numpy")},
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "threads": "OMP_NUM_THREADS and MKL_NUM_THREADS per row (1 for shakespeare_char, 2 for Llama); each row "
-                   "reports torch.get_num_threads() as its process saw it",
+        "threads": "OMP_NUM_THREADS and MKL_NUM_THREADS per row (1 for shakespeare_char, 2 for Llama), each "
+                   "process pinned to as many CPUs (sched_setaffinity); each row reports torch.get_num_threads() as "
+                   "its process saw it",
     }  # fmt: skip
 
 
@@ -401,12 +387,12 @@ def thread_report(results: Mapping[str, Any]) -> list[str]:
         row = sh.get(side)
         if row:
             out.append(f"shakespeare_char {side}: OMP_NUM_THREADS={row['omp_num_threads']}, "
-                       f"torch threads {row.get('torch_threads')}")  # fmt: skip
+                       f"torch threads {row.get('torch_threads')}, CPUs {row.get('cpus')}")  # fmt: skip
     for key in ("llama", "llama_compiled"):
         for side, pair in (results.get(key) or {}).items():
             if isinstance(pair, dict) and "runs" in pair:
-                seen = sorted({(r["omp_num_threads"], r["torch_threads"]) for r in pair["runs"]})
-                out.append(f"{key} {side}: (OMP_NUM_THREADS, torch threads) {seen}")
+                seen = sorted({(r["omp_num_threads"], r["torch_threads"], str(r.get("cpus"))) for r in pair["runs"]})
+                out.append(f"{key} {side}: (OMP_NUM_THREADS, torch threads, CPUs) {seen}")
     return out
 
 

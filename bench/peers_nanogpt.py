@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from peers_proc import timed
 
 # README.md, "I only have a macbook": the reference CPU run (val loss about 1.88)
 README_CPU_ARGS = (
@@ -64,17 +64,6 @@ def run_args(*, quick: Mapping[str, int] | None, out_dir: Path) -> list[str]:
     return args
 
 
-def _timed(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], log: Path) -> float:
-    start = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run(list(cmd), cwd=cwd, env=dict(env), stdout=f, stderr=subprocess.STDOUT, check=False)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) exited {proc.returncode}; the end of {log}:\n{tail}")
-    return seconds
-
-
 def parse_log(text: str) -> dict[str, Any]:
     """The evaluations and iterations train.py printed."""
     evals = [{"step": int(s), "train_loss": float(t), "val_loss": float(v)} for s, t, v in _EVAL.findall(text)]
@@ -103,8 +92,9 @@ def recorded_config(out_dir: Path) -> dict[str, Any] | None:
 
 
 def run(
-    checkout: Path, text: Path, work: Path, env: Mapping[str, str], *, quick: Mapping[str, int] | None
-) -> dict[str, Any]:
+    checkout: Path, text: Path, work: Path, env: Mapping[str, str], *, quick: Mapping[str, int] | None,
+    cpus: list[int] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """prepare.py then train.py, each timed from start to exit; the whole run's wall is their sum."""
     reason = missing(checkout)
     if reason:
@@ -114,9 +104,9 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     out_dir = work / "out"
     shutil.rmtree(out_dir, ignore_errors=True)
-    prepare_s = _timed([sys.executable, "prepare.py"], data_dir, env, work / "prepare.log")
-    train_s = _timed([sys.executable, "train.py", *run_args(quick=quick, out_dir=out_dir)], checkout, env,
-                     work / "train.log")  # fmt: skip
+    prepare_s = timed([sys.executable, "prepare.py"], env, work / "prepare.log", cwd=data_dir, cpus=cpus)
+    train_s = timed([sys.executable, "train.py", *run_args(quick=quick, out_dir=out_dir)], env, work / "train.log",
+                    cwd=checkout, cpus=cpus)  # fmt: skip
     result = parse_log((work / "train.log").read_text(encoding="utf-8"))
     return {
         **result,

@@ -25,6 +25,9 @@ MIRROR = REPO.parent / ".mirror" / "karpathy+nanoGPT" / "repo"
 
 def _load(name: str) -> ModuleType:
     # bench/ is a folder of scripts, not a package: load the file the way `python bench/<name>.py` runs it
+    # (its folder on sys.path, where its sibling modules are imported from)
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = sys.modules.get(spec.name)
@@ -76,13 +79,14 @@ def test_quick_mode_measures_every_row(tmp_path: Path, capsys: pytest.CaptureFix
     # shakespeare_char, 1 thread in both processes
     sh = res["shakespeare"]
     fr = sh["frontier"]
-    assert fr["torch_threads"] == 1 and fr["steps"] == peers.QUICK_SHAKESPEARE["steps"]
+    one_cpu = [min(os.sched_getaffinity(0))] if hasattr(os, "sched_setaffinity") else None
+    assert fr["torch_threads"] == 1 and fr["cpus"] == one_cpu and fr["steps"] == peers.QUICK_SHAKESPEARE["steps"]
     wall, val = rows["shakespeare_char whole run wall s, 1 thread"], rows["shakespeare_char best val loss"]
     assert wall["frontier"] == fr["wall_s"] > 0 and val["frontier"] == fr["best_val_loss"]
     assert val["met"] == (fr["best_val_loss"] <= peers.TARGET_VAL)
     if nanogpt:
         nano = sh["nanogpt"]
-        assert nano["torch_threads"] == 1 and nano["set_num_threads_calls"] == []
+        assert nano["torch_threads"] == 1 and nano["cpus"] == one_cpu and nano["set_num_threads_calls"] == []
         assert nano["iterations"] == peers.QUICK_SHAKESPEARE["steps"] + 1  # nanoGPT steps at iter 0..max_iters
         assert wall["peer"] == nano["wall_s"] == pytest.approx(nano["prepare_s"] + nano["train_process_s"])
         assert _close(wall["ratio"], fr["wall_s"] / nano["wall_s"])
