@@ -3,7 +3,8 @@
 One name through every layer: `attention` (the public function), the torch.library ops
 ``frontier::attention_fwd`` / ``frontier::attention_bwd`` (schema, fake, autograd), the launchers
 `attention_fwd` / `attention_bwd` (which accept output buffers, so tests can poison them) and
-`attention_reference` (pure PyTorch, what tests compare against and the CPU fallback).
+`attention_reference` (pure PyTorch, what tests compare against; impl="torch"). Where Triton cannot run,
+"auto" falls back to `attention_sdpa` (torch's scaled_dot_product_attention; frontier.kernels.dispatch).
 
 Shapes: q (B, Hq, S, D); k, v (B, Hkv, S, D) with Hq % Hkv == 0; doc_ids (B, S) integer ids,
 non-decreasing along S (packed documents); a token attends only to tokens of its own document.
@@ -23,7 +24,7 @@ from frontier.kernels.attention_triton_bwd import (
     attn_bwd_dq_kernel,
     attn_bwd_preprocess_kernel,
 )
-from frontier.kernels.dispatch import KernelUnavailableError, resolve_impl
+from frontier.kernels.dispatch import resolve_impl
 from frontier.kernels.interpreter import ATTENTION_BLOCKS, INTERPRETED, dot_in_fp32
 from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import triton
@@ -59,7 +60,7 @@ def attention_reference(
 ) -> torch.Tensor:
     """Attention in plain PyTorch; returns (B, Hq, S, D) in q's dtype.
 
-    upcast=True (the fallback): float32 math (float64 for float64 inputs). upcast=False: matmuls in
+    upcast=True (impl="torch"): float32 math (float64 for float64 inputs). upcast=False: matmuls in
     the inputs' dtype and the softmax in float32 rounded back, as eager PyTorch attention does; tests
     use it to measure PyTorch's own error at a low precision.
     """
@@ -127,6 +128,12 @@ def triton_supports(q: torch.Tensor) -> bool:
     """Whether the Triton kernels handle this head dim and dtype (power-of-two D in [16, 128])."""
     d = q.shape[-1]
     return q.dtype in _TRITON_DTYPES and 16 <= d <= 128 and d & (d - 1) == 0
+
+
+def _unsupported(q: torch.Tensor) -> str | None:
+    if triton_supports(q):
+        return None
+    return f"needs a power-of-two head dim in [16, 128] and fp16/bf16/fp32; got D={q.shape[-1]}, {q.dtype}"
 
 
 def _doc_bounds(doc_ids: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -362,18 +369,6 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, doc_ids: to
         )
 
 
-def _resolve_impl(impl: str, q: torch.Tensor) -> str:
-    resolved = resolve_impl(impl, q.device, op="attention", extra=("sdpa",))
-    if resolved == "triton" and not triton_supports(q):
-        if impl == "auto":
-            return "sdpa"  # e.g. head dim 96 on a GPU: SDPA, not the O(S^2) reference
-        raise KernelUnavailableError(
-            f"attention: the Triton kernel needs a power-of-two head dim in [16, 128] "
-            f"and fp16/bf16/fp32; got D={q.shape[-1]}, {q.dtype}"
-        )
-    return resolved
-
-
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -388,12 +383,12 @@ def attention(
 
     causal: key j visible to query i only when j <= i. doc_ids (B, S): non-decreasing document ids of
     packed sequences; tokens see only their own document (combined with causal). scale defaults to
-    1/sqrt(D). impl: "triton" | "torch" (reference) | "sdpa" | "auto" (Triton on CUDA when the head
-    dim is supported, else SDPA; the reference on CPU).
+    1/sqrt(D). impl: "triton" | "torch" (reference) | "sdpa" | "auto" (Triton on CUDA when the kernel
+    handles the head dim and dtype, else SDPA: frontier.kernels.dispatch's rule).
     """
     _check_inputs(q, k, v, doc_ids)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    impl = _resolve_impl(impl, q)
+    impl = resolve_impl(impl, q.device, op="attention", extra=("sdpa",), unsupported=_unsupported(q))
     if impl == "triton":
         return torch.ops.frontier.attention_fwd(q, k, v, doc_ids, causal, scale)[0]
     if impl == "sdpa":

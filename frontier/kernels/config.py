@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# auto: Triton on CUDA devices, the PyTorch reference elsewhere (the interpreter is for tests).
+# auto: Triton on CUDA when the op's kernel handles the inputs, else the op's fallback (the PyTorch
+# reference; attention: SDPA). The one rule and its table: frontier.kernels.dispatch.
 Impl = Literal["auto", "triton", "torch"]
 
 

@@ -386,18 +386,18 @@ def cross_entropy(
     "mean" averages over non-ignored rows (0 when all are ignored); "sum" adds them; z_loss adds
     ``z_loss * logsumexp(logits)^2`` per non-ignored row. With the Triton impl and autograd on, a non-leaf
     `logits` is CONSUMED: its storage receives the gradient (see the module docstring).
-    impl: "auto" (Triton on CUDA, else the reference), "triton", or "torch" (the reference).
+    impl: "auto" (Triton on CUDA for fp32/fp16/bf16 logits, else the reference), "triton", or "torch" (the
+    reference); see frontier.kernels.dispatch.
     """
     if logits.dim() != 2:
         raise ValueError(f"cross_entropy: logits must be (N, V), got shape {tuple(logits.shape)}")
     check_loss_args("cross_entropy", logits.shape[0], targets, label_smoothing, z_loss, reduction)
-    if resolve_impl(impl, logits.device, op="cross_entropy") == "torch":
+    unsupported = None if logits.dtype in _DTYPES else f"takes fp32/fp16/bf16 logits, got {logits.dtype}"
+    if resolve_impl(impl, logits.device, op="cross_entropy", unsupported=unsupported) == "torch":
         return cross_entropy_reference(
             logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
             reduction=reduction,
         )  # fmt: skip
-    if logits.dtype not in _DTYPES:
-        raise ValueError(f"cross_entropy: the Triton kernel takes fp32/fp16/bf16 logits, got {logits.dtype}")
     if logits.stride(-1) != 1:
         logits = logits.contiguous()  # a copy we own (so consuming it below is harmless)
     targets = targets.contiguous()

@@ -1,12 +1,32 @@
-"""Choosing an implementation for a fused op: Triton on CUDA, the PyTorch reference elsewhere.
+"""Choosing an implementation for a fused op: what ``impl="auto"`` means, for every op, in one rule.
 
-Every op in frontier.kernels takes ``impl="auto" | "triton" | "torch"`` (attention adds "sdpa") and
-calls :func:`resolve_impl` once per call. The rule lives here so that all ops agree on it:
+Every op in frontier.kernels takes ``impl="auto" | "triton" | "torch"`` (attention adds "sdpa") and calls
+:func:`resolve_impl` once per call, telling it whether its Triton kernel handles these inputs and what it
+falls back to. The rule:
 
-* ``"auto"``   -> ``"triton"`` when the tensor is on a CUDA device and Triton is installed, else ``"torch"``.
-* ``"triton"`` -> allowed on CUDA, or on the CPU only under Triton's interpreter (``TRITON_INTERPRET=1``,
-  which the test suite sets); anything else raises a FrontierError naming the op and the reason.
-* any other name is passed through when the op lists it in ``extra`` (for example attention's "sdpa").
+* ``"auto"``   -> ``"triton"`` when the tensors are on a CUDA device, Triton is installed and the op's kernel
+  handles the inputs; otherwise the op's *fallback*: its fastest PyTorch path. Nothing else decides (not the
+  caller, not the model code), so ``auto`` means the same thing at every layer.
+* ``"triton"`` -> the kernel: on CUDA, or on the CPU only under Triton's interpreter (``TRITON_INTERPRET=1``,
+  which the test suite sets). Inputs the kernel does not handle, no Triton, or a CPU tensor without the
+  interpreter raise a :class:`KernelUnavailableError` naming the op and the reason.
+* ``"torch"``  -> the pure-PyTorch reference (the op's ``*_reference``: what the tests compare against).
+* ``"sdpa"``   -> (attention only) ``frontier.kernels.attention.attention_sdpa``: torch's
+  scaled_dot_product_attention, the one SDPA path of Frontier.
+
+=========================== ============================================== ===================================
+op                          Triton kernel handles                          fallback of ``auto``
+=========================== ============================================== ===================================
+rms_norm                    rows of at most ``MAX_FUSED_COLS`` elements    ``torch`` (rms_norm_reference)
+rope                        everything the op accepts                      ``torch`` (rope_reference)
+swiglu                      everything the op accepts                      ``torch`` (swiglu_reference)
+cross_entropy               fp32 / fp16 / bf16 logits                      ``torch`` (cross_entropy_reference)
+fused_linear_cross_entropy  fp32 / fp16 / bf16 hidden and weight           ``torch`` (the eager linear + loss)
+attention                   power-of-two head dim in [16, 128],            ``sdpa`` (attention_sdpa: the
+                            fp32 / fp16 / bf16                             O(S^2) reference is for tests)
+=========================== ============================================== ===================================
+
+So on a CPU ``auto`` is the fallback (the interpreter is for tests: ``"triton"`` asks for it explicitly).
 """
 
 from __future__ import annotations
@@ -22,6 +42,16 @@ from frontier.errors import FrontierError
 from frontier.kernels.interpreter import PERSISTENT_PROGRAMS
 
 IMPLS = ("auto", "triton", "torch")
+
+# What "auto" runs when Triton cannot (the module docstring's table): the op's fastest PyTorch path.
+AUTO_FALLBACK: dict[str, str] = {
+    "rms_norm": "torch",
+    "rope": "torch",
+    "swiglu": "torch",
+    "cross_entropy": "torch",
+    "fused_linear_cross_entropy": "torch",
+    "attention": "sdpa",
+}
 
 
 class KernelUnavailableError(FrontierError):
@@ -43,19 +73,34 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def resolve_impl(impl: str, device: torch.device | str, *, op: str = "kernel", extra: Iterable[str] = ()) -> str:
-    """Turn a requested implementation into the one that will run for a tensor on `device`.
+def resolve_impl(
+    impl: str,
+    device: torch.device | str,
+    *,
+    op: str = "kernel",
+    extra: Iterable[str] = (),
+    unsupported: str | None = None,
+) -> str:
+    """Turn a requested implementation into the one that will run for a tensor on `device` (the module's rule).
 
     `op` names the operation in error messages; `extra` lists op-specific names accepted as is.
+    `unsupported`: why the Triton kernel cannot take these inputs (None when it can). Instead of Triton,
+    "auto" runs ``AUTO_FALLBACK[op]`` ("torch" for an op not listed).
     """
     device = torch.device(device)
     allowed = (*IMPLS, *extra)
     if impl not in allowed:
         raise KernelUnavailableError(f"{op}: impl={impl!r} is not one of {', '.join(allowed)}")
     if impl == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        return (
+            "triton"
+            if device.type == "cuda" and triton_available() and unsupported is None
+            else AUTO_FALLBACK.get(op, "torch")
+        )
     if impl != "triton":
         return impl
+    if unsupported is not None:
+        raise KernelUnavailableError(f"{op}: the Triton kernel {unsupported}; use impl='auto' or 'torch'")
     if not triton_available():
         raise KernelUnavailableError(
             f"{op}: impl='triton' was requested but Triton is not installed; use 'torch' or 'auto'"

@@ -275,23 +275,22 @@ def fused_linear_cross_entropy(
     with loss and gradients computed chunk by chunk (`chunk_size` rows; default ``default_chunk_size``).
 
     Same conventions as ``frontier.kernels.cross_entropy.cross_entropy`` (fp32 loss; "mean" over non-ignored
-    rows, 0 when all are ignored). impl: "auto" (Triton on CUDA, else the reference), "triton", or "torch"
-    (the reference, which materialises the logits).
+    rows, 0 when all are ignored). impl: "auto" (Triton on CUDA for fp32/fp16/bf16, else the reference),
+    "triton", or "torch" (the reference, which materialises the logits); see frontier.kernels.dispatch.
     """
     _check_shapes(hidden, weight, bias)
     check_loss_args("fused_linear_cross_entropy", hidden.shape[0], targets, label_smoothing, z_loss, reduction)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"fused_linear_cross_entropy: chunk_size={chunk_size} must be >= 1")
-    if resolve_impl(impl, hidden.device, op="fused_linear_cross_entropy") == "torch":
+    unsupported = None if hidden.dtype in _DTYPES else f"takes fp32/fp16/bf16, got {hidden.dtype}"
+    if resolve_impl(impl, hidden.device, op="fused_linear_cross_entropy", unsupported=unsupported) == "torch":
         return fused_linear_cross_entropy_reference(
             hidden, weight, targets, bias=bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
             z_loss=z_loss, reduction=reduction,
         )  # fmt: skip
     dtypes = {hidden.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())
-    if len(dtypes) != 1 or hidden.dtype not in _DTYPES:
-        raise ValueError(
-            f"fused_linear_cross_entropy: hidden, weight, bias need one dtype of fp32/fp16/bf16, got {dtypes}"
-        )
+    if len(dtypes) != 1:
+        raise ValueError(f"fused_linear_cross_entropy: hidden, weight, bias need one dtype, got {dtypes}")
     grad_on = torch.is_grad_enabled()
     loss, *_grads = torch.ops.frontier.fused_linear_cross_entropy(
         hidden.contiguous(), weight.contiguous(), targets.contiguous(), bias, ignore_index, label_smoothing, z_loss,

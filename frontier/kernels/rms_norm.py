@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.library import wrap_triton
 
-from frontier.kernels.dispatch import empty_output, num_programs, resolve_impl, row_tile
+from frontier.kernels.dispatch import MAX_FUSED_COLS, empty_output, num_programs, resolve_impl, row_tile
 from frontier.kernels.library import define_op
 from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
@@ -163,11 +163,13 @@ _rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, impl: str = "auto") -> torch.Tensor:
     """RMSNorm over the last dimension of `x` (any leading shape); `weight` has shape (hidden,).
 
-    impl: "auto" (Triton on CUDA, else the reference), "triton", or "torch" (the reference).
+    impl: "auto" (Triton on CUDA for rows of at most MAX_FUSED_COLS, else the reference), "triton", or
+    "torch" (the reference); see frontier.kernels.dispatch.
     """
     if x.shape[-1] != weight.shape[-1] or weight.dim() != 1:
         raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} does not match hidden size {x.shape[-1]}")
-    if resolve_impl(impl, x.device, op="rms_norm") == "torch":
+    unsupported = None if x.shape[-1] <= MAX_FUSED_COLS else f"keeps whole rows of at most {MAX_FUSED_COLS} elements"
+    if resolve_impl(impl, x.device, op="rms_norm", unsupported=unsupported) == "torch":
         return rms_norm_reference(x, weight, eps)
     y, _rstd = torch.ops.frontier.rms_norm(x, weight, eps)
     return y

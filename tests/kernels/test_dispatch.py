@@ -116,3 +116,84 @@ def test_compiled_fullgraph_traces_dispatch_and_fake_kernels() -> None:
     comp_grads = torch.autograd.grad(compiled(*leaves), leaves[:4])
     for a, b in zip(comp_grads, eager_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# --- the one rule for "auto" (the module docstring's table) ---
+
+AUTO_FALLBACKS = {
+    "rms_norm": "torch",
+    "rope": "torch",
+    "swiglu": "torch",
+    "cross_entropy": "torch",
+    "fused_linear_cross_entropy": "torch",
+    "attention": "sdpa",
+}
+
+
+def test_auto_fallback_table_is_the_documented_one() -> None:
+    assert dispatch.AUTO_FALLBACK == AUTO_FALLBACKS
+    table = [line.split() for line in dispatch.__doc__.splitlines()]
+    for op, fallback in AUTO_FALLBACKS.items():
+        rows = [row for row in table if row and row[0] == op]
+        assert len(rows) == 1 and f"``{fallback}``" in rows[0], f"{op}: the docstring's table disagrees"
+
+
+@pytest.mark.parametrize("op", list(AUTO_FALLBACKS))
+def test_auto_is_triton_on_cuda_when_the_kernel_handles_the_inputs_else_the_fallback(op: str) -> None:
+    extra = ("sdpa",) if op == "attention" else ()
+    fallback = AUTO_FALLBACKS[op]
+    assert resolve_impl("auto", "cuda", op=op, extra=extra) == "triton"
+    assert resolve_impl("auto", "cuda", op=op, extra=extra, unsupported="takes no such input") == fallback
+    assert resolve_impl("auto", "cpu", op=op, extra=extra) == fallback
+    with pytest.raises(KernelUnavailableError, match=f"{op}: the Triton kernel takes no such input; use impl='auto'"):
+        resolve_impl("triton", "cuda", op=op, extra=extra, unsupported="takes no such input")
+
+
+def test_the_ops_follow_the_rule_on_the_cpu() -> None:
+    # auto on a CPU tensor is each op's fallback, bit for bit (also attention: SDPA, not the O(S^2) reference).
+    from frontier.kernels.attention import attention, attention_sdpa
+    from frontier.kernels.cross_entropy import cross_entropy, cross_entropy_reference
+    from frontier.kernels.fused_linear_cross_entropy import (
+        fused_linear_cross_entropy,
+        fused_linear_cross_entropy_reference,
+    )
+    from frontier.kernels.rms_norm import rms_norm_reference
+    from frontier.kernels.rope import rope_reference
+    from frontier.kernels.swiglu import swiglu_reference
+
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 16, generator=gen), torch.randn(16, generator=gen)
+    q, k = torch.randn(1, 2, 6, 16, generator=gen), torch.randn(1, 1, 6, 16, generator=gen)
+    cos, sin = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 16, generator=gen)
+    targets = torch.tensor([1, 0, 5])
+    head = torch.randn(7, 16, generator=gen)
+    pairs = [
+        (kernels.rms_norm(x, w), rms_norm_reference(x, w)),
+        (kernels.swiglu(x, x), swiglu_reference(x, x)),
+        (torch.cat(kernels.rope(q, k, cos, sin), 1), torch.cat(rope_reference(q, k, cos, sin), 1)),
+        (attention(q, k, k), attention_sdpa(q, k, k)),
+        (cross_entropy(x, targets), cross_entropy_reference(x, targets)),
+        (fused_linear_cross_entropy(x, head, targets), fused_linear_cross_entropy_reference(x, head, targets)),
+    ]
+    for got, want in pairs:
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "cross_entropy", "fused_linear_cross_entropy", "attention"])
+def test_triton_refuses_inputs_its_kernel_does_not_handle(op: str) -> None:
+    from frontier.kernels.attention import attention
+    from frontier.kernels.cross_entropy import cross_entropy
+    from frontier.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+    from frontier.kernels.rms_norm import rms_norm
+
+    targets = torch.tensor([0, 1])
+    calls = {
+        "rms_norm": lambda: rms_norm(torch.zeros(1, MAX_FUSED_COLS + 1), torch.ones(MAX_FUSED_COLS + 1), impl="triton"),
+        "cross_entropy": lambda: cross_entropy(torch.zeros(2, 5, dtype=torch.float64), targets, impl="triton"),
+        "fused_linear_cross_entropy": lambda: fused_linear_cross_entropy(
+            torch.zeros(2, 4, dtype=torch.float64), torch.zeros(5, 4, dtype=torch.float64), targets, impl="triton"
+        ),
+        "attention": lambda: attention(*(torch.zeros(1, 1, 4, 24) for _ in range(3)), impl="triton"),
+    }
+    with pytest.raises(KernelUnavailableError, match=f"^{op}: the Triton kernel "):
+        calls[op]()
