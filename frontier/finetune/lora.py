@@ -1,13 +1,13 @@
 """The finetune stage (LoRA / QLoRA on prompt/response pairs) and merging an adapter into its base.
 
-The run is the pre-training machinery with another model and other batches: the same
-DeepSpeed engine (frontier.train.engine), loss module (frontier.model.loss), optimizer groups,
-training loop with its NaN guard, checkpoints, resume and stop signals (frontier.train.loop,
-.checkpoint), and monitoring (TensorBoard, CSV logs, alerts). Engine settings (precision, ZeRO
-stage, clipping, monitoring) come from the train section; the step budget, batch size, learning
-rate and warmup from the finetune section. The fused kernels are swapped in as in pre-training
-(frontier.model.kernels; they call the projection modules, so the adapter's layers stay in the
-path) before the adapter is attached.
+The run is the pre-training machinery with another model and other batches: the same DeepSpeed
+engine (frontier.train.engine), loss module (frontier.model.loss), optimizer groups, training loop
+with its NaN guard, checkpoints, resume and stop signals (frontier.train.loop, .checkpoint), and
+monitoring (TensorBoard, CSV logs, alerts). Engine settings (precision, ZeRO stage, clipping,
+activation checkpointing, compile, monitoring) come from the train section; the step budget, batch
+size, learning rate and warmup from the finetune section. The fused kernels are swapped in as in
+pre-training (frontier.model.kernels; they call the projection modules, so the adapter's layers stay
+in the path) before the adapter is attached.
 
 out_dir::
 
@@ -48,6 +48,7 @@ def run_config(params: Any) -> Any:
         tc,
         micro_batch_size=ft.micro_batch_size,
         grad_accum_steps=ft.grad_accum_steps,
+        global_batch_size=None,  # train's, for its micro_batch_size auto; a fine-tune's batch is finetune's
         max_steps=ft.max_steps,
         max_minutes=0.0,
         seq_len=None,
@@ -123,6 +124,10 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     optimizer = build_client_optimizer(module, opt_cfg)
     gate = StepGate(optimizer)
     engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
+    if cfg.compile:  # train's engine setting, as activation checkpointing
+        from frontier.model.compile import compile_for_training
+
+        compile_for_training(module, cfg.zero_stage)
     seed_all(params.seed + 1000 * info.rank)
 
     layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)

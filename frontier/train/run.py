@@ -27,6 +27,7 @@ from frontier.model.build import build_model, shape_signature
 from frontier.model.flops import matmul_parameters, model_flops_per_token
 from frontier.model.loss import CausalLMWithLoss
 from frontier.model.presets import resolve
+from frontier.train.batch_size import global_batch
 from frontier.utils.hashing import sha256_file
 
 log = logging.getLogger("frontier.train")
@@ -53,17 +54,19 @@ def _apply_kernels(lm: Any, params: Params) -> Any:
 
 # Keys that do not change what a run computes: how it is logged, monitored, checkpointed and which
 # (numerically equivalent) implementation runs. Everything else in the train stage's sections does.
-# activation_checkpointing recomputes the same values (dropout replayed), so a resume may switch it.
+# activation_checkpointing recomputes the same values (dropout replayed), and compile computes them in
+# fused kernels (equal within rounding: tests/train/test_compile.py), so a resume may switch either.
 _OPERATIONAL = {
     "train": ("checkpoint", "resume", "log_every", "eval_every", "eval_batches", "monitor", "alerts", "profile",
-              "max_minutes", "activation_checkpointing"),
+              "max_minutes", "activation_checkpointing", "compile"),
     "optimizer": ("impl",),
 }  # fmt: skip
 
 
 # How a global batch is split (per rank, per micro-step) changes no sample of a step: the run is
 # defined by the global batch instead, so resuming on another rank count continues the same run.
-_SPLIT = ("micro_batch_size", "grad_accum_steps")
+# (global_batch_size, read under micro_batch_size auto, is that global batch.)
+_SPLIT = ("micro_batch_size", "grad_accum_steps", "global_batch_size")
 
 
 def run_params(
@@ -152,20 +155,27 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     n_params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
     flops_per_token = model_flops_per_token(lm, seq_len)
     module = CausalLMWithLoss(lm, params.kernels)
+    identity = run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"],
+                          global_batch=global_batch(cfg, info.world_size))  # fmt: skip
+    split = split_batch(cfg, params.optimizer, module, seq_len, info, checkpoints_dir / "logs", identity)
+    cfg = dataclasses.replace(cfg, micro_batch_size=split.micro_batch_size, grad_accum_steps=split.grad_accum_steps,
+                              global_batch_size=None)  # fmt: skip
     optimizer = build_client_optimizer(module, params.optimizer)
     gate = StepGate(optimizer)
     engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
+    if cfg.compile:
+        from frontier.model.compile import compile_for_training
+
+        compile_for_training(module, cfg.zero_stage)
     seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
 
-    store = CheckpointStore(
-        checkpoints_dir,
-        info,
-        model=shape_signature(lm),
-        run_params=run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"],
-                              global_batch=cfg.micro_batch_size * cfg.grad_accum_steps * info.world_size),
-    )  # fmt: skip
+    store = CheckpointStore(checkpoints_dir, info, model=shape_signature(lm), run_params=identity)
     fresh = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
     state, start = store.begin(cfg.resume, engine, fresh)
+    if params.train.micro_batch_size == "auto" and info.is_main:  # after begin: a fresh run's archiving is done
+        from frontier.train.batch_size import record_key, write_record
+
+        write_record(checkpoints_dir / "logs", record_key(identity, info.world_size), split)
     if start is not None:
         log.info("resumed from %s at step %d", start, state.step)
         if state.seed is not None and state.seed != params.seed:
@@ -195,6 +205,7 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     trainer = Trainer(parts, state, saved_step=state.step if start is not None else None)
     state = trainer.run()
     metrics = final_metrics(state, trainer.stop_reason, parts, n_params=n_params, matmul_params=matmul_parameters(lm))
+    metrics["batch"] = dataclasses.asdict(split)  # machine-dependent under auto: run.json, not metrics.json
     export_run(
         out_dir=out_dir, engine=engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
         logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info, provenance=provenance,
@@ -202,6 +213,39 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     log.info("train: done (%s) at step %d; best val loss %s; model in %s", trainer.stop_reason, state.step,
              metrics["best_val_loss"], out_dir / "model")  # fmt: skip
     return metrics
+
+
+def split_batch(
+    cfg: Any, optimizer_cfg: Any, module: Any, seq_len: int, info: Any, logs_dir: Path, identity: dict[str, Any]
+) -> Any:
+    """The run's micro-batch and accumulation: from params, or chosen for micro_batch_size auto (recorded in
+    `logs_dir` for a resume, frontier.train.batch_size)."""
+    from frontier.train import batch_size as bs
+
+    size = global_batch(cfg, info.world_size)
+    if cfg.micro_batch_size != "auto":
+        return bs.Split(cfg.micro_batch_size, cfg.grad_accum_steps, "params")
+    options = bs.candidates(size, info.world_size)
+    key = bs.record_key(identity, info.world_size)
+    recorded = bs.read_record(logs_dir, key, options) if cfg.resume != "none" else None
+    vocab = module.lm.config.vocab_size
+    state_bytes = 2 if optimizer_cfg.state_dtype == "bf16" else 4
+
+    def measure() -> Any:
+        static = bs.static_bytes(module, cfg.precision, cfg.zero_stage, info.world_size, state_bytes)
+        return bs.MemoryEstimate(static, bs.activation_bytes_per_sample(module, seq_len, vocab))
+
+    def cuda_step() -> Any:
+        module.to(info.device)
+        total = bs.static_bytes(module, cfg.precision, cfg.zero_stage, info.world_size, state_bytes)
+        weights_and_grads = bs.static_bytes(module, "fp32", 0, 1, 0)  # what the probe itself holds
+        return bs.cuda_step(module, seq_len, vocab, max(total - weights_and_grads, 0))
+
+    split = bs.choose(global_size=size, info=info, recorded=recorded, measure=measure, cuda_step_for=cuda_step,
+                     probe_device=info.device.type == "cuda")  # fmt: skip
+    log.info("train.micro_batch_size auto: micro-batch %d x %d accumulation steps x %d rank(s) = %d (%s)",
+             split.micro_batch_size, split.grad_accum_steps, info.world_size, size, split.chosen_by)  # fmt: skip
+    return split
 
 
 def final_metrics(state: Any, stop_reason: str, parts: Any, *, n_params: int, matmul_params: int) -> dict[str, Any]:
