@@ -78,6 +78,11 @@ def test_compiled_fullgraph_matches_eager(dtype: torch.dtype) -> None:
     dy = torch.randn_like(y_eager)
     g_eager = torch.autograd.grad(y_eager, (x, w), dy)
     g_comp = torch.autograd.grad(y_comp, (x, w), dy)
-    torch.testing.assert_close(y_comp, y_eager, rtol=0, atol=0)
-    for a, b in zip(g_comp, g_eager, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    (dx_comp, dw_comp), (dx_eager, dw_eager) = g_comp, g_eager
+    torch.testing.assert_close(y_comp, y_eager, rtol=0, atol=0)  # the same kernels: the same bits
+    torch.testing.assert_close(dx_comp, dx_eager, rtol=0, atol=0)
+    # dw sums the kernel's per-program fp32 partial rows with a torch sum inside the op; as a triton_op the
+    # op's body is compiled too, and Inductor's reduction adds the partials (2 per SM) in another order
+    # (seen on an H200: up to 1.5e-5 apart in fp32); in bf16 that can move a rounding by one ulp.
+    tolerance = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {}  # bf16: assert_close's own
+    torch.testing.assert_close(dw_comp, dw_eager, **tolerance)
