@@ -1,7 +1,7 @@
 """Frontier beside its peers, measured in one call on one machine (issue 15): a table of figures and ratios.
 
     python bench/peers.py --nanogpt DIR [--out bench/results] [--work runs/peers] [--quick]
-        [--rows shakespeare llama llama_compiled] [--repeats 2] [--llama-steps 300] [--llama-warmup 20]
+        [--rows shakespeare llama llama_compiled] [--repeats 2] [--llama-steps 200] [--llama-warmup 20]
 
 Rows (each side in a fresh process, its thread count set through OMP_NUM_THREADS before torch loads, and
 pinned to that many CPUs, so worker pools that size themselves from the CPUs they see get that many too):
@@ -318,6 +318,14 @@ def llama_blocks(args: argparse.Namespace, wanted: Sequence[str], plan: Mapping[
     return out
 
 
+def schedule_fit(params_path: Path, total_steps: int) -> list[str]:
+    """The override that fits the lr warm-up into a run of `total_steps` (none when it fits already)."""
+    from frontier.config import load_params
+
+    warmup = load_params(params_path).schedule.warmup_steps
+    return [] if warmup <= total_steps else [f"schedule.warmup_steps={total_steps}"]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every requested row, in order; returns the report (meta, settings, results, table)."""
     quick_sh = QUICK_SHAKESPEARE if args.quick else None
@@ -328,8 +336,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "timed_steps": q["steps"] if args.quick else args.llama_steps,
         "docs": q["docs"] if args.quick else args.llama_docs,
         "repeats": q["repeats"] if args.quick else args.repeats,
-        "overrides": [f"schedule.warmup_steps={min(warmup, 30)}"] if args.quick else [],  # the schedule fits
     }
+    plan["overrides"] = schedule_fit(LLAMA_PARAMS, plan["warmup_steps"] + plan["timed_steps"] + 1)
     meta = machine_facts()
     settings = {"quick": args.quick, "rows": list(args.rows), "shakespeare_quick": quick_sh, "llama": plan,
                 "nanogpt": str(args.nanogpt) if args.nanogpt else None}  # fmt: skip
@@ -406,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--repeats", type=int, default=2, help="Llama pairs, alternating order (median taken)")
     parser.add_argument("--llama-warmup", type=int, default=20)
-    parser.add_argument("--llama-steps", type=int, default=300)
+    parser.add_argument("--llama-steps", type=int, default=200)
     parser.add_argument("--llama-docs", type=int, default=300, help="prepare.max_docs of the Llama token data")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.llama_warmup < 1 or args.llama_steps < 1 or args.llama_docs < 1:

@@ -1,7 +1,7 @@
 """One throughput row of bench/peers.py: Frontier's train stage or the Hugging Face Trainer on the same model.
 
     python bench/peers_llama.py {frontier,hf} --tokens DIR --tokenizer DIR --work DIR --json OUT
-        [--params params.yaml] [--set KEY=VALUE ...] [--warmup 20] [--steps 300] [--compile]
+        [--params params.yaml] [--set KEY=VALUE ...] [--warmup 20] [--steps 200] [--compile]
 
 Both sides train the model that params.yaml's model section describes (built by frontier.model.build,
 the same seed, fp32) on the same token windows in the same order: Frontier's own sampler
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, required=True)
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
