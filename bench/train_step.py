@@ -2,6 +2,7 @@
 
     python bench/train_step.py [--configs llama_default shakespeare_char] [--threads 1 2]
         [--steps 20 --rounds 6 --warmup 5] [--json bench/results/train_step.json] [--no-profile]
+        [--device cuda]
 
 For each config and thread count, the same model (frontier.model.build + kernels, as the train stage
 builds it) is stepped on the same random token batches, fp32 on the CPU, by three variants:
@@ -9,14 +10,22 @@ builds it) is stepped on the same random token batches, fp32 on the CPU, by thre
 * ``bare``: forward with loss, backward, torch.optim.AdamW (fused) step, zero_grad; nothing else;
 * ``frontier``: the real step machinery: DeepSpeed engine (make_engine + build_ds_config) over
   frontier's client optimizer (build_client_optimizer) behind the StepGate, driven the way
-  frontier.train.loop.Trainer drives one step (the per-step flag all-reduce, the lr set from the
-  schedule, run_step with its finite checks, the NaN guard and token counting); no logging, eval
-  or checkpoints;
+  frontier.train.loop.Trainer drives one step (the lr set from the schedule, run_step with its
+  finite checks, the step log read every ``train.log_every`` steps into the NaN guard and token
+  counts; batches on the device with their target counts taken beforehand, as the prefetcher
+  hands them over); no logging rows, eval or checkpoints;
 * ``ds_torch_adamw``: the same engine and step with a plain torch AdamW (fused): separates the
   engine/step overhead from the optimizer implementation.
 
 Variants run interleaved in one process (A/B/C then C/B/A rounds, so slow drift of the machine
-cancels), each round timing ``--steps`` single steps; the figure is the median step. Then one
+cancels), each round timing ``--steps`` single steps; the figure is the median step. With
+``--device cuda`` (DeepSpeed's CUDA accelerator, tensors on the GPU) a step is asynchronous, so a
+sample is a whole round (its steps, then one synchronize) divided by its steps.
+
+Each row also counts the variant's host reads per step (``host_reads_per_step``: Tensor.item /
+__bool__ / __float__ / __int__ / tolist / numpy calls, each a device sync on a GPU, over one
+``train.log_every`` window, counted in the calling thread by a TorchFunctionMode); ``host_reads``
+lists where they come from. Then one
 step of each variant (after the timing) runs under torch.profiler and cProfile, and the ops and
 Python functions that the Frontier variants spend more self time in than the bare loop are listed.
 Nothing here asserts on timings.
@@ -37,8 +46,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# DeepSpeed picks its accelerator at import: this bench measures the CPU path, whatever the machine has.
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# DeepSpeed picks its accelerator at import: the CPU path unless `--device cuda` asks for the GPU.
+_CUDA = (
+    __name__ == "__main__"
+    and any(a in ("--device=cuda",) for a in sys.argv)
+    or (
+        __name__ == "__main__" and "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1 :][:1] == ["cuda"]
+    )
+)
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if _CUDA else "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -140,13 +156,14 @@ def _torch_adamw(module: torch.nn.Module, case: Case) -> torch.optim.Optimizer:
 
 
 def bare_variant(case: Case, batches: list[list[Any]]) -> Variant:
-    module = _module(case)
+    module = _module(case).to(_device())
     opt = _torch_adamw(module, case)
     n_tokens = case.micro_batch * case.seq_len * case.grad_accum
+    on_device = [[_batch_to(b, _device()) for b in micro] for micro in batches]
 
     def step(i: int) -> None:
-        for b in batches[i % len(batches)]:
-            loss = module(b.input_ids, b.targets) / n_tokens  # the same summed loss, normalised
+        for b in on_device[i % len(on_device)]:
+            loss = module(**b.model_inputs(_device())) / n_tokens  # the same summed loss, normalised
             loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -155,15 +172,16 @@ def bare_variant(case: Case, batches: list[list[Any]]) -> Variant:
 
 
 def frontier_variant(case: Case, batches: list[list[Any]], *, torch_optimizer: bool) -> Variant:
-    """Frontier's engine + step, driven as frontier.train.loop.Trainer._loop / train_one_step do."""
-    from frontier.train.distributed import all_reduce_sum, init_distributed
+    """Frontier's engine + step, driven as frontier.train.loop.Trainer._loop / train_one_step / settle do."""
+    from frontier.train.distributed import init_distributed
     from frontier.train.ds_config import build_ds_config
     from frontier.train.engine import make_engine
     from frontier.train.optimizer import build_client_optimizer
+    from frontier.train.prefetch import load_step
     from frontier.train.schedule import LRSchedule
     from frontier.train.stability import NanGuard, StepGate
     from frontier.train.state import TrainerState
-    from frontier.train.step import run_step
+    from frontier.train.step import StepLog, run_step
 
     info = init_distributed()  # idempotent: one in-memory gloo group of one rank
     cfg = case.params.train
@@ -175,20 +193,25 @@ def frontier_variant(case: Case, batches: list[list[Any]], *, torch_optimizer: b
     guard = NanGuard(cfg.nan_guard)
     state = TrainerState(seed=case.params.seed, world_size=info.world_size)
     step_tokens = case.micro_batch * case.grad_accum * info.world_size * case.seq_len
+    log = StepLog(info.device)
+    # what the prefetcher hands over: the batches on the device, their target counts taken on the host
+    ready = [load_step(lambda k: batches[k], k, info.device) for k in range(len(batches))]
 
-    def step(i: int) -> float:
-        # loop.py _loop: the stop / time-limit / checkpoint flags are agreed by one all-reduce per step
-        all_reduce_sum([0.0, 0.0, 0.0], info)
+    def step(i: int) -> None:
+        # loop.py _loop: the stop / time-limit / checkpoint flags (one rank: decided on the host, no collective)
         # loop.py train_one_step: lr from the schedule, set on every param group
         lr = schedule(state.step) * state.lr_scale
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
-        result = run_step(engine, batches[i % len(batches)], info, gate)
-        guard.observe(state, result.finite)
+        got = ready[i % len(ready)]
+        result = run_step(engine, got.batches, info, gate, got.targets)
         state.step += 1
+        log.add(result)
         state.tokens += step_tokens
-        state.target_tokens += result.targets
-        return result.loss
+        if state.step % cfg.log_every == 0:  # loop.py settle: the one host read of a log window, then per step
+            for r in log.read():
+                guard.observe(state, r.finite)
+                state.target_tokens += int(r.targets)
 
     return Variant("ds_torch_adamw" if torch_optimizer else "frontier", step, engine.module)
 
@@ -203,21 +226,75 @@ def build_variants(case: Case, batches: list[list[Any]], names: Sequence[str]) -
 
 
 def time_interleaved(variants: list[Variant], *, steps: int, rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds of every timed step per variant; rounds alternate the order (A B C, C B A, ...)."""
+    """Seconds per step per variant; rounds alternate the order (A B C, C B A, ...).
+
+    On the CPU every step is a sample; on CUDA a round is (its steps, then one synchronize), divided by its steps.
+    """
+    cuda = _device().type == "cuda"
     counter = {v.name: 0 for v in variants}
     for v in variants:  # warm-up: allocator, optimizer state creation, DeepSpeed's first-step work
         for _ in range(warmup):
             v.step(counter[v.name])
             counter[v.name] += 1
+    _sync()
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:
+            t_round = time.perf_counter()
             for _ in range(steps):
                 t0 = time.perf_counter()
                 v.step(counter[v.name])
-                times[v.name].append(time.perf_counter() - t0)
+                if not cuda:
+                    times[v.name].append(time.perf_counter() - t0)
                 counter[v.name] += 1
+            if cuda:
+                _sync()
+                times[v.name].append((time.perf_counter() - t_round) / steps)
     return times
+
+
+_SYNC_CALLS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy")
+
+
+def count_host_reads(variant: Variant, index: int, steps: int) -> tuple[float, dict[str, int]]:
+    """Host reads of tensor values per step over `steps` steps, and their callers (file:line, repo-relative)."""
+    from torch.overrides import TorchFunctionMode
+
+    watched = {getattr(torch.Tensor, name) for name in _SYNC_CALLS}
+    callers: dict[str, int] = {}
+
+    class Count(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in watched:
+                frame = sys._getframe(1)
+                while frame.f_back is not None and "/torch/" in frame.f_code.co_filename:
+                    frame = frame.f_back
+                key = f"{func.__name__} <- {_short(frame.f_code.co_filename)}:{frame.f_lineno}"
+                callers[key] = callers.get(key, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        for k in range(steps):
+            variant.step(index + k)
+    _sync()
+    return sum(callers.values()) / steps, dict(sorted(callers.items(), key=lambda kv: -kv[1]))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if os.environ.get("DS_ACCELERATOR") == "cuda" else "cpu")
+
+
+def _sync() -> None:
+    if _device().type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _batch_to(batch: Any, device: torch.device) -> Any:
+    import dataclasses
+
+    moved = {f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
+             if torch.is_tensor(getattr(batch, f.name))}  # fmt: skip
+    return dataclasses.replace(batch, **moved)
 
 
 # -- profiling ---------------------------------------------------------------------------------------
@@ -317,10 +394,13 @@ def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dic
     The profiler diff says which pieces exist; these figures say what removing each would save per step
     (the interleaved step medians are too noisy on a 2-core machine to resolve a few ms apiece).
     """
-    from frontier.train.distributed import all_reduce_sum, init_distributed
+    from deepspeed.runtime.utils import clip_grad_norm_ as ds_clip_grad_norm_
+
+    from frontier.train.distributed import init_distributed
     from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import full_grad_norm, make_engine
+    from frontier.train.engine import clip_whole_grads, make_engine, whole_grads
     from frontier.train.optimizer import build_client_optimizer
+    from frontier.train.step import StepLog, StepResult
 
     info = init_distributed()
     module = _module(case)
@@ -329,6 +409,8 @@ def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dic
     bare_module = _module(case)
     torch_opt = _torch_adamw(bare_module, case)
     micro = batches[0]
+    whole = whole_grads(engine)
+    clip = whole.clip if whole is not None else case.params.train.grad_clip
 
     def grads() -> None:  # real gradients of one step on both models (no optimizer update)
         for m in (module, bare_module):
@@ -337,26 +419,38 @@ def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dic
                 m(b.input_ids, b.targets).backward()
 
     grads()
+    log = StepLog(info.device)
+    one = torch.ones((), dtype=torch.float64)
+    result = StepResult(loss=one, targets=1.0, grad_norm=one, skipped=one * 0)
     out = {
-        # loop.py: the stop/time/ckpt flags; step.py: the n_global all-reduce, the (loss, non-finite) one
-        "all_reduce_sum x3 (loop.py:83, step.py:40, step.py:51)": _median_ms(
-            lambda: [all_reduce_sum([0.0, 0.0, 0.0], info) for _ in range(3)], reps
+        "StepLog.add (train_one_step, every step)": _median_ms(lambda: log.add(result), reps),
+        "StepLog.add + read, a 1-step window (settle: log steps only)": _median_ms(
+            lambda: (log.add(result), log.read()), reps
         ),
-        "Batch.num_targets per micro-batch (step.py:40)": _median_ms(lambda: [b.num_targets for b in micro], reps),
-        "full_grad_norm (step.py:56 -> engine.py:114)": _median_ms(lambda: full_grad_norm(engine), reps),
-        "DeepSpeed allreduce_gradients, 1 rank (engine.backward epilogue)": _median_ms(
-            engine.allreduce_gradients, reps
+        "Batch.num_targets per micro-batch (prefetch thread)": _median_ms(lambda: [b.num_targets for b in micro], reps),
+        # clip=0 would let the norm alone be timed; the run clips, so this is norm + clip
+        "clip_whole_grads: norm + clip, foreach (engine.py; ZeRO-0 fp32)": _median_ms(
+            lambda: clip_whole_grads(whole) if whole is not None else None, reps
         ),
-        "DeepSpeed clip_fp32_gradients (grad_clip; engine.step)": _median_ms(engine.clip_fp32_gradients, reps),
+        # what the step no longer runs at ZeRO-0 fp32 on one rank, for comparison (grads are rescaled by
+        # at most the clip coefficient between calls: the costs do not depend on the values)
+        "no longer run: DeepSpeed allreduce_gradients, 1 rank": _median_ms(engine.allreduce_gradients, reps),
+        "no longer run: DeepSpeed clip_fp32_gradients": _median_ms(
+            lambda: ds_clip_grad_norm_(parameters=engine.module.parameters(), max_norm=clip, mpu=engine.mpu), reps
+        ),
     }
     # zero_grad drops the grads, so each timing needs fresh ones
-    zg = []
-    for _ in range(max(reps // 4, 3)):
-        grads()
-        t0 = time.perf_counter()
-        engine.zero_grad()
-        zg.append(time.perf_counter() - t0)
-    out["DeepSpeed zero_grad (named_parameters, grad=None)"] = statistics.median(zg) * 1e3
+    for label, zero in (
+        ("engine.zero_grad (WholeGrads: stored param list)", engine.zero_grad),
+        ("no longer run: DeepSpeed zero_grad (named_parameters walk)", lambda: type(engine).zero_grad(engine)),
+    ):
+        zg = []
+        for _ in range(max(reps // 4, 3)):
+            grads()
+            t0 = time.perf_counter()
+            zero()
+            zg.append(time.perf_counter() - t0)
+        out[label] = statistics.median(zg) * 1e3
     grads()
     # optimizer implementations on the same gradients (each updates its own copy of the weights)
     out["optimizer step: frontier client optimizer"] = _median_ms(optimizer.step, reps)
@@ -405,6 +499,9 @@ def run(
                 n_params = sum(p.numel() for p in {id(p): p for p in built[0].module.parameters()}.values())
                 times = time_interleaved(built, steps=steps, rounds=rounds, warmup=warmup)
                 bare_ms = statistics.median(times["bare"]) * 1e3
+                done = warmup + rounds * steps
+                window = max(case.params.train.log_every, 1)
+                reads = {v.name: count_host_reads(v, done, window) for v in built}
                 for v in built:
                     ms = statistics.median(times[v.name]) * 1e3
                     q1, _, q3 = statistics.quantiles(times[v.name], n=4) if len(times[v.name]) > 1 else (ms / 1e3,) * 3
@@ -413,16 +510,17 @@ def run(
                         "tokens_per_step": step_tokens, "median_ms": round(ms, 3),
                         "iqr_ms": [round(q1 * 1e3, 3), round(q3 * 1e3, 3)], "ratio_to_bare": round(ms / bare_ms, 4),
                         "tokens_per_s": round(step_tokens / (ms / 1e3), 1), "n_steps": len(times[v.name]),
+                        "host_reads_per_step": reads[v.name][0], "host_reads": reads[v.name][1],
+                        "device": _device().type,
                     })  # fmt: skip
                 if profile and n_threads == threads[0]:
                     probes.append({"config": name, "threads": n_threads, "ms": probe_overheads(case, batches)})
-                    profiles.append(
-                        _profile_case(name, n_threads, built, warmup + rounds * steps, profile_top, profile_steps)
-                    )
+                    profiles.append(_profile_case(name, n_threads, built, done + window, profile_top, profile_steps))
     finally:
         torch.set_num_threads(threads_before)
     meta = {
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if _device().type == "cuda" else "cpu",
         "cpu_count": os.cpu_count(),
         "loadavg_start": load_start,
         "steps": steps, "rounds": rounds, "warmup": warmup, "overrides": list(overrides),
@@ -452,17 +550,21 @@ def _loadavg() -> list[float] | None:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    lines = ["| config | threads | variant | median ms/step | IQR ms | vs bare | tokens/s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| config | threads | variant | median ms/step | IQR ms | vs bare | tokens/s | host reads/step |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in report["results"]:
         lo, hi = r["iqr_ms"]
         lines.append(f"| {r['config']} | {r['threads']} | {r['variant']} | {r['median_ms']:.2f} | {lo:.2f}–{hi:.2f} "
-                     f"| {r['ratio_to_bare']:.3f}× | {r['tokens_per_s']:,.0f} |")  # fmt: skip
+                     f"| {r['ratio_to_bare']:.3f}× | {r['tokens_per_s']:,.0f} | {r['host_reads_per_step']:g} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def format_profiles(report: dict[str, Any], top: int = 10) -> str:
     out = []
+    for r in report["results"]:
+        if r.get("host_reads"):
+            out.append(f"\n## {r['config']}, {r['threads']} thread(s), {r['variant']}: host reads per log window")
+            out += [f"  {n:6d}  {where}" for where, n in r["host_reads"].items()]
     for p in report.get("probes", []):
         out.append(f"\n## {p['config']}, {p['threads']} thread(s): isolated costs, median ms")
         out += [f"  {ms:8.3f}  {name}" for name, ms in p["ms"].items()]
@@ -490,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="profiler rows kept per variant")
     parser.add_argument("--profile-steps", type=int, default=10, help="steps profiled per variant")
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: DeepSpeed's CUDA accelerator (read from the command line before importing it)")  # fmt: skip
     args = parser.parse_args(argv)
     report = run(args.configs, args.threads, steps=args.steps, rounds=args.rounds, warmup=args.warmup,
                  variants=args.variants, overrides=args.overrides, profile=args.profile, profile_top=args.top,

@@ -170,8 +170,20 @@ class FusedAdamW(torch.optim.Optimizer):
         return list(buckets.values())
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None, *, grad_scale: float | Tensor | None = None) -> Any:
-        """One AdamW step; grads are multiplied by `grad_scale` first (default 1)."""
+    def step(
+        self,
+        closure: Callable[[], float] | None = None,
+        *,
+        grad_scale: float | Tensor | None = None,
+        found_inf: Tensor | None = None,
+    ) -> Any:
+        """One AdamW step; grads are multiplied by `grad_scale` first (default 1).
+
+        `found_inf`: the caller's verdict on this step, a 1-element tensor (nonzero: skip the step,
+        changing nothing), read on the device, never on the host. It replaces the optimizer's own
+        inf/NaN check (`check_finite`), so it must cover the grads: a trainer that has checked the
+        gradient norm saves the second read of every grad.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -183,9 +195,13 @@ class FusedAdamW(torch.optim.Optimizer):
         devices = {b.device for b in buckets}
         scale = {d: self._scale(d, grad_scale) for d in devices}
         found = {d: self._flag(self._found_inf, d, 0.0) for d in devices}
+        if found_inf is not None:
+            for flag in found.values():
+                flag.copy_(found_inf.detach().reshape(1), non_blocking=True)  # device to device: no sync
+        check = self.check_finite and found_inf is None
         # One bucket checks inside its own op; several are all checked before any is updated.
-        check_inside = self.check_finite and len(buckets) == 1
-        if self.check_finite and len(buckets) > 1:
+        check_inside = check and len(buckets) == 1
+        if check and len(buckets) > 1:
             for b in buckets:
                 check = ops.nonfinite_check_ if b.fused else nonfinite_check_reference_
                 check(b.grads, scale[b.device], found[b.device])

@@ -2,7 +2,16 @@
 
 Everything that must agree across ranks (stop by signal, time limits, time-based checkpoints)
 is decided by one small all-reduce at the top of each step, so ranks never diverge in which
-collectives they run.
+collectives they run (on one rank nothing is reduced).
+
+Host syncs. A step leaves its figures on the device (frontier.train.step.StepLog); the loop
+reads all of them at once at a sync point: a log step, an eval or checkpoint step, the last
+step, or before a save for a signal or a time limit. There the NaN guard, the alerts, the
+progress bar, the token counts and the log rows (a non-finite step's row too) go through the
+steps one by one, as they would have after each step, so what is counted, alerted and written
+is unchanged; it is only written later, and a NaN streak is rolled back at the next sync point
+rather than at once (the skipped steps in between changed nothing; only their compute is lost).
+The next step's batches are built by a background thread (frontier.train.prefetch).
 """
 
 from __future__ import annotations
@@ -22,11 +31,12 @@ from frontier.train.distributed import DistInfo, all_reduce_sum, peer_errors
 from frontier.train.engine import loss_scale
 from frontier.train.metrics import mfu
 from frontier.train.monitor import RunMonitor
+from frontier.train.prefetch import Prefetcher
 from frontier.train.schedule import LRSchedule
 from frontier.train.signals import StopRequest, TrainingInterrupted
 from frontier.train.stability import EarlyStopping, NanGuard, StepGate
 from frontier.train.state import TrainerState
-from frontier.train.step import evaluate, run_step
+from frontier.train.step import StepLog, evaluate, run_step
 
 log = logging.getLogger("frontier.train")
 
@@ -60,14 +70,19 @@ class Trainer:
         self._saved_step = saved_step  # the step whose checkpoint exists already (a resume point)
         self._window_tokens = 0
         self._window_seconds = 0.0
+        self.steplog = StepLog(parts.info.device)
+        self.prefetch = Prefetcher(parts.batches.step, parts.info.device, end=parts.cfg.max_steps)
+        self._lrs: list[float] = []  # the learning rate of each step in the step log
 
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> TrainerState:
         try:
-            with StopRequest() as stop, peer_errors(self.p.info, "a step's collective"):  # DeepSpeed's too
+            with StopRequest() as stop, peer_errors(self.p.info, "a step's collective"), self.prefetch:  # DeepSpeed's
                 self._loop(stop)
+            self.settle()
         finally:
+            self.prefetch.close()
             self.p.monitor.close()
         if self._saved_step != self.state.step:
             self.save()
@@ -80,9 +95,9 @@ class Trainer:
             now = time.monotonic()
             out_of_time = self.cfg.max_minutes > 0 and now - start >= 60 * self.cfg.max_minutes
             ckpt_due = every_minutes > 0 and now - last_ckpt >= 60 * every_minutes
-            signalled, out_of_time, ckpt_due = all_reduce_sum(
-                [float(stop.requested), float(out_of_time), float(ckpt_due)], self.p.info
-            )
+            signalled, out_of_time, ckpt_due = self._agree([stop.requested, out_of_time, ckpt_due])
+            if (signalled or out_of_time or ckpt_due) and self.settle():
+                continue  # rolled back: decide again from the restored step
             if signalled:
                 self.save()
                 raise TrainingInterrupted(
@@ -100,34 +115,69 @@ class Trainer:
             if stop_now:
                 return
 
+    def _agree(self, flags: list[bool]) -> list[float]:
+        """The loop's flags summed over ranks (one collective; on one rank, no tensor at all)."""
+        if self.p.info.world_size == 1:
+            return [float(f) for f in flags]
+        return all_reduce_sum([float(f) for f in flags], self.p.info)
+
     def train_one_step(self) -> bool:
         """Run one step and what follows it; True when training should stop early."""
-        st, cfg = self.state, self.cfg
+        st = self.state
         self.p.monitor.begin_step(st.step)
         lr = self.p.schedule(st.step) * st.lr_scale
         for group in self.p.engine.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
-        result = run_step(self.p.engine, self.p.batches.step(st.step), self.p.info, self.p.gate)
-        seconds = time.perf_counter() - t0
-        verdict = self.guard.observe(st, result.finite)
-        step_tokens = self.p.batches.layout.global_batch * self.p.seq_len
+        batches = self.prefetch.get(st.step)
+        result = run_step(self.p.engine, batches.batches, self.p.info, self.p.gate, batches.targets)
         st.step += 1
+        self.steplog.add(result)
+        self._lrs.append(lr)
+        seconds = time.perf_counter() - t0  # host time: the device's is added when the log is read
+        step_tokens = self.p.batches.layout.global_batch * self.p.seq_len
         st.tokens += step_tokens
-        st.target_tokens += result.targets
         st.wall_seconds += seconds
         self._window_tokens += step_tokens
         self._window_seconds += seconds
-        self.p.monitor.end_step(st.step, result.loss, result.grad_norm)
-        if st.step % cfg.log_every == 0 or st.step == cfg.max_steps or not result.finite:
-            self._log_row(result.loss, lr, result.grad_norm)
-        if verdict == "skip":
-            log.warning("step %d: non-finite loss/gradients (%s); update skipped (%d in a row)", st.step,
-                        result.loss, st.nan_streak)  # fmt: skip
-        elif verdict == "rollback":
-            self.rollback()
+        if not self._sync_point(st.step):
+            return False
+        if self.settle():
             return False
         return self._after_step()
+
+    def _sync_point(self, step: int) -> bool:
+        """Whether the host reads the step log after `step`: something after this step needs it."""
+        cfg = self.cfg
+        every = (cfg.log_every, cfg.eval_every, cfg.checkpoint.every_steps)
+        return step == cfg.max_steps or any(n and step % n == 0 for n in every)
+
+    def settle(self) -> bool:
+        """Read the step log (the one host sync) and account for its steps in order; True when it rolled back."""
+        if not self.steplog.steps:
+            return False
+        st, cfg = self.state, self.cfg
+        t0 = time.perf_counter()
+        results = self.steplog.read()
+        waited = time.perf_counter() - t0  # the device finishing the queued steps
+        st.wall_seconds += waited
+        self._window_seconds += waited
+        lrs, self._lrs = self._lrs, []
+        first = st.step - len(results) + 1
+        for step, result, lr in zip(range(first, st.step + 1), results, lrs):
+            verdict = self.guard.observe(st, result.finite)
+            st.target_tokens += int(result.targets)
+            self.p.monitor.end_step(step, float(result.loss), result.grad_norm)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or not result.finite:
+                # the window's time ends at the sync: a row before it (a non-finite step) gets no throughput
+                self._log_row(step, float(result.loss), lr, result.grad_norm, throughput=step == st.step)
+            if verdict == "skip":
+                log.warning("step %d: non-finite loss/gradients (%s); update skipped (%d in a row)", step,
+                            result.loss, st.nan_streak)  # fmt: skip
+            elif verdict == "rollback":
+                self.rollback(step)
+                return True
+        return False
 
     def _after_step(self) -> bool:
         st, cfg = self.state, self.cfg
@@ -151,11 +201,13 @@ class Trainer:
                 self.save(val_loss=val_loss)
         return stop
 
-    def _log_row(self, loss: float, lr: float, grad_norm: float | None) -> None:
+    def _log_row(self, step: int, loss: float, lr: float, grad_norm: float | None, throughput: bool = True) -> None:
         st = self.state
-        tps = self._window_tokens / self._window_seconds if self._window_seconds > 0 else None
-        self._window_tokens, self._window_seconds = 0, 0.0
-        row = {"step": st.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps}
+        tps = None
+        if throughput:
+            tps = self._window_tokens / self._window_seconds if self._window_seconds > 0 else None
+            self._window_tokens, self._window_seconds = 0, 0.0
+        row = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps}
         st.train_rows.append(row)
         achieved = self.p.flops_per_token * tps if tps else None
         extra = {
@@ -179,9 +231,11 @@ class Trainer:
         removed = self.p.store.prune(self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best, st.run_id)
         log.info("checkpoint %s saved%s", path, f" ({len(removed)} old removed)" if removed else "")
 
-    def rollback(self) -> None:
+    def rollback(self, at_step: int | None = None) -> None:
+        """Back to the newest valid checkpoint; `at_step`: the step the streak reached its limit (default: now)."""
         st, nan_cfg = self.state, self.cfg.nan_guard
-        what = f"the loss was non-finite for {st.nan_streak} consecutive steps (up to step {st.step})"
+        at = st.step if at_step is None else at_step
+        what = f"the loss was non-finite for {st.nan_streak} consecutive steps (up to step {at})"
         if not self.guard.can_roll_back(st):
             raise TrainingError(
                 f"train: {what} after {st.rollbacks} rollback(s) with the learning rate scaled to {st.lr_scale:g}x; "
@@ -199,6 +253,7 @@ class Trainer:
         s = self.state
         s.rollbacks, s.lr_scale, s.nan_skipped, s.elapsed_seconds = carried
         self.state.nan_streak = 0
+        self.steplog, self._lrs = StepLog(self.p.info.device), []
         self._saved_step = None
         log.warning("%s: rolled back to %s (step %d) with the learning rate scaled to %gx (rollback %d of %d)",
                     what, path, self.state.step, self.state.lr_scale, self.state.rollbacks,

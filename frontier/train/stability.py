@@ -13,23 +13,53 @@ from typing import Any
 
 import torch
 
+from frontier.optim.fused_adamw import FusedAdamW
 from frontier.train.config import EarlyStoppingConfig, NanGuardConfig
 from frontier.train.state import TrainerState
 
 
 class StepGate:
+    """Vetoes the update of one step: on the host (``skip``) or by a device flag (``found_inf``).
+
+    ``found_inf`` (a 0-dim or 1-element tensor on the params' device, nonzero: skip) is decided
+    without a host sync, the way torch's GradScaler hands its flag to fused optimizers:
+    FusedAdamW takes it as ``step(found_inf=...)``, torch's fused AdamW/Adam read it from the
+    ``found_inf`` attribute GradScaler sets. Both then skip on the device, leaving weights,
+    moments and step counts as they were. Other optimizers get the host decision (one sync).
+    The flag must cover the gradients' finiteness: it replaces FusedAdamW's own check.
+    """
+
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.skip = False
-        self.vetoed = 0
+        self.found_inf: torch.Tensor | None = None
+        self.vetoed = 0  # host-side vetoes only: a device skip is counted by the trainer's StepLog
+        self.on_device = device_skip_supported(optimizer)
         inner_step = optimizer.step
 
         def gated_step(*args: Any, **kwargs: Any) -> Any:
-            if self.skip:
+            flag = self.found_inf
+            if self.skip or (flag is not None and not self.on_device and bool(flag.reshape(()))):
                 self.vetoed += 1
                 return None
-            return inner_step(*args, **kwargs)
+            if flag is None or not self.on_device:
+                return inner_step(*args, **kwargs)
+            if isinstance(optimizer, FusedAdamW):
+                return inner_step(*args, found_inf=flag.reshape(1).float(), **kwargs)  # (1,) fp32
+            optimizer.found_inf = flag.reshape(()).float()  # type: ignore[attr-defined]  # () fp32, as GradScaler's
+            try:
+                return inner_step(*args, **kwargs)
+            finally:
+                del optimizer.found_inf  # type: ignore[attr-defined]
 
         optimizer.step = gated_step  # type: ignore[method-assign]
+
+
+def device_skip_supported(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` can skip a step on a device flag (FusedAdamW; torch's fused Adam/AdamW)."""
+    if isinstance(optimizer, FusedAdamW):
+        return True
+    fused_torch = isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW)
+    return fused_torch and all(g.get("fused") for g in optimizer.param_groups)
 
 
 class NanGuard:

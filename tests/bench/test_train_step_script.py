@@ -19,6 +19,7 @@ TINY = [
     "model.max_seq_len=16",
     "train.seq_len=16",
     "train.micro_batch_size=2",
+    "train.log_every=2",
 ]
 
 
@@ -50,6 +51,10 @@ def test_entry_function_reports_every_variant(tmp_path: Path) -> None:
         assert r["median_ms"] > 0 and r["tokens_per_s"] > 0 and r["ratio_to_bare"] > 0
         assert r["tokens_per_step"] == 2 * 16
     assert {r["ratio_to_bare"] for r in rows if r["variant"] == "bare"} == {1.0}
+    for r in rows:  # host reads over one log window (2 steps), apart from the model's own (transformers' masks)
+        own = sum(n for where, n in r["host_reads"].items() if "transformers/masking_utils.py" not in where)
+        assert own == (0 if r["variant"] == "bare" else 1), r["host_reads"]  # frontier: the step log, once
+        assert r["host_reads_per_step"] == sum(r["host_reads"].values()) / 2
     assert [p["config"] for p in report["profiles"]] == ["llama_default", "shakespeare_char"]
     for p in report["profiles"]:
         assert set(p["per_variant_self_ms"]) == set(bench.VARIANTS)

@@ -27,8 +27,8 @@ def poison(monkeypatch, bad_calls):
     original = CausalLMWithLoss.forward
     calls = {"n": 0}
 
-    def forward(self, input_ids, targets):
-        loss = original(self, input_ids, targets)
+    def forward(self, input_ids, targets, **kwargs):
+        loss = original(self, input_ids, targets, **kwargs)
         if self.training:
             hit = calls["n"] in bad_calls
             calls["n"] += 1
@@ -62,6 +62,66 @@ def test_step_gate_vetoes_the_update():
     p.grad = torch.ones(3)
     opt.step()
     assert (p.detach() < 1).all() and gate.vetoed == 1
+
+
+def _optimizers():
+    from frontier.optim import FusedAdamW
+
+    return {
+        "frontier": lambda ps: FusedAdamW(ps, lr=0.1, weight_decay=0.1),
+        "torch_fused": lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1, fused=True),
+        "torch_foreach": lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1, foreach=True),
+    }
+
+
+def _run_gate(make, vetoes):
+    """Three steps of one optimizer behind a StepGate; vetoes[i] is None (plain), "host" or "device" (skip), or
+    "device0" (a zero device flag: no skip). Returns the params and every optimizer state tensor."""
+    torch.manual_seed(0)
+    params_ = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    opt = make(params_)
+    gate = StepGate(opt)
+    for i, veto in enumerate(vetoes):
+        for q in params_:
+            q.grad = torch.randn_like(q) * (i + 1)
+        gate.skip = veto == "host"
+        gate.found_inf = torch.tensor(float(veto == "device")) if veto in ("device", "device0") else None
+        opt.step()
+        gate.skip, gate.found_inf = False, None
+    state = [v.clone() for q in params_ for v in opt.state[q].values() if torch.is_tensor(v)]
+    return [q.detach().clone() for q in params_] + state, gate
+
+
+@pytest.mark.parametrize("impl", ["frontier", "torch_fused", "torch_foreach"])
+def test_device_skip_equals_the_host_skip(impl):
+    make = _optimizers()[impl]
+    host, host_gate = _run_gate(make, [None, "host", None])
+    device, device_gate = _run_gate(make, [None, "device", None])
+    assert len(host) == len(device) and all(torch.equal(a, b) for a, b in zip(host, device))
+    assert host_gate.vetoed == 1
+    # optimizers that take the flag skip on the device (no host veto); the others read it on the host
+    assert device_gate.on_device == (impl != "torch_foreach")
+    assert device_gate.vetoed == (0 if device_gate.on_device else 1)
+    plain, _ = _run_gate(make, [None, None, None])
+    zero_flag, _ = _run_gate(make, [None, "device0", None])
+    assert all(torch.equal(a, b) for a, b in zip(plain, zero_flag))  # a zero flag changes nothing
+    assert not all(torch.equal(a, b) for a, b in zip(plain, host))  # and the skip really skipped
+
+
+def test_device_flag_replaces_fused_adamws_own_check():
+    """A zero flag is the caller's verdict: FusedAdamW does not read the grads again (its check is the caller's)."""
+    from frontier.optim import FusedAdamW
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = FusedAdamW([p], lr=0.1)
+    p.grad = torch.tensor([1.0, float("inf"), 1.0])
+    opt.step()  # its own check: skipped
+    assert torch.equal(p.detach(), torch.ones(3)) and opt.last_step_skipped()
+    opt.step(found_inf=torch.ones(1))
+    assert torch.equal(p.detach(), torch.ones(3)) and opt.last_step_skipped()
+    p.grad = torch.ones(3)
+    opt.step(found_inf=torch.zeros(1))
+    assert (p.detach() < 1).all() and not opt.last_step_skipped()
 
 
 def test_single_nan_step_is_skipped_counted_and_alerted(run, tmp_path, monkeypatch):
