@@ -23,9 +23,9 @@ cancels), each round timing ``--steps`` single steps; the figure is the median s
 sample is a whole round (its steps, then one synchronize) divided by its steps.
 
 Each row also counts the variant's host reads per step (``host_reads_per_step``: Tensor.item /
-__bool__ / __float__ / __int__ / tolist / numpy calls, each a device sync on a GPU, over one
-``train.log_every`` window, counted in the calling thread by a TorchFunctionMode); ``host_reads``
-lists where they come from. Then one
+__bool__ / __float__ / __int__ / tolist / numpy calls, each a device sync on a GPU, counted in the
+calling thread by a TorchFunctionMode, plus DeepSpeed's accelerator ``synchronize`` calls, over one
+``train.log_every`` window); ``host_reads`` lists where they come from. Then one
 step of each variant (after the timing) runs under torch.profiler and cProfile, and the ops and
 Python functions that the Frontier variants spend more self time in than the bare loop are listed.
 Nothing here asserts on timings.
@@ -273,9 +273,24 @@ def count_host_reads(variant: Variant, index: int, steps: int) -> tuple[float, d
                 callers[key] = callers.get(key, 0) + 1
             return func(*args, **(kwargs or {}))
 
-    with Count():
-        for k in range(steps):
-            variant.step(index + k)
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()  # DeepSpeed's own device synchronize calls (its throughput timer's, say)
+    synchronize = accel.synchronize
+
+    def counted_synchronize(*args: Any, **kwargs: Any) -> Any:
+        frame = sys._getframe(1)
+        key = f"synchronize <- {_short(frame.f_code.co_filename)}:{frame.f_lineno}"
+        callers[key] = callers.get(key, 0) + 1
+        return synchronize(*args, **kwargs)
+
+    accel.synchronize = counted_synchronize
+    try:
+        with Count():
+            for k in range(steps):
+                variant.step(index + k)
+    finally:
+        accel.synchronize = synchronize
     _sync()
     return sum(callers.values()) / steps, dict(sorted(callers.items(), key=lambda kv: -kv[1]))
 

@@ -129,6 +129,8 @@ def _whole_fp32_grads(ds_config: dict[str, Any]) -> bool:
 def make_engine(module: CausalLMWithLoss, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any]) -> Any:
     """deepspeed.initialize with a client optimizer; the engine loads checkpoints weights-only.
 
+    DeepSpeed's throughput timer (a device synchronize at every forward and step) is turned off.
+
     With whole fp32 gradients (ZeRO-0, no fp16/bf16) the engine gets a ``WholeGrads``
     (``whole_grads(engine)``): DeepSpeed's clipping is switched off (gradient_clipping 0, the
     trainer clips with the same rule, clip coefficient ``min(1, clip / (norm + 1e-6))``), its
@@ -142,6 +144,11 @@ def make_engine(module: CausalLMWithLoss, optimizer: torch.optim.Optimizer, ds_c
     clip = float(ds_config.get("gradient_clipping", 0.0) or 0.0)
     if whole:
         ds_config = {**ds_config, "gradient_clipping": 0.0}
+    if "timers" not in ds_config:
+        # DeepSpeed's throughput timer is on by default and synchronizes the device at every forward and
+        # step to time them; it reports only every steps_per_print steps, which frontier turns off (frontier
+        # times steps itself). A config that names its timers keeps them.
+        ds_config = {**ds_config, "timers": {"throughput": {"enabled": False}}}
     if ds_config["zero_optimization"]["stage"] == 3 and module.fused:
         # the fused loss reads the head weight outside the head's forward: ZeRO-3 must gather it there
         deepspeed.zero.register_external_parameter(module, module.head_weight())

@@ -78,6 +78,23 @@ class CountSyncs(TorchFunctionMode):
         return sum(_in_model(where) for _, where in self.all)
 
 
+@pytest.fixture
+def device_syncs(monkeypatch) -> list[str]:
+    """Calls of DeepSpeed's accelerator synchronize (a no-op on the CPU, a device sync on a GPU), recorded."""
+    from deepspeed.accelerator import get_accelerator
+
+    accel, calls = get_accelerator(), []
+    original = accel.synchronize
+
+    def synchronize(*args, **kwargs):
+        frame = sys._getframe(1)
+        calls.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(accel, "synchronize", synchronize)
+    return calls
+
+
 def _engine(*overrides: str, device: str = "cpu"):
     p = params(*overrides)
     info = init_distributed()
@@ -103,12 +120,12 @@ def _snapshot(engine) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("accum", [1, 2])
-def test_a_step_reads_nothing_on_the_host_and_the_log_reads_once(corpus, accum):
+def test_a_step_reads_nothing_on_the_host_and_the_log_reads_once(corpus, accum, device_syncs):
     engine, gate, info, p = _engine(f"train.grad_accum_steps={accum}", "train.micro_batch_size=2")
     assert whole_grads(engine) is not None and not engine.enable_backward_allreduce  # ZeRO-0 fp32, one rank
     log = StepLog(info.device)
     counted = []
-    for step in range(3):
+    for step in range(4):  # DeepSpeed's throughput timer starts synchronizing at its third step
         batches = _batches(corpus, p, step)
         targets = sum(b.num_targets for b in batches)  # the prefetcher counts before the step
         counted.append(targets)
@@ -117,10 +134,11 @@ def test_a_step_reads_nothing_on_the_host_and_the_log_reads_once(corpus, accum):
             log.add(result)
         assert syncs.calls == [], f"step {step}: host reads {syncs.calls}"
         assert syncs.model_reads <= accum  # on the CPU: transformers' one per forward
+        assert device_syncs == [], f"step {step}: device synchronize from {device_syncs}"  # DeepSpeed's timers
     with CountSyncs() as syncs:
         window = log.read()
     assert [name for name, _ in syncs.all] == ["tolist"]
-    assert len(window) == 3 and log.steps == 0
+    assert len(window) == 4 and log.steps == 0
     assert [r.targets for r in window] == counted
     assert all(r.finite and math.isfinite(r.loss) and r.grad_norm > 0 for r in window)
 
