@@ -226,7 +226,17 @@ CASES = [(name, False) for name in MODELS] + [("llama-torch", True), ("gpt2", Tr
 
 @pytest.mark.parametrize(("model", "fused"), CASES, ids=[f"{m}-{'fused_ce' if f else 'lm_head'}" for m, f in CASES])
 def test_packed_loss_and_gradients_equal_the_documents_run_one_by_one(splits, model, fused):
-    shards = splits["mixed"]
+    _assert_packed_equals_one_by_one(splits["mixed"], model, fused, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["llama-auto", "llama-triton", "gpt2"])
+def test_packed_loss_and_gradients_equal_the_documents_run_one_by_one_on_cuda(splits, model):
+    """The compiled Triton kernels' document mask (auto: Triton attention, norms and SwiGLU), in fp32."""
+    _assert_packed_equals_one_by_one(splits["mixed"], model, False, torch.device("cuda"))
+
+
+def _assert_packed_equals_one_by_one(shards: TokenShards, model: str, fused: bool, device: torch.device) -> None:
     sampler = WindowSampler(shards, SEQ, seed=3, document_aware=True)
     # full windows where later documents have tokens to predict (cross-document attention would change
     # their loss), one with a one-token document, and the padded last window
@@ -239,25 +249,26 @@ def test_packed_loss_and_gradients_equal_the_documents_run_one_by_one(splits, mo
     pieces = [p for g in chosen for p in _pieces(shards, sampler, g)]
     assert later[rich[1]] >= 2 and len(chosen) == 4
 
-    module = CausalLMWithLoss(MODELS[model](), KernelsConfig(cross_entropy="torch", fused_linear_cross_entropy=fused))
+    lm = MODELS[model]().to(device)
+    module = CausalLMWithLoss(lm, KernelsConfig(cross_entropy="torch", fused_linear_cross_entropy=fused))
     batch = sampler.batch(chosen)
-    packed = module(**batch.model_inputs(torch.device("cpu")))
+    packed = module(**batch.model_inputs(device))
     packed.backward()
     packed_grads = {k: p.grad.clone() for k, p in module.named_parameters()}
     module.zero_grad()
 
-    alone = torch.zeros((), dtype=torch.float32)
+    alone = torch.zeros((), dtype=torch.float32, device=device)
     for piece in pieces:
         if len(piece) < 2:
             continue  # a one-token piece predicts nothing, alone or packed
-        ids = torch.from_numpy(piece).long()[None]  # (1, len); positions default to 0..len-1
+        ids = torch.from_numpy(piece).long()[None].to(device)  # (1, len); positions default to 0..len-1
         alone = alone + module(ids[:, :-1], ids[:, 1:])
     alone.backward()
 
     assert packed.item() > 0
     # the batch is one where ignoring the document structure shows: plain positions give another loss
     with torch.no_grad():
-        unpacked = module(batch.input_ids, batch.targets)
+        unpacked = module(batch.input_ids.to(device), batch.targets.to(device))
     assert (unpacked - alone).abs() > 1e-3
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
     for name, p in module.named_parameters():
