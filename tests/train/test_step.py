@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -270,28 +271,33 @@ def test_a_nan_between_log_steps_is_accounted_as_its_own_step(corpus, tmp_path, 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_never_synchronises(corpus):
+    """No synchronising CUDA call in a step outside the model's forward (torch's sync debug mode)."""
     engine, gate, info, p = _engine(device="cuda")
     if info.device.type != "cuda":
         pytest.skip("DeepSpeed's accelerator is not CUDA here")
     from frontier.train.prefetch import load_step
 
     log = StepLog(info.device)
-    make = lambda s: _batches(corpus, p, s)  # noqa: E731
-    first = load_step(make, 0, info.device)
-    log.add(run_step(engine, first.batches, info, gate, first.targets))  # warm-up: allocations, states
+    ready = [load_step(lambda s: _batches(corpus, p, s), s, info.device) for s in range(3)]
+    for r in ready:  # warm-up on the same shapes: allocations, optimizer states, kernel autotuning
+        log.add(run_step(engine, r.batches, info, gate, r.targets))
     log.read()
     torch.cuda.synchronize()
-    caught = []
-    for step in range(1, 4):
-        ready = load_step(make, step, info.device)
-        with warnings.catch_warnings(record=True) as got:
+    stacks: list[list[str]] = []
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):  # where the synchronising call came from, innermost last
+            stacks.append([f"{f.filename}:{f.lineno}" for f in traceback.extract_stack()[:-1]])
+
+    for r in ready:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = record  # restored by catch_warnings
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                log.add(run_step(engine, ready.batches, info, gate, ready.targets))
+                log.add(run_step(engine, r.batches, info, gate, r.targets))
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        caught += [w for w in got if "synchroniz" in str(w.message)]
-    ours = [f"{w.filename}:{w.lineno}" for w in caught if not _in_model(w.filename)]
-    assert ours == [], f"synchronising calls in the step: {ours}"
+    ours = [stack[-6:] for stack in stacks if not any(_in_model(frame) for frame in stack)]
+    assert ours == [], "synchronising calls in the step:\n" + "\n\n".join("\n".join(s) for s in ours)
     assert all(r.finite for r in log.read())
