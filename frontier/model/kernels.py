@@ -20,8 +20,9 @@ Document masking: when a batch of packed documents carries position_ids that res
 document, the "frontier" attention derives per-token document ids from them (the way transformers
 detects packed sequences) and no token attends across a document boundary, whichever kernel runs
 (Triton's document mask, torch's SDPA or the reference with a mask), attention dropout included.
-``kernels.attention: sdpa`` and GPT-2 models use transformers' own attention, whose mask builder
-detects the same restarting positions (create_causal_mask), so they keep documents apart too.
+Every ``kernels.attention`` value of a Llama model goes through that entry (``sdpa`` reaches
+frontier.kernels.attention's SDPA path with the same document mask); GPT-2 models use transformers' own
+attention, whose mask builder detects the same restarting positions (create_causal_mask).
 """
 
 from __future__ import annotations
@@ -143,9 +144,7 @@ def frontier_attention_forward(
             attention_mask = visibility_mask(query.shape[2], causal=causal, doc_ids=doc_ids, device=query.device)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
 
-    impl = getattr(module, "attention_impl", "auto")
-    if impl == "auto" and not query.is_cuda:
-        impl = "sdpa"  # on the CPU torch's SDPA beats the float32 reference
+    impl = getattr(module, "attention_impl", "auto")  # auto: frontier.kernels.dispatch's one rule
     out = attention(query, key, value, causal=causal, doc_ids=doc_ids, scale=scaling, impl=impl)
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
 
@@ -202,9 +201,9 @@ def _swap(module: nn.Module, cls: type[nn.Module], **attrs: str) -> None:
 def apply_kernels(model: nn.Module, cfg: KernelsConfig) -> nn.Module:
     """Route this Llama model's RMSNorm, rotary embedding, SwiGLU and attention through frontier.kernels.
 
-    Per-op choice from `cfg` ("auto": Triton on CUDA, the PyTorch reference elsewhere; "torch": the
-    reference; "triton": the kernel, which then requires CUDA or TRITON_INTERPRET=1; attention "sdpa":
-    transformers' own SDPA). The loss (cfg.cross_entropy, fused_linear_cross_entropy) is the trainer's.
+    Per-op choice from `cfg` ("auto": Triton on CUDA when the kernel handles the inputs, else the op's
+    fallback -- see frontier.kernels.dispatch; "torch": the reference; "triton": the kernel, which then
+    requires CUDA or TRITON_INTERPRET=1; attention "sdpa": torch's SDPA through attention_sdpa). The loss (cfg.cross_entropy, fused_linear_cross_entropy) is the trainer's.
     A model without Llama modules is returned as is, unless a kernel was explicitly asked for.
     Returns the same model object.
     """
@@ -231,9 +230,7 @@ def apply_kernels(model: nn.Module, cfg: KernelsConfig) -> nn.Module:
             )
     if not found["attention"]:
         return model  # not a Llama: nothing to route
-    if cfg.attention == "sdpa":
-        model.set_attn_implementation("sdpa")
-    else:
-        register_attention()
-        model.set_attn_implementation(ATTENTION_NAME)
+    # every kernels.attention value goes through the "frontier" entry: one SDPA path (attention_sdpa)
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
     return model

@@ -11,7 +11,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, L
 
 from frontier.errors import ConfigError
 from frontier.kernels.config import KernelsConfig
-from frontier.model.kernels import FrontierMLP, FrontierRMSNorm, apply_kernels, rope_calls
+from frontier.model.kernels import ATTENTION_NAME, FrontierMLP, FrontierRMSNorm, apply_kernels, rope_calls
 
 ALL_TRITON = KernelsConfig(attention="triton", rms_norm="triton", rope="triton", swiglu="triton")
 ALL_TORCH = KernelsConfig(attention="torch", rms_norm="torch", rope="torch", swiglu="torch")
@@ -87,9 +87,11 @@ def test_other_models_are_untouched() -> None:
     assert rope_calls() == before + 2, "each patched attention layer routes its rope to frontier.kernels"
 
 
-def test_sdpa_choice_uses_transformers_sdpa() -> None:
+def test_sdpa_choice_goes_through_the_one_sdpa_path() -> None:
+    # one SDPA path: kernels.attention "sdpa" reaches frontier.kernels.attention.attention_sdpa through the
+    # "frontier" entry (the same one that masks packed documents), not transformers' own attention
     model = apply_kernels(tiny_llama(), KernelsConfig(attention="sdpa", rms_norm="torch", rope="torch", swiglu="torch"))
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == ATTENTION_NAME
     ids = _ids(1, 9)
     # torch references are HF's own formulas and SDPA is HF's: bit-identical logits
     assert torch.equal(model(ids).logits, tiny_llama()(ids).logits)
