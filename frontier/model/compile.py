@@ -10,12 +10,20 @@ the model, then the loss), replaced on that one module object:
   ``engine.compile()`` compiles the module's whole call (``nn.Module.compile``), hooks included, and its
   forward prologue starts a throughput timer with ``time.time()``, which dynamo cannot trace: the graph
   breaks there, so model + loss could not be one ``fullgraph`` graph that way.
-- ``fullgraph=True`` below ZeRO-3: one graph for model + loss, or an error naming what breaks it (never
-  a silent fall back to eager pieces). ZeRO-3 fetches each layer's parameters in hooks on every
-  submodule, which are not traceable as one graph, so there dynamo splits the graph around them.
+- ``fullgraph=True``: one graph for model + loss, or an error naming what breaks it (never a silent fall
+  back to eager pieces), except in two cases where dynamo splits the graph instead:
+  ZeRO-3 fetches each layer's parameters in hooks on every submodule, which are not one graph; and
+  activation checkpointing traces each decoder layer inside torch.utils.checkpoint's higher-order op,
+  where the rotary-embedding routing of frontier.model.kernels (a thread-local that the attention
+  module's forward hooks set and clear) is a side effect dynamo refuses, so each layer runs eagerly
+  (values unchanged, no speed-up there) until that routing stops using global state.
 
 Compile is operational: the compiled graph computes the same values in fused kernels, equal within
-rounding (tests/train/test_compile.py measures the loss curves), so a resume may switch it.
+rounding (tests/train/test_compile.py measures the loss curves), so a resume may switch it. That holds
+for dropout too because Inductor is told to draw random numbers through eager's ops
+(``fallback_random``): the same masks from the same torch generator, which ends in the same state (its
+own in-graph RNG would draw other masks, a different run). It is a process-wide Inductor setting, set
+by the stage process that compiles; its cost is unfused random ops, only where the model has dropout.
 
 Cost, measured on this project's 2-core CPU machine for the 2-layer test model (hidden 32, batch 2x16):
 the first forward + backward compiles for ~60-100 s with an empty Inductor cache (~10 s with a warm one,
@@ -37,10 +45,11 @@ log = logging.getLogger("frontier.model")
 BACKEND = "inductor"
 
 
-def compile_for_training(module: nn.Module, zero_stage: int) -> None:
+def compile_for_training(module: nn.Module, *, zero_stage: int, activation_checkpointing: bool) -> None:
     """Compile `module`'s forward (model + loss) in place; its names, weights and hooks are unchanged."""
-    fullgraph = zero_stage < 3
+    fullgraph = zero_stage < 3 and not activation_checkpointing
     log.info("compiling the model and loss (torch.compile, %s, fullgraph=%s); the first steps include compile "
              "time", BACKEND, fullgraph)  # fmt: skip
+    torch._inductor.config.fallback_random = True  # dropout masks from eager's generator (see above)
     # an instance attribute: nn.Module.__call__ runs its hooks (DeepSpeed's) eagerly around this
     module.forward = torch.compile(module.forward, backend=BACKEND, fullgraph=fullgraph)

@@ -171,8 +171,9 @@ def probe(step: Callable[[int], None], options: list[int], oom: tuple[type[BaseE
             return micro
         except oom:
             log.info("micro-batch %d: out of memory, trying a smaller one", micro)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        # after the except block: the failed step's tensors, held by its traceback until then, are free now
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return 0
 
 

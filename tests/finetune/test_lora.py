@@ -239,3 +239,33 @@ def test_finetune_stage_starts_two_ranks_that_match_one(tuned, tmp_path):
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     for a, b in zip(one, two):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (one, two)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="frontier/model/kernels.py's rope call counter recompiles the fullgraph forward on every call until "
+    "dynamo's recompile limit stops the run (see tests/model/test_compile.py); passes once it is skipped while "
+    "compiling",
+)
+def test_finetune_takes_compile_from_train(tuned, tmp_path):
+    """train.compile reaches the fine-tune (LoRA layers, adapter dropout, the base's eval with the adapter off):
+    the same losses as eager within fp32 rounding, and the same adapter names."""
+    from safetensors.torch import load_file
+
+    from tests.train.helpers import losses
+
+    short = [*FT_OVERRIDES, "finetune.max_steps=3", "finetune.log_every=1", "finetune.eval_every=0",
+             "finetune.dropout=0.1"]  # fmt: skip
+    metrics = {}
+    for on in ("false", "true"):
+        torch._dynamo.reset()
+        p = load_params(None, [*short, f"train.compile={on}"])
+        metrics[on] = finetune(p, tuned["base"], tuned["root"] / "sft", tmp_path / f"out{on}", tmp_path / f"ckpt{on}")
+    # fp32: a compiled graph rounds differently in the last bits (~1e-7 relative measured in pre-training)
+    torch.testing.assert_close(losses(tmp_path / "outtrue"), losses(tmp_path / "outfalse"), rtol=1e-5, atol=0)
+    for key in ("base_heldout_loss", "finetuned_heldout_loss"):
+        assert metrics["true"][key] == pytest.approx(metrics["false"][key], rel=1e-5)
+    adapters = [
+        load_file(str(tmp_path / f"out{on}" / "adapter" / "adapter_model.safetensors")) for on in ("false", "true")
+    ]
+    assert list(adapters[1]) == list(adapters[0]) and adapters[0]

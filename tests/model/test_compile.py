@@ -14,6 +14,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from frontier.model.build import build_model
+from frontier.model.checkpointing import enable_activation_checkpointing
 from frontier.model.compile import compile_for_training
 from frontier.model.kernels import apply_kernels
 from frontier.model.loss import CausalLMWithLoss
@@ -47,7 +48,7 @@ def compiled() -> Iterator[tuple[CausalLMWithLoss, CausalLMWithLoss, list[str]]]
     torch._dynamo.reset()
     eager, module = _module(*TORCH), _module(*TORCH)
     keys = list(module.state_dict())
-    compile_for_training(module, zero_stage=0)
+    compile_for_training(module, zero_stage=0, activation_checkpointing=False)
     yield eager, module, keys
     torch._dynamo.reset()
 
@@ -70,6 +71,25 @@ def test_names_and_weights_are_those_of_the_eager_module(compiled) -> None:
     assert list(module.state_dict()) == keys  # no _orig_mod. prefix: checkpoints and exports keep their names
     assert [n for n, _ in module.named_parameters()] == [n for n, _ in _module(*TORCH).named_parameters()]
     assert not any(k.startswith("_orig_mod") for k in module.lm.state_dict())
+
+
+def test_dropout_draws_the_eager_masks_from_the_eager_generator() -> None:
+    """GPT-2 with dropout: the same loss and gradients as eager, and the torch RNG left in the same state."""
+    torch._dynamo.reset()
+    overrides = ("model.arch=gpt2", "model.dropout=0.1")
+    eager, module = _module(*overrides), _module(*overrides)
+    compile_for_training(module, zero_stage=0, activation_checkpointing=False)
+    for seed in (1, 2):
+        results = []
+        for m in (eager, module):
+            torch.manual_seed(100 + seed)
+            results.append((*_loss_and_grads(m, seed), torch.rand(4)))
+        (loss0, grads0, next0), (loss1, grads1, next1) = results
+        torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)  # other masks: ~1e-4 (measured)
+        for name, grad in grads0.items():
+            torch.testing.assert_close(grads1[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+        assert torch.equal(next1, next0)
+    torch._dynamo.reset()
 
 
 @pytest.mark.xfail(
@@ -95,21 +115,37 @@ def test_later_calls_reuse_the_compiled_graph(compiled) -> None:
         ("kernels.fused_linear_cross_entropy=true",),
         ("model.arch=gpt2",),
         ("model.num_kv_heads=2",),  # grouped-query attention
+        pytest.param(
+            ("checkpointing",),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason=(
+                    "train.activation_checkpointing: the rope routing of frontier/model/kernels.py (a thread-local set by "
+                    "the attention module's hooks) is a side effect dynamo refuses inside torch.utils.checkpoint, so the "
+                    "graph breaks at every layer; compile_for_training drops fullgraph there"
+                ),
+            ),
+        ),
     ],
-    ids=["llama-torch", "llama-auto", "llama-fused-loss", "gpt2", "llama-gqa"],
+    ids=["llama-torch", "llama-auto", "llama-fused-loss", "gpt2", "llama-gqa", "llama-checkpointing"],
 )
 def test_model_and_loss_are_one_graph(overrides: tuple[str, ...]) -> None:
     """What compile_for_training compiles with fullgraph=True traces without a graph break."""
     torch._dynamo.reset()
-    module = _module(*overrides)
+    if overrides == ("checkpointing",):
+        module = _module()
+        enable_activation_checkpointing(module.lm)
+    else:
+        module = _module(*overrides)
     explained = torch._dynamo.explain(module.forward)(*_batch(1))
     assert [b.reason for b in explained.break_reasons] == []
     assert explained.graph_count == 1
     torch._dynamo.reset()
 
 
-def test_fullgraph_is_asked_for_below_zero_3() -> None:
-    """A graph break is an error, not a silent eager island (ZeRO-3's per-module fetch hooks may break it)."""
+def test_fullgraph_is_asked_for_where_the_graph_holds() -> None:
+    """A graph break is an error, not a silent eager island, except under ZeRO-3 (its per-module fetch hooks)
+    and activation checkpointing (see the one-graph test)."""
     module = _module(*TORCH)
 
     def breaks(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -117,10 +153,11 @@ def test_fullgraph_is_asked_for_below_zero_3() -> None:
         return x.sum() + y.sum()
 
     module.forward = breaks
-    compile_for_training(module, zero_stage=2)
+    compile_for_training(module, zero_stage=2, activation_checkpointing=False)
     with pytest.raises(torch._dynamo.exc.Unsupported):
         module(*_batch(1))
-    module.forward = breaks
-    compile_for_training(module, zero_stage=3)
-    assert module(*_batch(1)) == breaks(*_batch(1))
+    for zero_stage, checkpointing in ((3, False), (0, True)):
+        module.forward = breaks
+        compile_for_training(module, zero_stage=zero_stage, activation_checkpointing=checkpointing)
+        assert module(*_batch(1)) == breaks(*_batch(1))
     torch._dynamo.reset()

@@ -94,6 +94,12 @@ def test_zero2_compiled_run_follows_eager(tmp_path, corpus) -> None:
                                                                    "train.compile=true"))  # fmt: skip
 
 
+def test_compile_with_activation_checkpointing_follows_eager(tmp_path, corpus, eager) -> None:
+    """Both memory and speed switches on (the graph breaks per layer there: frontier.model.compile)."""
+    torch._dynamo.reset()
+    _assert_same_run(eager, _run(tmp_path, corpus, "train.compile=true", "train.activation_checkpointing=true"))
+
+
 def test_bad_compile_values_are_one_clear_error() -> None:
     from frontier.errors import ConfigError
 
