@@ -57,6 +57,18 @@ ROWS = ("shakespeare", "llama", "llama_compiled")
 TARGET_WALL_RATIO = 0.8
 TARGET_VAL = 1.88
 TARGET_TPS_RATIO = 1.3
+# What each figure is (printed in the Markdown beside the table)
+METHOD = (
+    "shakespeare_char wall: seconds from a process's start to its exit; Frontier: bench/shakespeare_char.py "
+    "(split, tokenizer, tokenize, train with evals and checkpoints); nanoGPT: data/shakespeare_char/prepare.py "
+    "+ train.py (its evals and checkpoints included).",
+    "shakespeare_char best val loss: Frontier's best eval over train.eval_batches fixed val batches; nanoGPT's "
+    "lowest printed val loss (eval_iters random batches per eval, iter 0 included).",
+    "Llama tokens/s: timed steps x tokens per step / seconds from the end of the last warm-up step to the end "
+    "of the last timed step, everything either loop does between optimizer steps included; one untimed step "
+    "follows (the end-of-run save). The median over --repeats processes per side, run in alternating order. "
+    "Frontier's own figure (step time only, warm-up included) is in the JSON as frontier_reported_tokens_per_s.",
+)
 # --quick: a rehearsal that proves every path runs; the figures mean nothing
 QUICK_SHAKESPEARE = {"steps": 20, "warmup": 5, "eval_every": 10, "eval_batches": 2}
 QUICK_LLAMA = {"warmup": 1, "steps": 2, "docs": 40, "repeats": 1}
@@ -340,7 +352,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plan["overrides"] = schedule_fit(LLAMA_PARAMS, plan["warmup_steps"] + plan["timed_steps"] + 1)
     meta = machine_facts()
     settings = {"quick": args.quick, "rows": list(args.rows), "shakespeare_quick": quick_sh, "llama": plan,
-                "nanogpt": str(args.nanogpt) if args.nanogpt else None}  # fmt: skip
+                "nanogpt": str(args.nanogpt) if args.nanogpt else None, "method": list(METHOD)}  # fmt: skip
     results: dict[str, Any] = {}
     if "shakespeare" in args.rows:
         results["shakespeare"] = shakespeare_block(args, quick_sh)
@@ -359,6 +371,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         format_table(report["table"], markdown=True),
         "",
         *[f"- {n}" for n in notes(report["table"])],
+        "",
+        "## How measured",
+        "",
+        *[f"- {m}" for m in METHOD],
         "",
         "## Machine",
         "",
