@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from frontier.errors import TrainingError
 from frontier.train.checkpoint import CheckpointStore
 from frontier.train.config import TrainConfig
 from frontier.train.data import Batch, TrainBatches
-from frontier.train.distributed import DistInfo, all_reduce_sum, peer_errors
+from frontier.train.distributed import DistInfo, peer_errors
 from frontier.train.engine import loss_scale
 from frontier.train.metrics import mfu
 from frontier.train.monitor import RunMonitor
@@ -73,6 +74,7 @@ class Trainer:
         self.steplog = StepLog(parts.info.device)
         self.prefetch = Prefetcher(parts.batches.step, parts.info.device, end=parts.cfg.max_steps)
         self._lrs: list[float] = []  # the learning rate of each step in the step log
+        self._flags_group: Any = None  # the gloo group of _agree, made at the first multi-rank step
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -116,10 +118,18 @@ class Trainer:
                 return
 
     def _agree(self, flags: list[bool]) -> list[float]:
-        """The loop's flags summed over ranks (one collective; on one rank, no tensor at all)."""
+        """The loop's flags summed over ranks: on one rank, nothing to do; else one all-reduce of host
+        tensors over a gloo group (the training backend's, NCCL, would take a GPU tensor and read it back:
+        a device sync every step)."""
+        values = [float(f) for f in flags]
         if self.p.info.world_size == 1:
-            return [float(f) for f in flags]
-        return all_reduce_sum([float(f) for f in flags], self.p.info)
+            return values
+        if self._flags_group is None:  # collective: every rank gets here at its first step
+            self._flags_group = dist.new_group(backend="gloo")
+        t = torch.tensor(values, dtype=torch.float64)  # on the host
+        with peer_errors(self.p.info, "the loop's flag all-reduce"):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self._flags_group)
+        return t.tolist()
 
     def train_one_step(self) -> bool:
         """Run one step and what follows it; True when training should stop early."""
