@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from frontier.data.tokens import TokenShards
 from frontier.model.build import build_model
-from frontier.model.loss import IGNORE_INDEX
+from frontier.model.loss import CausalLMWithLoss
 from frontier.train.data import Layout, TrainBatches, WindowSampler
-from frontier.train.run import seed_all, train
+from frontier.train.run import _apply_kernels, seed_all, train
 from tests.train.helpers import assert_same_run, losses, params, weights
 
 # document-aware windows over documents of 4..40 tokens with seq_len 16: padded, variable-length batches
@@ -22,29 +21,36 @@ def _run(tmp_path, corpus, name, *overrides):
     return out
 
 
-def test_first_step_loss_is_the_token_mean_of_the_global_batch(tmp_path, corpus):
-    # a wide init spreads the per-token losses, so a mean of micro-batch means visibly differs
-    setup = (*BASE, "model.init_std=0.5", "train.micro_batch_size=1", "train.grad_accum_steps=4")
-    p = params(*setup)
+def _first_step_means(corpus, seed: int) -> tuple[float, float]:
+    """(token mean, mean of micro-batch means) of the first global batch (4 micro-batches of 1) that
+    train() sees with `seed`, under the weights it starts from."""
+    p = params(*SETUP, f"seed={seed}")
     shards = TokenShards(corpus.tokens / "train")
     micro = TrainBatches(WindowSampler(shards, 16, p.seed, True), Layout(1, 4, 1, 0)).step(0)
     counts = [b.num_targets for b in micro]
-    assert len(set(counts)) > 1, f"the test needs micro-batches of different lengths, got {counts}"
-
-    seed_all(p.seed)  # the weights train() starts from
-    lm = build_model(p.model, shards.vocab_size, bos_id=1, eos_id=2, pad_id=0)
+    seed_all(p.seed)  # the weights train() starts from, and the module it trains (each micro-batch's summed loss)
+    lm = _apply_kernels(build_model(p.model, shards.vocab_size, bos_id=1, eos_id=2, pad_id=0), p)
+    module = CausalLMWithLoss(lm, p.kernels)
     with torch.no_grad():
-        sums = [
-            F.cross_entropy(lm(input_ids=b.input_ids).logits.flatten(0, 1).double(), b.targets.flatten(),
-                            ignore_index=IGNORE_INDEX, reduction="sum").item()
-            for b in micro
-        ]  # fmt: skip
-    token_mean = sum(sums) / sum(counts)
-    mean_of_means = sum(s / c for s, c in zip(sums, counts)) / len(counts)
-    tolerance = 1e-5 * token_mean
-    assert abs(token_mean - mean_of_means) > 100 * tolerance  # the two definitions really differ here
+        sums = [module(**b.model_inputs(torch.device("cpu"))).double().item() for b in micro]
+    return sum(sums) / sum(counts), sum(s / c for s, c in zip(sums, counts)) / len(counts)
 
-    out = _run(tmp_path, corpus, "a", *setup[len(BASE) :])
+
+# a wide init spreads the per-token losses, so a mean of micro-batch means visibly differs
+SETUP = (*BASE, "model.init_std=0.5", "train.micro_batch_size=1", "train.grad_accum_steps=4")
+
+
+def test_first_step_loss_is_the_token_mean_of_the_global_batch(tmp_path, corpus):
+    # Packed windows differ in length only by the targets ignored at document boundaries, so the two
+    # definitions of the loss can nearly agree: take the first seed (deterministic) where they clearly differ.
+    for seed in range(64):
+        token_mean, mean_of_means = _first_step_means(corpus, seed)
+        tolerance = 1e-5 * token_mean
+        if abs(token_mean - mean_of_means) > 100 * tolerance:  # the two definitions really differ here
+            break
+    else:
+        raise AssertionError("no seed in 0..63 gives a first batch where the two loss definitions differ")
+    out = _run(tmp_path, corpus, "a", *SETUP[len(BASE) :], f"seed={seed}")
     assert abs(losses(out)[0] - token_mean) < tolerance
 
 
