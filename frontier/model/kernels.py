@@ -78,7 +78,8 @@ def _rope_router(hf_rope: Callable) -> Callable:
         unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
         if impl is None or unsqueeze_dim != 1 or cos.dim() != 3:
             return hf_rope(q, k, cos, sin, *args, **kwargs)
-        _ROPE_IMPL.calls = getattr(_ROPE_IMPL, "calls", 0) + 1
+        if not torch.compiler.is_compiling():  # a counter for tests; traced, it would recompile every call
+            _ROPE_IMPL.calls = getattr(_ROPE_IMPL, "calls", 0) + 1
         return rope(q, k, cos, sin, impl=impl)
 
     apply_rotary_pos_emb.frontier_wraps = hf_rope  # type: ignore[attr-defined]

@@ -241,12 +241,6 @@ def test_finetune_stage_starts_two_ranks_that_match_one(tuned, tmp_path):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (one, two)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="frontier/model/kernels.py's rope call counter recompiles the fullgraph forward on every call until "
-    "dynamo's recompile limit stops the run (see tests/model/test_compile.py); passes once it is skipped while "
-    "compiling",
-)
 def test_finetune_takes_compile_from_train(tuned, tmp_path):
     """train.compile reaches the fine-tune (LoRA layers, adapter dropout, the base's eval with the adapter off):
     the same losses as eager within fp32 rounding, and the same adapter names."""

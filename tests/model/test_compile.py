@@ -92,12 +92,6 @@ def test_dropout_draws_the_eager_masks_from_the_eager_generator() -> None:
     torch._dynamo.reset()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="frontier/model/kernels.py counts rope calls in a Python attribute inside the traced forward "
-    "(_ROPE_IMPL.calls += 1): dynamo guards on the count, so every call recompiles until the recompile limit; "
-    "the count must be skipped under torch.compiler.is_compiling()",
-)
 def test_later_calls_reuse_the_compiled_graph(compiled) -> None:
     _, module, _ = compiled
     _loss_and_grads(module, 3)  # the graph exists (compiled by now or here)
