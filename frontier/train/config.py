@@ -107,7 +107,7 @@ class TrainConfig:
     # torch.compile (Inductor) of model + loss in place (frontier.model.compile): same values and names
     compile: bool = False
     deepspeed_config: str | None = None  # a user DeepSpeed JSON that may override generated values
-    document_aware: bool = False  # windows start at document starts and never cross one (padded)
+    document_aware: bool = False  # pack documents: positions restart per document, nothing attends across one
     log_every: int = field(default=50, metadata=bounds(ge=1))
     eval_every: int = field(default=175, metadata=bounds(ge=0))  # 0: off
     eval_batches: int = field(default=4, metadata=bounds(ge=1))  # global batches of fixed val windows

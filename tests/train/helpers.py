@@ -69,7 +69,7 @@ TINY = [
 ]
 
 
-# 3 steps of a global batch of 4 padded, variable-length windows: what multi-rank layouts are compared on
+# 3 steps of a global batch of 4 packed windows whose target counts vary: what multi-rank layouts are compared on
 BASE = ("train.document_aware=true", "train.max_steps=3", "optimizer.lr=1e-2")
 
 
