@@ -16,7 +16,7 @@
 #   train.json   metrics, speed and logged rows of the two training runs
 #   summary.md   bench/gpu/summarize.py's tables (also printed last)
 # Knobs (environment): OUT, PYTHON (python3), GPU_RUN_BUDGET_S (420), GPU_RUN_WORK (/tmp/frontier-gpu),
-# TEST_WORKERS (4; 0 = no xdist), BENCH_K (a pytest -k expression; default leaves out torch.compile and
+# TEST_WORKERS (4; 0 = no xdist), TEST_PATHS (what `pytest -m gpu` collects), BENCH_K (a pytest -k expression; default leaves out torch.compile and
 # Liger baselines, whose compile time does not fit the budget; BENCH_K=all runs every case),
 # TRAIN_B (1; 0 skips the 125m-preset throughput run), TORCH_CUDA_ARCH_LIST (9.0), MAX_JOBS (16).
 set -uo pipefail
@@ -151,7 +151,9 @@ phase_data() {
 }
 
 phase_tests() {
-    local args=(-m gpu tests/kernels tests/csrc tests/optim tests/train -q -rA -p no:cacheprovider
+    # shellcheck disable=SC2206 # TEST_PATHS is a list of paths
+    local paths=(${TEST_PATHS:-tests/kernels tests/csrc tests/optim tests/train})
+    local args=(-m gpu "${paths[@]}" -q -rA -p no:cacheprovider
         --junitxml="$OUT/tests.xml" -o junit_family=xunit2 -o junit_logging=no)
     "$PY" -c "import pytest_timeout" 2>/dev/null && args+=(--timeout=120)
     if [ "$TEST_WORKERS" -gt 0 ] && "$PY" -c "import xdist" 2>/dev/null; then
