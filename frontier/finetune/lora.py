@@ -127,7 +127,7 @@ def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, ch
     if cfg.compile:  # train's engine setting, as activation checkpointing
         from frontier.model.compile import compile_for_training
 
-        compile_for_training(module, zero_stage=cfg.zero_stage, activation_checkpointing=cfg.activation_checkpointing)
+        compile_for_training(module, zero_stage=cfg.zero_stage)
     seed_all(params.seed + 1000 * info.rank)
 
     layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)

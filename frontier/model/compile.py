@@ -11,12 +11,9 @@ the model, then the loss), replaced on that one module object:
   forward prologue starts a throughput timer with ``time.time()``, which dynamo cannot trace: the graph
   breaks there, so model + loss could not be one ``fullgraph`` graph that way.
 - ``fullgraph=True``: one graph for model + loss, or an error naming what breaks it (never a silent fall
-  back to eager pieces), except in two cases where dynamo splits the graph instead:
-  ZeRO-3 fetches each layer's parameters in hooks on every submodule, which are not one graph; and
-  activation checkpointing traces each decoder layer inside torch.utils.checkpoint's higher-order op,
-  where the rotary-embedding routing of frontier.model.kernels (a thread-local that the attention
-  module's forward hooks set and clear) is a side effect dynamo refuses, so each layer runs eagerly
-  (values unchanged, no speed-up there) until that routing stops using global state.
+  back to eager pieces), activation checkpointing included (each decoder layer is traced inside
+  torch.utils.checkpoint's higher-order op). Except under ZeRO-3, which fetches each layer's parameters in
+  hooks on every submodule: those are not one graph, so dynamo splits it there.
 
 Compile is operational: the compiled graph computes the same values in fused kernels, equal within
 rounding (tests/train/test_compile.py measures the loss curves), so a resume may switch it. That holds
@@ -29,9 +26,7 @@ Cost, measured on this project's 2-core CPU machine for the 2-layer test model (
 the first forward + backward compiles for ~60-100 s with an empty Inductor cache (~10 s with a warm one,
 ~/.cache or TORCHINDUCTOR_CACHE_DIR), then a step takes ~1-6 ms against eager's ~5-9 ms. A new input
 shape (a fine-tune batch of another length) or eval mode compiles again; torch marks a dimension dynamic
-after its first change, so a run compiles a handful of graphs. (The step times assume the rope call
-counter of frontier/model/kernels.py stays out of the graph: see the xfail in tests/model/test_compile.py.)
-"""
+after its first change, so a run compiles a handful of graphs."""
 
 from __future__ import annotations
 
@@ -45,9 +40,9 @@ log = logging.getLogger("frontier.model")
 BACKEND = "inductor"
 
 
-def compile_for_training(module: nn.Module, *, zero_stage: int, activation_checkpointing: bool) -> None:
+def compile_for_training(module: nn.Module, *, zero_stage: int) -> None:
     """Compile `module`'s forward (model + loss) in place; its names, weights and hooks are unchanged."""
-    fullgraph = zero_stage < 3 and not activation_checkpointing
+    fullgraph = zero_stage < 3
     log.info("compiling the model and loss (torch.compile, %s, fullgraph=%s); the first steps include compile "
              "time", BACKEND, fullgraph)  # fmt: skip
     torch._inductor.config.fallback_random = True  # dropout masks from eager's generator (see above)

@@ -28,6 +28,7 @@ attention, whose mask builder detects the same restarting positions (create_caus
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -68,18 +69,28 @@ class FrontierMLP(LlamaMLP):
 
 # --- rotary embedding: routed per attention-module call -------------------------------------------------
 
-_ROPE_IMPL = threading.local()  # .impl: the rope impl of the patched attention module now running, or None
+
+class _RopeRoute(threading.local):
+    """Per thread: the rope impl of the patched attention module now running (None outside one), and a call
+    count for tests. Class defaults, so every thread has both attributes from the start: dynamo accepts
+    setting an existing attribute inside torch.utils.checkpoint's traced layers, not creating one."""
+
+    impl: str | None = None
+    calls: int = 0
+
+
+_ROPE_IMPL = _RopeRoute()
 _ROPE_HOOKS = "_frontier_rope_hooks"  # attribute holding a module's hook handles (apply_kernels is idempotent)
 
 
 def _rope_router(hf_rope: Callable) -> Callable:
     def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):  # transformers' signature, untyped like it
-        impl = getattr(_ROPE_IMPL, "impl", None)
+        impl = _ROPE_IMPL.impl
         unsqueeze_dim = args[0] if args else kwargs.get("unsqueeze_dim", 1)
         if impl is None or unsqueeze_dim != 1 or cos.dim() != 3:
             return hf_rope(q, k, cos, sin, *args, **kwargs)
         if not torch.compiler.is_compiling():  # a counter for tests; traced, it would recompile every call
-            _ROPE_IMPL.calls = getattr(_ROPE_IMPL, "calls", 0) + 1
+            _ROPE_IMPL.calls += 1
         return rope(q, k, cos, sin, impl=impl)
 
     apply_rotary_pos_emb.frontier_wraps = hf_rope  # type: ignore[attr-defined]
@@ -114,7 +125,7 @@ def _route_rope(module: nn.Module, impl: str) -> None:
 
 def rope_calls() -> int:
     """How many rotary embeddings this thread has routed to frontier.kernels.rope (for tests)."""
-    return getattr(_ROPE_IMPL, "calls", 0)
+    return _ROPE_IMPL.calls
 
 
 def frontier_attention_forward(
@@ -150,11 +161,25 @@ def frontier_attention_forward(
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
 
 
+# Document ids of the position_ids tensor a forward hands to every layer: finding them reads the device
+# once (is anything packed?), so they are found once per forward, not once per layer (and recompute).
+# One entry per thread: the last tensor seen (held weakly), its version and the batch size it was expanded to.
+_LAST_DOC_IDS = threading.local()
+
+
 def _doc_ids(position_ids: object, batch: int) -> torch.Tensor | None:
     """(B, S) document index per token from positions that restart per packed document; None if unpacked."""
     if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2:
         return None
-    return find_packed_sequence_indices(position_ids.expand(batch, -1))
+    if torch.compiler.is_compiling():  # traced: no device read to save, and no Python cache in the graph
+        return find_packed_sequence_indices(position_ids.expand(batch, -1))
+    last = getattr(_LAST_DOC_IDS, "entry", None)
+    key = (position_ids._version, batch)
+    if last is not None and last[0]() is position_ids and last[1] == key:
+        return last[2]
+    doc_ids = find_packed_sequence_indices(position_ids.expand(batch, -1))
+    _LAST_DOC_IDS.entry = (weakref.ref(position_ids), key, doc_ids)
+    return doc_ids
 
 
 def frontier_attention_mask(

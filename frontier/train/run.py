@@ -166,7 +166,7 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     if cfg.compile:
         from frontier.model.compile import compile_for_training
 
-        compile_for_training(module, zero_stage=cfg.zero_stage, activation_checkpointing=cfg.activation_checkpointing)
+        compile_for_training(module, zero_stage=cfg.zero_stage)
     seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
 
     store = CheckpointStore(checkpoints_dir, info, model=shape_signature(lm), run_params=identity)

@@ -181,3 +181,22 @@ def test_explicit_triton_on_a_model_without_llama_modules_is_a_config_error() ->
         apply_kernels(torch.nn.Sequential(torch.nn.Linear(2, 2)), KernelsConfig(rms_norm="triton"))
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     assert apply_kernels(model, KernelsConfig()) is model  # "auto" everywhere: nothing to do
+
+
+def test_document_ids_are_found_once_per_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    # finding document ids reads the device (is anything packed?): once per forward, not once per layer
+    import frontier.model.kernels as routing
+
+    calls = []
+    find = routing.find_packed_sequence_indices
+    monkeypatch.setattr(routing, "find_packed_sequence_indices", lambda p: calls.append(p.shape) or find(p))
+    model = apply_kernels(tiny_llama(num_hidden_layers=3), ALL_TORCH)
+    doc_a, doc_b = _ids(1, 7, seed=2), _ids(1, 9, seed=3)
+    position_ids = torch.cat([torch.arange(7), torch.arange(9)])[None]
+    logits = model(torch.cat([doc_a, doc_b], dim=1), position_ids=position_ids, use_cache=False).logits
+    assert len(calls) == 1
+    # the one answer is the right one for every layer: still no attention across the boundary
+    torch.testing.assert_close(logits[:, 7:], model(doc_b).logits, rtol=1e-5, atol=2e-5)
+    before = len(calls)
+    model(torch.cat([doc_a, doc_b], dim=1), position_ids=position_ids.clone(), use_cache=False)
+    assert len(calls) == before + 1  # a new forward's positions are looked at again, once

@@ -48,7 +48,7 @@ def compiled() -> Iterator[tuple[CausalLMWithLoss, CausalLMWithLoss, list[str]]]
     torch._dynamo.reset()
     eager, module = _module(*TORCH), _module(*TORCH)
     keys = list(module.state_dict())
-    compile_for_training(module, zero_stage=0, activation_checkpointing=False)
+    compile_for_training(module, zero_stage=0)
     yield eager, module, keys
     torch._dynamo.reset()
 
@@ -78,7 +78,7 @@ def test_dropout_draws_the_eager_masks_from_the_eager_generator() -> None:
     torch._dynamo.reset()
     overrides = ("model.arch=gpt2", "model.dropout=0.1")
     eager, module = _module(*overrides), _module(*overrides)
-    compile_for_training(module, zero_stage=0, activation_checkpointing=False)
+    compile_for_training(module, zero_stage=0)
     for seed in (1, 2):
         results = []
         for m in (eager, module):
@@ -109,17 +109,7 @@ def test_later_calls_reuse_the_compiled_graph(compiled) -> None:
         ("kernels.fused_linear_cross_entropy=true",),
         ("model.arch=gpt2",),
         ("model.num_kv_heads=2",),  # grouped-query attention
-        pytest.param(
-            ("checkpointing",),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "train.activation_checkpointing: the rope routing of frontier/model/kernels.py (a thread-local set by "
-                    "the attention module's hooks) is a side effect dynamo refuses inside torch.utils.checkpoint, so the "
-                    "graph breaks at every layer; compile_for_training drops fullgraph there"
-                ),
-            ),
-        ),
+        ("checkpointing",),
     ],
     ids=["llama-torch", "llama-auto", "llama-fused-loss", "gpt2", "llama-gqa", "llama-checkpointing"],
 )
@@ -138,20 +128,20 @@ def test_model_and_loss_are_one_graph(overrides: tuple[str, ...]) -> None:
 
 
 def test_fullgraph_is_asked_for_where_the_graph_holds() -> None:
-    """A graph break is an error, not a silent eager island, except under ZeRO-3 (its per-module fetch hooks)
-    and activation checkpointing (see the one-graph test)."""
+    """A graph break is an error, not a silent eager island, except under ZeRO-3 (its per-module fetch hooks);
+    activation checkpointing is one graph too (see the one-graph test)."""
     module = _module(*TORCH)
 
     def breaks(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         torch._dynamo.graph_break()
         return x.sum() + y.sum()
 
-    module.forward = breaks
-    compile_for_training(module, zero_stage=2, activation_checkpointing=False)
-    with pytest.raises(torch._dynamo.exc.Unsupported):
-        module(*_batch(1))
-    for zero_stage, checkpointing in ((3, False), (0, True)):
+    for zero_stage in (0, 2):
         module.forward = breaks
-        compile_for_training(module, zero_stage=zero_stage, activation_checkpointing=checkpointing)
-        assert module(*_batch(1)) == breaks(*_batch(1))
+        compile_for_training(module, zero_stage=zero_stage)
+        with pytest.raises(torch._dynamo.exc.Unsupported):
+            module(*_batch(1))
+    module.forward = breaks
+    compile_for_training(module, zero_stage=3)
+    assert module(*_batch(1)) == breaks(*_batch(1))
     torch._dynamo.reset()
