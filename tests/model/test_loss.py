@@ -12,12 +12,17 @@ from frontier.model.config import ModelConfig
 from frontier.model.loss import IGNORE_INDEX, CausalLMWithLoss
 
 
+def _tiny(arch: str, fused: bool) -> tuple[torch.nn.Module, CausalLMWithLoss]:
+    """A 1-layer model of `arch` (vocab 40, context 12) and its loss module, seeded."""
+    torch.manual_seed(0)
+    lm = build_model(ModelConfig(arch=arch, hidden_size=32, num_layers=1, num_heads=4, max_seq_len=12), 40)
+    return lm, CausalLMWithLoss(lm, KernelsConfig(fused_linear_cross_entropy=fused, cross_entropy="torch"))
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["lm_head+cross_entropy", "fused_linear_cross_entropy"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_sum_of_unmasked_token_losses(arch, fused):
-    torch.manual_seed(0)
-    lm = build_model(ModelConfig(arch=arch, hidden_size=32, num_layers=1, num_heads=4, max_seq_len=12), 40)
-    module = CausalLMWithLoss(lm, KernelsConfig(fused_linear_cross_entropy=fused, cross_entropy="torch"))
+    lm, module = _tiny(arch, fused)
     ids = torch.randint(0, 40, (3, 12))
     targets = torch.randint(0, 40, (3, 12))
     targets[1, 5:] = IGNORE_INDEX  # padding
@@ -36,9 +41,7 @@ def test_sum_of_unmasked_token_losses(arch, fused):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_position_ids_reach_the_model(arch, fused):
     """0..T-1 is the default; positions restarting at 5 split each row into two independent documents."""
-    torch.manual_seed(0)
-    lm = build_model(ModelConfig(arch=arch, hidden_size=32, num_layers=1, num_heads=4, max_seq_len=12), 40)
-    module = CausalLMWithLoss(lm, KernelsConfig(fused_linear_cross_entropy=fused, cross_entropy="torch"))
+    lm, module = _tiny(arch, fused)
     ids = torch.randint(0, 40, (2, 12))
     targets = torch.randint(0, 40, (2, 12))
     plain = torch.arange(12).expand(2, 12)  # (B, T)
