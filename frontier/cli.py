@@ -15,10 +15,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frontier.errors import FrontierError
 from frontier.train.launch import die_with_launcher, report_rank_error
+
+if TYPE_CHECKING:
+    from frontier.config import Params
 
 log = logging.getLogger("frontier")
 
@@ -50,7 +53,7 @@ def cmd_tokenize(ns: argparse.Namespace) -> Any:
     )
 
 
-def _launched(ns: argparse.Namespace, params: Any) -> bool:
+def _launched(ns: argparse.Namespace, params: Params) -> bool:
     """Start this stage's ranks (launch: section) when it needs several and no launcher started it yet."""
     from frontier.train.launch import check_outer_launcher, launch_ranks, should_launch
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    from frontier.data.config import TokenizerConfig
+
 log = logging.getLogger("frontier.data.tokenizer")
 
 INFO_FILE = "frontier_tokenizer.json"
@@ -55,7 +57,7 @@ def iter_texts(path: Path, max_bytes: int | None = None, desc: str | None = None
                 return
 
 
-def _specials(cfg: Any, with_unk: bool = False) -> list[str]:
+def _specials(cfg: TokenizerConfig, with_unk: bool = False) -> list[str]:
     return [cfg.pad_token, cfg.bos_token, cfg.eos_token] + ([cfg.unk_token] if with_unk else [])
 
 
@@ -80,7 +82,7 @@ def _mark_special(tok: Tokenizer, specials: list[str]) -> None:
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
 
 
-def build_bpe(texts: Iterator[str], cfg: Any) -> Tokenizer:
+def build_bpe(texts: Iterator[str], cfg: TokenizerConfig) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -97,7 +99,7 @@ def build_bpe(texts: Iterator[str], cfg: Any) -> Tokenizer:
     return tok
 
 
-def build_char(texts: Iterator[str], cfg: Any) -> Tokenizer:
+def build_char(texts: Iterator[str], cfg: TokenizerConfig) -> Tokenizer:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     chars: set[str] = set()
@@ -113,7 +115,7 @@ def build_char(texts: Iterator[str], cfg: Any) -> Tokenizer:
     return tok
 
 
-def build_byte(cfg: Any) -> Tokenizer:
+def build_byte(cfg: TokenizerConfig) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     specials = _specials(cfg)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from frontier.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from frontier.finetune.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ def _linear_names(lm: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def attach_lora(lm: nn.Module, cfg: Any) -> Any:
+def attach_lora(lm: nn.Module, cfg: FinetuneConfig) -> Any:
     """Wrap `lm` in a peft LoRA model (only the adapter trains); ConfigError for unknown targets.
 
     peft injects the LoRA layers into `lm` itself, so `lm` keeps working as the model to train

@@ -29,11 +29,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from frontier.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from frontier.config import Params
+    from frontier.train.config import TrainConfig
 
 log = logging.getLogger("frontier.finetune")
 
@@ -41,7 +45,7 @@ ADAPTER_DIR = "adapter"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def run_config(params: Any) -> Any:
+def run_config(params: Params) -> TrainConfig:
     """The TrainConfig the loop runs with: the train section's engine settings, finetune's budget."""
     ft, tc = params.finetune, params.train
     return dataclasses.replace(
@@ -67,7 +71,7 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def finetune(params: Any, base_model_dir: Path, sft_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
+def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
     """Stage: LoRA-tune `base_model_dir` on sft_dir/train.jsonl, score sft_dir/heldout.jsonl before and after."""
     from frontier.eval.generate import model_context
     from frontier.eval.model_io import load_tokenizer
@@ -189,7 +193,7 @@ def _export(
     out_dir: Path,
     peft_model: Any,
     engine: Any,
-    params: Any,
+    params: Params,
     base_model_dir: Path,
     logs_dir: Path,
     state: Any,

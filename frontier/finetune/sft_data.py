@@ -16,9 +16,13 @@ import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from frontier.errors import DataError
+
+if TYPE_CHECKING:
+    from frontier.config import Params
+    from frontier.finetune.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,9 @@ def _hash_fraction(digest: str) -> float:
     return int(digest[:13], 16) / 16**13
 
 
-def collect_pairs(prepared_dir: Path, cfg: Any) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, Any]]:
+def collect_pairs(
+    prepared_dir: Path, cfg: FinetuneConfig
+) -> tuple[list[dict[str, str]], list[dict[str, str]], dict[str, Any]]:
     """(train records, held-out records, stats) from the prepared documents under `cfg` filters."""
     stats: Counter[str] = Counter()
     unique: dict[str, dict[str, str]] = {}
@@ -128,7 +134,7 @@ def write_jsonl(path: Path, records: list[dict[str, str]]) -> None:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def build_sft_pairs(params: Any, prepared_dir: Path, out_dir: Path) -> dict:
+def build_sft_pairs(params: Params, prepared_dir: Path, out_dir: Path) -> dict:
     """Stage: write train.jsonl, heldout.jsonl and stats.json of prompt/response pairs to `out_dir`."""
     from frontier.provenance import record_stage
     from frontier.utils.atomic import atomic_dir, write_json

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +19,10 @@ from frontier.report.html import Raw, esc, fmt, image, kv_table, page, pre, tabl
 from frontier.report.plots import Series, dynamics_figure, loss_figure, read_csv
 from frontier.report.sysinfo import system_info
 from frontier.train.metrics import read_metrics
+
+if TYPE_CHECKING:
+    from frontier.config import Params
+    from frontier.report.config import ReportConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ def _curves(run_dir: Path) -> tuple[Series, Series | None]:
     return read_csv(train_csv, ("step", "loss")), val
 
 
-def _finetune(ft: dict[str, Any], ft_dir: Path, cfg: Any) -> str:
+def _finetune(ft: dict[str, Any], ft_dir: Path, cfg: ReportConfig) -> str:
     base, tuned = ft.get("base_heldout_loss"), ft.get("finetuned_heldout_loss")
     parts = []
     if isinstance(base, (int, float)) and isinstance(tuned, (int, float)):
@@ -137,7 +141,7 @@ def _compare_evals(base: dict[str, Any], tuned: dict[str, Any]) -> str:
 
 
 def build_report(
-    params: Any,
+    params: Params,
     train_dir: Path,
     eval_dir: Path,
     out_dir: Path,

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
@@ -41,6 +41,9 @@ import torch
 from frontier.errors import ConfigError
 from frontier.train.distributed import DistInfo, all_reduce_sum
 from frontier.utils.atomic import write_json
+
+if TYPE_CHECKING:
+    from frontier.train.config import TrainConfig
 
 log = logging.getLogger("frontier.train")
 
@@ -58,7 +61,7 @@ class Split:
     chosen_by: str  # "params", "cpu budget", "cuda probe" or "recorded"
 
 
-def global_batch(cfg: Any, world_size: int) -> int:
+def global_batch(cfg: TrainConfig, world_size: int) -> int:
     """The run's global batch: global_batch_size under auto, else micro x accumulation x ranks."""
     if cfg.micro_batch_size == "auto":
         return int(cfg.global_batch_size)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from frontier.errors import ConfigError
+
+if TYPE_CHECKING:
+    from frontier.train.config import MonitorConfig
 
 PACKAGES = {"dvclive": "dvclive", "mlflow": "mlflow", "wandb": "wandb"}
 
@@ -37,7 +40,7 @@ def _require(name: str) -> Any:
 
 
 class DVCLiveTracker:
-    def __init__(self, cfg: Any, run_id: str, resume: bool) -> None:
+    def __init__(self, cfg: MonitorConfig, run_id: str, resume: bool) -> None:
         dvclive = _require("dvclive")
         # DVCLive declares its metrics and plots in <dir>/dvc.yaml, which DVC reads like any dvc.yaml. Never
         # the project's own dvc.yaml (DVCLive's default): that one is generated from frontier/pipeline.py.
@@ -57,7 +60,7 @@ class DVCLiveTracker:
 
 
 class MLflowTracker:
-    def __init__(self, cfg: Any, run_id: str, logs_dir: Path) -> None:
+    def __init__(self, cfg: MonitorConfig, run_id: str, logs_dir: Path) -> None:
         mlflow = _require("mlflow")
         self.mlflow = mlflow
         if cfg.mlflow_tracking_uri is None:  # MLflow 3 wants this opt-in for its (still supported) file store
@@ -79,7 +82,7 @@ class MLflowTracker:
 
 
 class WandbTracker:
-    def __init__(self, cfg: Any, run_id: str, logs_dir: Path) -> None:
+    def __init__(self, cfg: MonitorConfig, run_id: str, logs_dir: Path) -> None:
         wandb = _require("wandb")
         logs_dir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
@@ -94,7 +97,7 @@ class WandbTracker:
         self.run.finish()
 
 
-def open_trackers(cfg: Any, run_id: str, logs_dir: Path, resume: bool) -> list[Tracker]:
+def open_trackers(cfg: MonitorConfig, run_id: str, logs_dir: Path, resume: bool) -> list[Tracker]:
     """The trackers `cfg.trackers` names (a MonitorConfig), opened for this run."""
     out: list[Tracker] = []
     for name in cfg.trackers:
