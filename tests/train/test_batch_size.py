@@ -166,16 +166,23 @@ def test_no_micro_batch_fitting_the_device_is_one_clear_error() -> None:
 
 @pytest.mark.gpu
 def test_the_probe_on_a_real_device_finds_where_memory_ends() -> None:
-    """A real forward + backward per candidate: with the device nearly filled by the reservation, large
-    micro-batches run out of memory and the probe settles on a smaller one that really runs."""
+    """A real forward + backward per candidate: with this process capped at its weights, the reservation and
+    about 40 samples' activations, large micro-batches run out of memory and the probe settles on a smaller
+    one that really runs. The cap (not a tensor filling the device) keeps the out-of-memory errors in this
+    process: other tests share the GPU at the same time (pytest -n)."""
     module = _module("model.max_seq_len=512").cuda()
     seq_len, options = 512, bs.candidates(4096, 1)
-    free, _ = torch.cuda.mem_get_info()
     one = bs.activation_bytes_per_sample(module, seq_len, VOCAB)
-    reserve = free - 40 * one  # room for about 40 samples' activations besides the reservation
-    chosen = bs.probe(bs.cuda_step(module, seq_len, VOCAB, reserve), options, (torch.OutOfMemoryError,))
-    assert 1 <= chosen < 4096 and chosen in options
-    bs.cuda_step(module, seq_len, VOCAB, reserve)(chosen)  # it runs again
+    reserve = 64 * 2**20  # stands in for the engine's optimizer state
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = torch.cuda.memory_reserved() + reserve + 40 * one
+    torch.cuda.set_per_process_memory_fraction(cap / total)
+    try:
+        chosen = bs.probe(bs.cuda_step(module, seq_len, VOCAB, reserve), options, (torch.OutOfMemoryError,))
+        assert 1 <= chosen < 4096 and chosen in options
+        bs.cuda_step(module, seq_len, VOCAB, reserve)(chosen)  # it runs again
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
     assert all(p.grad is None for p in module.parameters())
 
 
