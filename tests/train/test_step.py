@@ -291,15 +291,21 @@ def test_cuda_step_never_synchronises(corpus):
         if "called a synchronizing CUDA operation" in str(message):  # where it came from, innermost last
             stacks.append([f"{f.filename}:{f.lineno}" for f in traceback.extract_stack()[:-1]])
 
-    for r in ready:
+    def watched(work) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = record  # restored by catch_warnings
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                log.add(run_step(engine, r.batches, info, gate, r.targets))
+                work()
             finally:
                 torch.cuda.set_sync_debug_mode("default")
+
+    watched(lambda: torch.ones(1, device="cuda").item())  # the control: a host read is seen
+    assert len(stacks) == 1, "the recorder missed a known synchronising call"
+    stacks.clear()
+    for r in ready:
+        watched(lambda r=r: log.add(run_step(engine, r.batches, info, gate, r.targets)))
     ours = [stack[-6:] for stack in stacks if not any(_in_model(frame) for frame in stack)]
     assert ours == [], "synchronising calls in the step:\n" + "\n\n".join("\n".join(s) for s in ours)
     assert all(r.finite for r in log.read())
