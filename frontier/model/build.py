@@ -20,6 +20,11 @@ from frontier.model.presets import resolve
 log = logging.getLogger("frontier.model")
 
 
+# model.mlp_activation -> transformers' ACT2FN name. gelu_pytorch_tanh is GPT-2's gelu_new formula in one
+# fused torch op (forward and backward); gelu is the exact erf GELU.
+_GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+
+
 def hf_config(cfg: ModelConfig, vocab_size: int, *, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> Any:
     """The transformers config of `cfg` (preset resolved) for a `vocab_size`-token vocabulary."""
     from transformers import GPT2Config, LlamaConfig
@@ -53,6 +58,7 @@ def hf_config(cfg: ModelConfig, vocab_size: int, *, bos_id: int | None, eos_id: 
         n_head=cfg.num_heads,
         n_inner=cfg.intermediate_size,
         n_positions=cfg.max_seq_len,
+        activation_function=_GPT2_ACTIVATIONS[cfg.mlp_activation or "gelu_tanh"],
         resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
@@ -60,3 +62,55 @@ def test_init_from_errors(tmp_path):
     build_model(LLAMA, 70).save_pretrained(tmp_path / "hf")
     with pytest.raises(ConfigError, match="has 70 embedding rows but the tokens use a 100-token vocabulary"):
         build_model(ModelConfig(init_from=str(tmp_path / "hf")), 100)
+
+
+GPT2 = ModelConfig(arch="gpt2", hidden_size=32, num_layers=2, num_heads=4, max_seq_len=16)
+
+
+def _gpt2_with(activation_function: str) -> GPT2LMHeadModel:
+    """GPT2's model with its MLP activation set to transformers' `activation_function`."""
+    from frontier.model.build import hf_config
+
+    config = hf_config(GPT2, 50, bos_id=None, eos_id=None, pad_id=None)
+    config.activation_function = activation_function
+    return GPT2LMHeadModel(config)
+
+
+def test_gpt2_default_activation_is_gpt2s_gelu_new_in_one_fused_op():
+    torch.manual_seed(0)
+    model = build_model(GPT2, 50)
+    assert model.config.activation_function == "gelu_pytorch_tanh"
+    assert type(model.transformer.h[0].mlp.act).__name__ == "GELUTanh"
+    reference = _gpt2_with("gelu_new")  # GPT-2's own activation, same init
+    reference.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 50, (3, 16))
+    out, ref = model(ids, labels=ids), reference(ids, labels=ids)
+    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
+    out.loss.backward()
+    ref.loss.backward()
+    for (name, a), (_, b) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gpt2_exact_gelu_is_nanogpts_and_differs_from_tanh():
+    exact = build_model(dataclasses.replace(GPT2, mlp_activation="gelu"), 50)
+    assert exact.config.activation_function == "gelu"
+    x = torch.linspace(-4, 4, 101)
+    act = exact.transformer.h[0].mlp.act
+    torch.testing.assert_close(act(x), torch.nn.functional.gelu(x), rtol=0, atol=0)
+    assert (act(x) - torch.nn.functional.gelu(x, approximate="tanh")).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.arch=llama", "model.mlp_activation=gelu"], r"model\.mlp_activation: 'gelu' applies to arch gpt2 only"),
+        (["model.arch=gpt2", "model.mlp_activation=relu"], r"model\.mlp_activation"),
+        (["model.arch=gpt2", "model.mlp_activation=GELU"], r"model\.mlp_activation"),
+    ],
+)
+def test_mlp_activation_errors_name_the_key(overrides, message):
+    from frontier.config import load_params
+
+    with pytest.raises(ConfigError, match=message):
+        load_params(None, overrides)
