@@ -1,9 +1,11 @@
 """The finetune stage (LoRA / QLoRA on prompt/response pairs) and merging an adapter into its base.
 
-The run is the pre-training machinery with another model and other batches: the same DeepSpeed
-engine (frontier.train.engine), loss module (frontier.model.loss), optimizer groups, training loop
-with its NaN guard, checkpoints, resume and stop signals (frontier.train.loop, .checkpoint), and
-monitoring (TensorBoard, CSV logs, alerts). Engine settings (precision, ZeRO stage, clipping,
+The run is the pre-training machinery with another model and other batches, assembled by the same
+code (frontier.train.wiring): the DeepSpeed engine, loss module (frontier.model.loss), optimizer
+groups (the adapter's: the base is frozen), training loop with its NaN guard, checkpoints, resume
+and stop signals (frontier.train.loop, .checkpoint), and monitoring (TensorBoard, CSV logs,
+alerts). What is finetune's own: the base and its adapter, the pairs' batches, the held-out score
+before and after, and the adapter's export. Engine settings (precision, ZeRO stage, clipping,
 activation checkpointing, compile, monitoring) come from the train section; the step budget, batch
 size, learning rate and warmup from the finetune section. The fused kernels are swapped in as in
 pre-training (frontier.model.kernels; they call the projection modules, so the adapter's layers stay
@@ -72,28 +74,21 @@ def _copy_tokenizer(src: Path, dst: Path) -> None:
 
 
 def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
-    """Stage: LoRA-tune `base_model_dir` on sft_dir/train.jsonl, score sft_dir/heldout.jsonl before and after."""
+    """Stage: LoRA-tune `base_model_dir` on sft_dir/train.jsonl, score sft_dir/heldout.jsonl before and after.
+
+    The train stage's assembly (frontier.train.wiring) with a base model and its adapter, the pairs'
+    batches and finetune's optimizer settings; only the adapter is trainable."""
     from frontier.eval.generate import model_context
     from frontier.eval.model_io import load_tokenizer
     from frontier.finetune.adapter import attach_lora, load_base, trainable_parameters
     from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records
     from frontier.model.flops import model_flops_per_token
-    from frontier.model.kernels import apply_kernels
     from frontier.model.loss import CausalLMWithLoss
-    from frontier.train.checkpoint import CheckpointStore
-    from frontier.train.data import Layout, TrainBatches
-    from frontier.train.distributed import init_distributed
-    from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import make_engine
-    from frontier.train.loop import LoopParts, Trainer
-    from frontier.train.metrics import device_peak_flops
-    from frontier.train.monitor import RunMonitor
-    from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.run import run_params, seed_all, setup_logging
+    from frontier.train.data import TrainBatches
+    from frontier.train.run import run_params, seed_all
     from frontier.train.schedule import LRSchedule
-    from frontier.train.stability import StepGate
-    from frontier.train.state import TrainerState
     from frontier.train.step import evaluate
+    from frontier.train.wiring import assemble, prepare_model, start_ranks
 
     ft = params.finetune
     if params.kernels.fused_linear_cross_entropy and "lm_head" in ft.target_modules:
@@ -104,8 +99,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     base_model_dir, sft_dir = Path(base_model_dir), Path(sft_dir)
     out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
     cfg = run_config(params)
-    info = init_distributed()
-    setup_logging(info.rank)
+    info = start_ranks()
 
     tokenizer = load_tokenizer(base_model_dir)
     seed_all(params.seed)  # the same LoRA initialisation on every rank
@@ -115,57 +109,36 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     train_examples = encode_all(tokenizer, read_records(sft_dir / "train.jsonl", tokenizer), max_len, sft_dir)
     held_examples = encode_all(tokenizer, read_records(sft_dir / "heldout.jsonl", tokenizer), max_len, sft_dir)
 
-    apply_kernels(lm, params.kernels)
-    if cfg.activation_checkpointing:  # train's engine setting, as precision and ZeRO stage
-        from frontier.model.checkpointing import enable_activation_checkpointing
-
-        enable_activation_checkpointing(lm)
+    lm = prepare_model(lm, params, cfg)  # train's engine settings (activation checkpointing), as precision
     peft_model = attach_lora(lm, ft)  # injects the adapter into `lm` in place
     trainable, total = trainable_parameters(lm)
     log.info("finetune: %d trainable of %d parameters (LoRA r=%d on %s)", trainable, total, ft.r, ft.target_modules)
     module = CausalLMWithLoss(lm, params.kernels)
     opt_cfg = dataclasses.replace(params.optimizer, lr=ft.lr, weight_decay=ft.weight_decay)
-    optimizer = build_client_optimizer(module, opt_cfg)
-    gate = StepGate(optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
-    if cfg.compile:  # train's engine setting, as activation checkpointing
-        from frontier.model.compile import compile_for_training
+    wiring = assemble(module, cfg, opt_cfg, info, seed=params.seed)  # compile too: train's engine setting
 
-        compile_for_training(module, zero_stage=cfg.zero_stage)
-    seed_all(params.seed + 1000 * info.rank)
-
-    layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)
+    layout = wiring.layout
     heldout = eval_batches(held_examples, layout, pad_id)
     with peft_model.disable_adapter():  # the base model, whatever state a resume brings
-        base_loss = evaluate(engine, heldout, info)
+        base_loss = evaluate(wiring.engine, heldout, info)
 
     # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
     weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
     ft_run = run_params(params, weights, sections=("finetune",), global_batch=layout.global_batch)
-    store = CheckpointStore(checkpoints_dir, info, run_params=ft_run)
-    state, start = store.begin(cfg.resume, engine, TrainerState(seed=params.seed, world_size=info.world_size))
-    if start is not None:
-        log.info("finetune: resumed from %s at step %d", start, state.step)
+    begun = wiring.begin(checkpoints_dir, ft_run, seed=params.seed)
+    if begun.start is not None:
+        log.info("finetune: resumed from %s at step %d", begun.start, begun.state.step)
     schedule_cfg = dataclasses.replace(params.schedule, warmup_steps=ft.warmup_steps)
-    parts = LoopParts(
-        cfg=cfg,
-        info=info,
-        engine=engine,
-        gate=gate,
-        store=store,
-        batches=TrainBatches(ExampleSampler(train_examples, params.seed, pad_id), layout),
-        val=heldout,
-        schedule=LRSchedule(schedule_cfg, ft.lr, cfg.max_steps),
-        monitor=RunMonitor(cfg, checkpoints_dir / "logs", info, state),
+    trainer = wiring.run(
+        begun,
+        TrainBatches(ExampleSampler(train_examples, params.seed, pad_id), layout),
+        heldout,
+        LRSchedule(schedule_cfg, ft.lr, cfg.max_steps),
         seq_len=max(e.input_ids.size for e in train_examples),
         flops_per_token=model_flops_per_token(lm, max_len),
-        peak_flops=(cfg.monitor.peak_tflops * 1e12)
-        if cfg.monitor.peak_tflops
-        else device_peak_flops(info.device, cfg.precision),
     )
-    trainer = Trainer(parts, state, saved_step=state.step if start is not None else None)
-    state = trainer.run()
-    tuned_loss = evaluate(engine, heldout, info)
+    state = trainer.state
+    tuned_loss = evaluate(wiring.engine, heldout, info)
 
     metrics = {
         "base_heldout_loss": base_loss,
@@ -185,7 +158,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         "train_time_s": state.wall_seconds,
     }
     log.info("finetune: held-out loss %.4f -> %.4f", base_loss, tuned_loss)
-    _export(out_dir, peft_model, engine, params, base_model_dir, checkpoints_dir / "logs", state, metrics, info)
+    _export(out_dir, peft_model, wiring.engine, params, base_model_dir, begun.logs_dir, state, metrics, info)
     return metrics
 
 

@@ -5,7 +5,9 @@ Snakemake and DVC call, once per rank under a launcher (deepspeed / torchrun / s
 frontier.train.distributed reads the rank from the environment). It resumes from
 checkpoints_dir by default (train.resume: auto), trains, and writes out_dir atomically
 (frontier.train.export). A stop signal saves a checkpoint and raises TrainingInterrupted
-(exit code 3); rerunning the same command resumes.
+(exit code 3); rerunning the same command resumes. What is the train stage's own is here (the model
+from params, the token batches, the run's identity, the micro-batch choice, the export); the engine,
+gate, checkpoint store, monitor and loop are assembled by frontier.train.wiring, as for finetune.
 """
 
 from __future__ import annotations
@@ -116,25 +118,15 @@ def _check(params: Params, seq_len: int, max_seq_len: int, device: torch.device)
 def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
     """Train per params; returns the final metrics (also in out_dir/metrics.json)."""
     from frontier.provenance import collect_provenance
-    from frontier.train.checkpoint import CheckpointStore
-    from frontier.train.data import Layout, TrainBatches, WindowSampler, val_batches
-    from frontier.train.distributed import init_distributed
-    from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import make_engine
+    from frontier.train.data import TrainBatches, WindowSampler, val_batches
     from frontier.train.export import export_run
-    from frontier.train.loop import LoopParts, Trainer
-    from frontier.train.metrics import device_peak_flops
-    from frontier.train.monitor import RunMonitor
-    from frontier.train.optimizer import build_client_optimizer
     from frontier.train.schedule import LRSchedule
-    from frontier.train.stability import StepGate
-    from frontier.train.state import TrainerState
+    from frontier.train.wiring import assemble, prepare_model, start_ranks
 
     tokens_dir, tokenizer_dir = Path(tokens_dir), Path(tokenizer_dir)
     out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
     cfg = params.train
-    info = init_distributed()
-    setup_logging(info.rank)
+    info = start_ranks()
     # what runs this training, taken now on this machine (a report rendered elsewhere shows this one)
     provenance = collect_provenance() if info.is_main else None
     train_tokens, val_tokens = _open_tokens(tokens_dir)
@@ -147,11 +139,7 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     max_seq_len = lm.config.max_position_embeddings if params.model.init_from else resolve(params.model).max_seq_len
     seq_len = cfg.seq_len or max_seq_len
     _check(params, seq_len, max_seq_len, info.device)
-    lm = _apply_kernels(lm, params)
-    if cfg.activation_checkpointing:
-        from frontier.model.checkpointing import enable_activation_checkpointing
-
-        enable_activation_checkpointing(lm)
+    lm = prepare_model(lm, params, cfg)
     n_params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
     flops_per_token = model_flops_per_token(lm, seq_len)
     module = CausalLMWithLoss(lm, params.kernels)
@@ -160,18 +148,10 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     split = split_batch(cfg, params.optimizer, module, seq_len, info, checkpoints_dir / "logs", identity)
     cfg = dataclasses.replace(cfg, micro_batch_size=split.micro_batch_size, grad_accum_steps=split.grad_accum_steps,
                               global_batch_size=None)  # fmt: skip
-    optimizer = build_client_optimizer(module, params.optimizer)
-    gate = StepGate(optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
-    if cfg.compile:
-        from frontier.model.compile import compile_for_training
+    wiring = assemble(module, cfg, params.optimizer, info, seed=params.seed)
 
-        compile_for_training(module, zero_stage=cfg.zero_stage)
-    seed_all(params.seed + 1000 * info.rank)  # distinct dropout streams per rank
-
-    store = CheckpointStore(checkpoints_dir, info, model=shape_signature(lm), run_params=identity)
-    fresh = TrainerState(seed=params.seed, world_size=info.world_size, model=store.model)
-    state, start = store.begin(cfg.resume, engine, fresh)
+    begun = wiring.begin(checkpoints_dir, identity, seed=params.seed, model=shape_signature(lm))
+    state, start = begun.state, begun.start
     if params.train.micro_batch_size == "auto" and info.is_main:  # after begin: a fresh run's archiving is done
         from frontier.train.batch_size import record_key, write_record
 
@@ -182,32 +162,24 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
             log.warning("seed changed from %d (checkpoint) to %d: the data order changes from here", state.seed,
                         params.seed)  # fmt: skip
             state.seed = params.seed
-    layout = Layout(cfg.micro_batch_size, cfg.grad_accum_steps, info.world_size, info.rank)
+    layout = wiring.layout
     if state.global_batch and state.global_batch != layout.global_batch:
         log.warning("global batch changed from %d (checkpoint) to %d: samples from step %d on differ from the "
                     "original run's", state.global_batch, layout.global_batch, state.step)  # fmt: skip
     val_sampler = WindowSampler(val_tokens, seq_len, params.seed + 1, cfg.document_aware) if cfg.eval_every else None
-    parts = LoopParts(
-        cfg=cfg,
-        info=info,
-        engine=engine,
-        gate=gate,
-        store=store,
-        batches=TrainBatches(WindowSampler(train_tokens, seq_len, params.seed, cfg.document_aware), layout),
-        val=val_batches(val_sampler, layout, cfg.eval_batches) if val_sampler else [],
-        schedule=LRSchedule(params.schedule, params.optimizer.lr, cfg.max_steps),
-        monitor=RunMonitor(cfg, checkpoints_dir / "logs", info, state),
+    trainer = wiring.run(
+        begun,
+        TrainBatches(WindowSampler(train_tokens, seq_len, params.seed, cfg.document_aware), layout),
+        val_batches(val_sampler, layout, cfg.eval_batches) if val_sampler else [],
+        LRSchedule(params.schedule, params.optimizer.lr, cfg.max_steps),
         seq_len=seq_len,
         flops_per_token=flops_per_token,
-        peak_flops=(cfg.monitor.peak_tflops * 1e12) if cfg.monitor.peak_tflops else device_peak_flops(
-            info.device, cfg.precision),
-    )  # fmt: skip
-    trainer = Trainer(parts, state, saved_step=state.step if start is not None else None)
-    state = trainer.run()
+    )
+    state, parts = trainer.state, trainer.p
     metrics = final_metrics(state, trainer.stop_reason, parts, n_params=n_params, matmul_params=matmul_parameters(lm))
     metrics["batch"] = dataclasses.asdict(split)  # machine-dependent under auto: run.json, not metrics.json
     export_run(
-        out_dir=out_dir, engine=engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
+        out_dir=out_dir, engine=wiring.engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
         logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info, provenance=provenance,
     )  # fmt: skip
     log.info("train: done (%s) at step %d; best val loss %s; model in %s", trainer.stop_reason, state.step,

@@ -1,0 +1,168 @@
+"""The one assembly of a run (frontier.train.wiring): both stages go through it, and its pieces work alone."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import frontier.finetune.lora
+import frontier.train.run
+import frontier.train.wiring
+from frontier.data.tokens import TokenShards
+from frontier.model.build import build_model
+from frontier.model.loss import CausalLMWithLoss
+from frontier.train.data import TrainBatches, WindowSampler
+from frontier.train.run import seed_all
+from frontier.train.schedule import LRSchedule
+from frontier.train.wiring import Wiring, assemble, prepare_model, start_ranks
+from tests.train.helpers import VOCAB, Corpus, params
+
+# What assembling a run takes: a stage that names one of these builds (part of) its own engine, gate,
+# store, monitor or loop instead of taking frontier.train.wiring's.
+ASSEMBLY = {
+    "init_distributed", "setup_logging", "apply_kernels", "_apply_kernels", "enable_activation_checkpointing",
+    "build_client_optimizer", "StepGate", "make_engine", "build_ds_config", "compile_for_training",
+    "CheckpointStore", "TrainerState", "LoopParts", "Trainer", "RunMonitor", "device_peak_flops",
+}  # fmt: skip
+
+
+def _names(module: object, skip: tuple[str, ...] = ()) -> set[str]:
+    """Every name a module's source imports or reads (functions' lazy imports included), but for the
+    functions named in `skip` (their names and bodies)."""
+    names: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.FunctionDef) and node.name in skip:
+            return
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            names.update(alias.asname or alias.name.rsplit(".", 1)[-1] for alias in node.names)
+        elif isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(Path(module.__file__).read_text(encoding="utf-8")))  # type: ignore[attr-defined]
+    return names
+
+
+def test_the_assembly_is_named_in_the_wiring_and_in_neither_stage() -> None:
+    """Static half of the proof: the wiring uses every piece of the assembly; train and finetune none of them
+    (run.py defines two helpers the wiring calls: those are the wiring's)."""
+    assert ASSEMBLY <= _names(frontier.train.wiring) | _names(frontier.train.run)
+    assert not ASSEMBLY & _names(frontier.finetune.lora)
+    assert not ASSEMBLY & _names(frontier.train.run, skip=("setup_logging", "_apply_kernels"))
+    for stage in (frontier.finetune.lora, frontier.train.run):
+        assert {"assemble", "begin", "run"} <= _names(stage)
+    assert "_apply_kernels" in _names(frontier.train.wiring) and "setup_logging" in _names(frontier.train.wiring)
+
+
+@pytest.fixture
+def builders(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
+    """The module each engine, checkpoint store and loop is built from, by what was built (the real ones run)."""
+    import frontier.train.checkpoint as checkpoint
+    import frontier.train.engine as engine
+    import frontier.train.loop as loop
+
+    calls: dict[str, list[str]] = {"engine": [], "store": [], "trainer": []}
+
+    def spy(kind: str, original: Callable[..., object]) -> Callable[..., object]:
+        def called(*args: object, **kwargs: object) -> object:
+            calls[kind].append(sys._getframe(1).f_globals["__name__"])
+            return original(*args, **kwargs)
+
+        return called
+
+    monkeypatch.setattr(engine, "make_engine", spy("engine", engine.make_engine))
+    monkeypatch.setattr(checkpoint.CheckpointStore, "__init__", spy("store", checkpoint.CheckpointStore.__init__))
+    monkeypatch.setattr(loop.Trainer, "__init__", spy("trainer", loop.Trainer.__init__))
+    yield calls
+
+
+def test_train_and_finetune_build_their_engine_store_and_loop_in_the_wiring(
+    tmp_path: Path, corpus: Corpus, builders: dict[str, list[str]]
+) -> None:
+    """Dynamic half: a real train and a real fine-tune each build one engine, one checkpoint store and one
+    loop, every one of them from frontier.train.wiring."""
+    from frontier.config import load_params
+    from frontier.finetune.lora import finetune
+    from frontier.finetune.sft_data import build_sft_pairs
+    from frontier.train.run import train
+    from tests.eval.tiny import trained_run
+    from tests.finetune.test_lora import FT_OVERRIDES
+    from tests.finetune.test_sft_data import MODULES, prepared_dir
+
+    ft_params = load_params(None, [*FT_OVERRIDES, "finetune.max_steps=2", "finetune.eval_every=0"])
+    build_sft_pairs(ft_params, prepared_dir(tmp_path / "prepared", MODULES), tmp_path / "sft")
+    base = trained_run()["out"] / "model"  # may train here (first use in the session): start counting after it
+    for kind in builders:
+        builders[kind].clear()
+
+    train(params("train.max_steps=2"), corpus.tokens, corpus.tokenizer, tmp_path / "out", tmp_path / "ckpt")
+    assert builders == {kind: ["frontier.train.wiring"] for kind in builders}
+    for kind in builders:
+        builders[kind].clear()
+    metrics = finetune(ft_params, base, tmp_path / "sft", tmp_path / "ft", tmp_path / "ft_ckpt")
+    assert builders == {kind: ["frontier.train.wiring"] for kind in builders}
+    assert metrics["steps"] == 2
+
+
+def _module(seed: int = 0) -> tuple[CausalLMWithLoss, torch.nn.Module]:
+    p = params()
+    seed_all(seed)
+    lm = prepare_model(build_model(p.model, VOCAB), p, p.train)
+    return CausalLMWithLoss(lm, p.kernels), lm
+
+
+def test_assemble_optimizes_only_the_trainable_parameters_and_reseeds_per_rank() -> None:
+    """A frozen base stays out of the optimizer; after the engine the RNG is the rank's own dropout stream."""
+    p = params()
+    info = start_ranks()
+    module, lm = _module()
+    lm.get_input_embeddings().weight.requires_grad_(False)  # the embedding (tied head) frozen, as a base is
+    wiring = assemble(module, p.train, p.optimizer, info, seed=7)
+    optimized = {id(q) for group in wiring.engine.optimizer.param_groups for q in group["params"]}
+    trainable = {id(q) for q in module.parameters() if q.requires_grad}
+    assert optimized == trainable and id(lm.get_input_embeddings().weight) not in optimized
+    drawn = torch.rand(4)
+    seed_all(7 + 1000 * info.rank)
+    assert torch.equal(drawn, torch.rand(4))
+    assert wiring.layout.global_batch == p.train.micro_batch_size * p.train.grad_accum_steps * info.world_size
+
+
+def _wired(overrides: tuple[str, ...] = ()) -> tuple[Wiring, object]:
+    p = params(*overrides)
+    info = start_ranks()
+    module, _ = _module()
+    return assemble(module, p.train, p.optimizer, info, seed=p.seed), p
+
+
+def _run(wiring: Wiring, p: object, corpus: Corpus, ckpt: Path, identity: dict[str, object]) -> object:
+    begun = wiring.begin(ckpt, identity, seed=p.seed)  # type: ignore[attr-defined]
+    batches = TrainBatches(WindowSampler(TokenShards(corpus.tokens / "train"), 16, 0, False), wiring.layout)
+    schedule = LRSchedule(p.schedule, p.optimizer.lr, wiring.cfg.max_steps)  # type: ignore[attr-defined]
+    trainer = wiring.run(begun, batches, [], schedule, seq_len=16, flops_per_token=1.0)
+    return begun, trainer
+
+
+def test_begin_resumes_a_run_of_the_same_identity_and_restarts_a_changed_one(tmp_path: Path, corpus: Corpus) -> None:
+    wiring, p = _wired(("train.max_steps=2",))
+    begun, trainer = _run(wiring, p, corpus, tmp_path / "ckpt", {"run": 1})
+    assert begun.start is None and begun.state.seed == p.seed and begun.logs_dir == tmp_path / "ckpt" / "logs"
+    assert trainer.state.step == 2 and trainer.stop_reason == "max_steps"
+    assert (tmp_path / "ckpt" / "step_00000002").is_dir() and (tmp_path / "ckpt" / "logs" / "train.csv").is_file()
+
+    wiring, p = _wired(("train.max_steps=3",))
+    again, trainer = _run(wiring, p, corpus, tmp_path / "ckpt", {"run": 1})
+    assert again.start == tmp_path / "ckpt" / "step_00000002" and again.state.run_id == begun.state.run_id
+    assert trainer.state.step == 3
+
+    wiring, p = _wired(("train.max_steps=2",))
+    other = wiring.begin(tmp_path / "ckpt", {"run": 2}, seed=p.seed)
+    assert other.start is None and other.state.step == 0 and other.state.run_id != begun.state.run_id
