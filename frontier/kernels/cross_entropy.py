@@ -33,6 +33,7 @@ the host would cost a device sync every step). Losses are fp32 whatever the logi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.library import wrap_triton
 
 from frontier.kernels.dispatch import empty_output, resolve_impl
@@ -57,18 +58,18 @@ def cross_entropy_reference(
 ) -> torch.Tensor:
     """The loss in PyTorch, computed in fp32 (fp64 stays fp64) with the same conventions as the kernel.
 
-    Equals ``F.cross_entropy(logits.float(), targets, ...)`` plus ``z_loss * logsumexp^2`` per valid row.
+    ``F.cross_entropy(logits.float(), targets, reduction="none", ...)`` (torch's fused log-softmax + NLL, about
+    half the time of a logsumexp-and-gather formula on the CPU, backward included) plus
+    ``z_loss * logsumexp^2`` per valid row, reduced as the kernel reduces.
     """
     x = logits.float() if logits.dtype != torch.float64 else logits  # (N, V)
-    lse = torch.logsumexp(x, dim=-1)  # (N,)
+    loss = F.cross_entropy(
+        x, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction="none"
+    )  # (N,): 0 on ignored rows
     valid = targets != ignore_index
-    safe_targets = torch.where(valid, targets, 0)
-    loss = lse - (1.0 - label_smoothing) * x.gather(1, safe_targets[:, None])[:, 0]
-    if label_smoothing:
-        loss = loss - label_smoothing * x.mean(dim=-1)
     if z_loss:
-        loss = loss + z_loss * lse * lse
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
+        lse = torch.logsumexp(x, dim=-1)  # (N,)
+        loss = loss + z_loss * torch.where(valid, lse * lse, torch.zeros_like(lse))
     return _reduce(loss, valid, reduction)
 
 

@@ -7,7 +7,6 @@ import zlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from frontier.kernels.cross_entropy import cross_entropy, cross_entropy_reference, launch_cross_entropy
 from frontier.kernels.dispatch import KernelUnavailableError
@@ -94,17 +93,36 @@ def test_online_softmax_is_stable_when_the_max_comes_late() -> None:
     check_against_reference(kernel, reference, leaves(logits))
 
 
-def test_reference_is_pytorch_cross_entropy_plus_z_loss() -> None:
-    logits, targets = _inputs(6, 50, torch.float64, ignore_every=3)
-    for reduction in ("mean", "sum", "none"):
-        for smoothing in (0.0, 0.3):
-            ours = cross_entropy_reference(logits, targets, label_smoothing=smoothing, reduction=reduction)
-            torch_ce = F.cross_entropy(logits, targets, label_smoothing=smoothing, reduction=reduction)
-            torch.testing.assert_close(ours, torch_ce, rtol=1e-12, atol=1e-12)
-    with_z = cross_entropy_reference(logits, targets, z_loss=0.01, reduction="none")
+def _loss_by_formula(logits, targets, smoothing=0.0, z_loss=0.0):
+    """Per-row loss written out: lse - (1 - s) x[t] - s mean(x) + z lse^2, 0 on ignored rows."""
+    lse = torch.logsumexp(logits, -1)
     valid = targets != IGNORE
-    expected = F.cross_entropy(logits, targets, reduction="none") + 0.01 * torch.logsumexp(logits, -1) ** 2 * valid
-    torch.testing.assert_close(with_z, expected, rtol=1e-12, atol=1e-12)
+    picked = logits.gather(1, torch.where(valid, targets, 0)[:, None])[:, 0]
+    rows = lse - (1 - smoothing) * picked - smoothing * logits.mean(-1) + z_loss * lse * lse
+    return torch.where(valid, rows, torch.zeros_like(rows)), valid
+
+
+def test_reference_equals_the_loss_written_out() -> None:
+    logits, targets = _inputs(6, 50, torch.float64, ignore_every=3)
+    for smoothing, z_loss in ((0.0, 0.0), (0.3, 0.0), (0.0, 0.01), (0.3, 0.01)):
+        rows, valid = _loss_by_formula(logits, targets, smoothing, z_loss)
+        expected = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / valid.sum()}
+        for reduction, want in expected.items():
+            ours = cross_entropy_reference(
+                logits, targets, label_smoothing=smoothing, z_loss=z_loss, reduction=reduction
+            )
+            torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
+    every_row_ignored = torch.full_like(targets, IGNORE)
+    assert cross_entropy_reference(logits, every_row_ignored).item() == 0.0  # not NaN (PyTorch's mean)
+
+
+def test_reference_gradient_equals_the_formulas() -> None:
+    logits, targets = _inputs(5, 40, torch.float64, ignore_every=2)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    cross_entropy_reference(a, targets, label_smoothing=0.2, z_loss=1e-3).backward()
+    rows, valid = _loss_by_formula(b, targets, 0.2, 1e-3)
+    (rows.sum() / valid.sum()).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_launcher_writes_every_output_element() -> None:
