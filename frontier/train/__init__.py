@@ -3,7 +3,8 @@
 Entry point: ``frontier.train.run.train(params, tokens_dir, tokenizer_dir, out_dir, checkpoints_dir)``
 (also ``python -m frontier.train``). Modules, one job each:
 
-  run          the stage: wires everything, resumes, exports
+  run          the stage: model, batches, run identity, micro-batch, export
+  wiring       the one assembly of a run (engine, gate, checkpoint store, monitor, loop), shared with finetune
   loop         steps, evaluation, checkpoints, signals, NaN rollback, early stopping
   step         one optimizer step with the global-batch loss normalisation; evaluation pass
   data         batches as a pure function of (seed, step, rank)

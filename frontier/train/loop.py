@@ -44,7 +44,7 @@ log = logging.getLogger("frontier.train")
 
 @dataclass
 class LoopParts:
-    """What the loop drives; built by frontier.train.run."""
+    """What the loop drives; built by frontier.train.wiring (for the train and finetune stages)."""
 
     cfg: TrainConfig
     info: DistInfo
