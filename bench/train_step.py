@@ -99,6 +99,11 @@ def load_case(name: str, overrides: Sequence[str] = ()) -> Case:
     path, vocab = CONFIGS[name]
     params = load_params(path, list(overrides))
     cfg = params.train
+    if cfg.micro_batch_size == "auto":  # the variants must step the same fixed batch
+        raise SystemExit(
+            f"{path}: train.micro_batch_size: auto: this benchmark times a fixed micro-batch; "
+            "pass --set train.micro_batch_size=N"
+        )
     return Case(
         name=name,
         params=params,

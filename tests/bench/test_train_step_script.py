@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "model.hidden_size=32",
@@ -83,3 +85,11 @@ def test_cli_writes_json(tmp_path: Path) -> None:
     assert [r["variant"] for r in report["results"]] == ["bare", "frontier"] and report["profiles"] == report[
         "probes"
     ] == []
+
+
+def test_auto_micro_batch_is_refused_with_the_key_named() -> None:
+    bench = _load()
+    auto = [*TINY, "train.micro_batch_size=auto", "train.global_batch_size=4"]
+    with pytest.raises(SystemExit, match=r"train\.micro_batch_size: auto: this benchmark times a fixed micro-batch"):
+        bench.load_case("llama_default", auto)
+    assert bench.load_case("llama_default", TINY).micro_batch == 2
