@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import psutil
 import torch
 
 from frontier.errors import ConfigError
-from frontier.train.distributed import DistInfo, all_reduce_sum
+from frontier.train.distributed import DistInfo, all_reduce_sum, ranks_on_this_node
 from frontier.utils.atomic import write_json
 
 if TYPE_CHECKING:
@@ -140,11 +139,6 @@ def activation_bytes_per_sample(module: torch.nn.Module, seq_len: int, vocab_siz
 def cpu_budget(ranks_here: int) -> int:
     """BUDGET_FRACTION of the available RAM, per rank of this node."""
     return int(psutil.virtual_memory().available * BUDGET_FRACTION / max(ranks_here, 1))
-
-
-def ranks_on_this_node(world_size: int) -> int:
-    # torchrun and DeepSpeed's launcher set LOCAL_WORLD_SIZE; without it, assume every rank is here
-    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
 
 
 def largest_within(estimate: MemoryEstimate, budget: int, options: list[int]) -> int:

@@ -56,6 +56,30 @@ def in_slurm_step(env: Mapping[str, str] | None = None) -> bool:
     return "SLURM_PROCID" in env and env.get("SLURM_STEP_ID", _SLURM_BATCH_STEP) not in (_SLURM_BATCH_STEP, "")
 
 
+def slurm_tasks_per_node(spec: str) -> list[int]:
+    """SLURM's compressed per-node task counts, one entry per node: "2(x3),1" -> [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in spec.split(","):
+        count, _, repeat = part.partition("(x")
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts
+
+
+def ranks_on_this_node(world_size: int, env: Mapping[str, str] | None = None) -> int:
+    """How many ranks share this machine: torchrun / DeepSpeed's LOCAL_WORLD_SIZE, Open MPI's local size, or
+    srun's per-node task counts at this node's index; `world_size` (every rank here) when none says."""
+    env = os.environ if env is None else env
+    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        if key in env:
+            return int(env[key])
+    if in_slurm_step(env) and "SLURM_STEP_TASKS_PER_NODE" in env:
+        per_node = slurm_tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])
+        node = int(env.get("SLURM_NODEID", 0))
+        if 0 <= node < len(per_node):
+            return per_node[node]
+    return world_size
+
+
 def _read_env() -> tuple[int, int, int]:
     for rank_key, size_key, local_key in _ENV_SCHEMES:
         if rank_key == "SLURM_PROCID" and not in_slurm_step():

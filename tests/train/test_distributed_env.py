@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from frontier.train.distributed import first_host, rendezvous_from_scheduler
+from frontier.train.distributed import first_host, ranks_on_this_node, rendezvous_from_scheduler, slurm_tasks_per_node
 
 
 @pytest.mark.parametrize(
@@ -28,3 +28,29 @@ def test_what_the_environment_sets_wins_and_multinode_mpi_needs_it() -> None:
     multi_node = {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
     assert rendezvous_from_scheduler(multi_node) == {}  # no safe guess: init_distributed says what to export
     assert rendezvous_from_scheduler({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("spec", "counts"), [("4", [4]), ("2(x3)", [2, 2, 2]), ("2(x3),1", [2, 2, 2, 1]), ("1,3(x2),2", [1, 3, 3, 2])]
+)
+def test_slurm_tasks_per_node_expands_the_compressed_form(spec: str, counts: list[int]) -> None:
+    assert slurm_tasks_per_node(spec) == counts
+
+
+_STEP = {"SLURM_PROCID": "3", "SLURM_NTASKS": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}
+
+
+@pytest.mark.parametrize(
+    ("env", "here"),
+    [
+        ({"LOCAL_WORLD_SIZE": "4", **_STEP}, 4),  # torchrun / deepspeed inside an allocation: theirs wins
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, 3),
+        ({**_STEP, "SLURM_NODEID": "1"}, 2),
+        ({**_STEP, "SLURM_NODEID": "3"}, 1),  # the last node holds one task
+        ({**_STEP, "SLURM_STEP_ID": "4294967294", "SLURM_NODEID": "3"}, 7),  # an sbatch script is no task
+        ({**_STEP, "SLURM_NODEID": "9"}, 7),  # a node index outside the list: assume every rank is here
+        ({}, 7),
+    ],
+)
+def test_ranks_on_this_node_reads_the_launcher(env: dict[str, str], here: int) -> None:
+    assert ranks_on_this_node(7, env) == here
