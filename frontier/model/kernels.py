@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -161,10 +162,33 @@ def frontier_attention_forward(
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
 
 
-# Document ids of the position_ids tensor a forward hands to every layer: finding them reads the device
-# once (is anything packed?), so they are found once per forward, not once per layer (and recompute).
-# One entry per thread: the last tensor seen (held weakly), its version and the batch size it was expanded to.
+# Document ids of the position_ids tensor a forward hands to every layer. Without a word from the caller,
+# finding them reads the device once (is anything packed?), so they are found once per forward, not once per
+# layer (and recompute). One entry per thread: the last tensor seen (held weakly), its version and the batch
+# size it was expanded to.
 _LAST_DOC_IDS = threading.local()
+# What the caller of this thread's forward said about its positions (positions_from_caller): False, none
+# given (transformers' own 0..T-1: one document per row); True, packed-document positions; unset, unknown.
+_CALLER = threading.local()
+
+
+@contextmanager
+def positions_from_caller(packed: bool) -> Iterator[None]:
+    """Within the block this thread's forwards take their document ids from what the caller knows, with no
+    device read: not packed -> none (plain causal attention); packed -> from the positions, on the device."""
+    previous = getattr(_CALLER, "packed", None)
+    _CALLER.packed = packed
+    try:
+        yield
+    finally:
+        _CALLER.packed = previous
+
+
+def document_index(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, S) positions -> (B, S) document index: a new document wherever a position is not its left
+    neighbour's + 1 (transformers' packed-sequence rule), computed on the device without reading it."""
+    before = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1)  # (B, S): 1 inside a document
+    return (before != 1).cumsum(-1)
 
 
 def _doc_ids(position_ids: object, batch: int) -> torch.Tensor | None:
@@ -173,11 +197,15 @@ def _doc_ids(position_ids: object, batch: int) -> torch.Tensor | None:
         return None
     if torch.compiler.is_compiling():  # traced: no device read to save, and no Python cache in the graph
         return find_packed_sequence_indices(position_ids.expand(batch, -1))
+    packed = getattr(_CALLER, "packed", None)
+    if packed is False:
+        return None
     last = getattr(_LAST_DOC_IDS, "entry", None)
-    key = (position_ids._version, batch)
+    key = (position_ids._version, batch, packed)
     if last is not None and last[0]() is position_ids and last[1] == key:
         return last[2]
-    doc_ids = find_packed_sequence_indices(position_ids.expand(batch, -1))
+    expanded = position_ids.expand(batch, -1)
+    doc_ids = document_index(expanded) if packed else find_packed_sequence_indices(expanded)
     _LAST_DOC_IDS.entry = (weakref.ref(position_ids), key, doc_ids)
     return doc_ids
 

@@ -22,6 +22,7 @@ from torch import nn
 from frontier.kernels.config import KernelsConfig
 from frontier.kernels.cross_entropy import cross_entropy
 from frontier.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+from frontier.model.kernels import positions_from_caller
 
 IGNORE_INDEX = -100
 
@@ -48,6 +49,13 @@ class CausalLMWithLoss(nn.Module):
         flat_targets = targets.reshape(-1)  # (B*T,)
         # no cache: training never decodes, and transformers detects packed position_ids only without one
         lm_inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
+        if torch.compiler.is_compiling():  # a traced graph finds the documents itself (no device read there)
+            return self._loss(lm_inputs, flat_targets)
+        # eager: this call knows whether the rows are packed, so the attention need not read the device to ask
+        with positions_from_caller(packed=position_ids is not None):
+            return self._loss(lm_inputs, flat_targets)
+
+    def _loss(self, lm_inputs: dict[str, Any], flat_targets: torch.Tensor) -> torch.Tensor:
         if self.fused:
             hidden = self.lm.base_model(**lm_inputs).last_hidden_state  # (B, T, H)
             return fused_linear_cross_entropy(

@@ -200,3 +200,53 @@ def test_document_ids_are_found_once_per_forward(monkeypatch: pytest.MonkeyPatch
     before = len(calls)
     model(torch.cat([doc_a, doc_b], dim=1), position_ids=position_ids.clone(), use_cache=False)
     assert len(calls) == before + 1  # a new forward's positions are looked at again, once
+
+
+def test_a_caller_that_knows_its_positions_spares_the_device_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CausalLMWithLoss knows whether it was handed packed positions: the attention then never asks the device
+    import frontier.model.kernels as routing
+    from frontier.model.loss import CausalLMWithLoss
+
+    def no_read(p):
+        raise AssertionError("the attention read the device to find documents")
+
+    model = apply_kernels(tiny_llama(num_hidden_layers=2), ALL_TORCH)
+    loss_module = CausalLMWithLoss(model, ALL_TORCH)
+    doc_a, doc_b = _ids(1, 7, seed=2), _ids(1, 9, seed=3)
+    ids = torch.cat([doc_a, doc_b], dim=1)
+    position_ids = torch.cat([torch.arange(7), torch.arange(9)])[None]
+    packed = loss_module(ids[:, :-1], ids[:, 1:], position_ids[:, :-1])
+    plain = loss_module(ids[:, :-1], ids[:, 1:])
+    monkeypatch.setattr(routing, "find_packed_sequence_indices", no_read)
+    assert torch.equal(loss_module(ids[:, :-1], ids[:, 1:], position_ids[:, :-1]), packed)  # same documents
+    assert torch.equal(loss_module(ids[:, :-1], ids[:, 1:]), plain)
+    assert not torch.equal(packed, plain)  # the packed call really kept the two documents apart
+    with pytest.raises(AssertionError, match="read the device"):  # outside such a call: unknown, it asks
+        model(ids, position_ids=position_ids, use_cache=False)
+
+
+def test_the_callers_word_holds_only_inside_its_block() -> None:
+    import frontier.model.kernels as routing
+
+    positions = torch.cat([torch.arange(3), torch.arange(4)])[None]  # (1, 7): two documents
+    with routing.positions_from_caller(packed=False):
+        assert routing._doc_ids(positions, 1) is None  # the caller said: nothing packed
+        with pytest.raises(RuntimeError), routing.positions_from_caller(packed=True):
+            assert torch.equal(routing._doc_ids(positions, 2), torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2))
+            raise RuntimeError  # the block ends by an exception: the outer word comes back
+        assert routing._doc_ids(positions, 1) is None
+    assert torch.equal(routing._doc_ids(positions, 1), torch.tensor([[0, 0, 0, 1, 1, 1, 1]]))  # unknown: asks
+
+
+@pytest.mark.parametrize(
+    "rows", [[[0, 1, 2, 0, 1]], [[5, 6, 7, 8, 9]], [[0, 0, 0, 1, 2]], [[3, 4, 0, 1, 2], [0, 1, 2, 3, 4]]]
+)
+def test_document_index_agrees_with_transformers_rule(rows: list[list[int]]) -> None:
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    from frontier.model.kernels import document_index
+
+    positions = torch.tensor(rows)
+    theirs = find_packed_sequence_indices(positions)  # None: one document per row
+    ours = document_index(positions)
+    assert torch.equal(ours, torch.zeros_like(positions)) if theirs is None else torch.equal(ours, theirs)
