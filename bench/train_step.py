@@ -29,20 +29,20 @@ calling thread by a TorchFunctionMode, plus DeepSpeed's accelerator ``synchroniz
 step of each variant (after the timing) runs under torch.profiler and cProfile, and the ops and
 Python functions that the Frontier variants spend more self time in than the bare loop are listed.
 Nothing here asserts on timings.
+
+The case (config, model, batches) lives in bench/train_step_case.py, the profiles and isolated costs in
+bench/train_step_profile.py; this file holds the variants, the timing, the host-read count and the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import os
-import pstats
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,105 +59,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: frontier is imported from this checkout
-    sys.path.insert(0, str(REPO))
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+for _path in (REPO, BENCH):  # run as a script from anywhere: frontier from this checkout, then the siblings
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402  (after the environment switches above)
+from train_step_case import (  # noqa: E402
+    CONFIGS,
+    Case,
+    Variant,
+    _batch_to,
+    _device,
+    _module,
+    _sync,
+    _torch_adamw,
+    load_case,
+    make_batches,
+)
+from train_step_profile import _short, cumulative, diff, probe_overheads, python_profile, torch_profile  # noqa: E402
 
-# name -> (params file, vocabulary size). The char tokenizer of shakespeare_char gives 65 characters
-# plus its 4 specials (pad, bos, eos, unk); the default pipeline's BPE has tokenizer.vocab_size entries.
-CONFIGS: dict[str, tuple[Path, int | None]] = {
-    "llama_default": (REPO / "params.yaml", None),
-    "shakespeare_char": (REPO / "configs" / "shakespeare_char.yaml", 65 + 4),
-}
 VARIANTS = ("bare", "frontier", "ds_torch_adamw")
-_PAD, _BOS, _EOS = 0, 1, 2  # frontier's own tokenizers put the specials first (frontier.data.tokenizer)
-
-
-@dataclass
-class Variant:
-    name: str
-    step: Callable[[int], object]  # runs global batch `step index` (mod the pool) through one optimizer step
-    module: torch.nn.Module
-
-
-@dataclass
-class Case:
-    name: str
-    params: Any
-    vocab_size: int
-    seq_len: int
-    micro_batch: int
-    grad_accum: int
-
-
-def load_case(name: str, overrides: Sequence[str] = ()) -> Case:
-    from frontier.config import load_params
-    from frontier.model.presets import resolve
-
-    path, vocab = CONFIGS[name]
-    params = load_params(path, list(overrides))
-    cfg = params.train
-    if cfg.micro_batch_size == "auto":  # the variants must step the same fixed batch
-        raise SystemExit(
-            f"{path}: train.micro_batch_size: auto: this benchmark times a fixed micro-batch; "
-            "pass --set train.micro_batch_size=N"
-        )
-    return Case(
-        name=name,
-        params=params,
-        vocab_size=vocab or params.tokenizer.vocab_size,
-        seq_len=cfg.seq_len or resolve(params.model).max_seq_len,
-        micro_batch=cfg.micro_batch_size,
-        grad_accum=cfg.grad_accum_steps,
-    )
-
-
-def make_batches(case: Case, count: int, seed: int = 0) -> list[list[Any]]:
-    """`count` global batches (each a list of grad_accum micro-batches) of random tokens, no padding."""
-    from frontier.train.data import Batch
-
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        micro = []
-        for _ in range(case.grad_accum):
-            window = torch.randint(3, case.vocab_size, (case.micro_batch, case.seq_len + 1), generator=gen)
-            micro.append(Batch(input_ids=window[:, :-1].contiguous(), targets=window[:, 1:].contiguous()))
-        out.append(micro)
-    return out
-
-
-def _module(case: Case) -> torch.nn.Module:
-    """The module the train stage hands to DeepSpeed, freshly initialised from the config's seed."""
-    from frontier.model.build import build_model
-    from frontier.model.loss import CausalLMWithLoss
-    from frontier.train.run import _apply_kernels, seed_all
-
-    seed_all(case.params.seed)  # every variant starts from the same weights
-    lm = build_model(case.params.model, case.vocab_size, bos_id=_BOS, eos_id=_EOS, pad_id=_PAD)
-    lm = _apply_kernels(lm, case.params)
-    if getattr(case.params.train, "activation_checkpointing", False):  # as run.py does; off by default
-        from frontier.model.checkpointing import enable_activation_checkpointing
-
-        enable_activation_checkpointing(lm)
-    module = CausalLMWithLoss(lm, case.params.kernels)
-    module.train()
-    return module
-
-
-def _torch_adamw(module: torch.nn.Module, case: Case) -> torch.optim.Optimizer:
-    """torch's AdamW over frontier's param groups (same decay split), fused where torch has it."""
-    from frontier.train.optimizer import param_groups
-
-    o = case.params.optimizer
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(module, o)]
-    kwargs = dict(lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # a torch without the fused CPU kernel
-        return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
 def bare_variant(case: Case, batches: list[list[Any]]) -> Variant:
@@ -298,184 +221,6 @@ def count_host_reads(variant: Variant, index: int, steps: int) -> tuple[float, d
         accel.synchronize = synchronize
     _sync()
     return sum(callers.values()) / steps, dict(sorted(callers.items(), key=lambda kv: -kv[1]))
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if os.environ.get("DS_ACCELERATOR") == "cuda" else "cpu")
-
-
-def _sync() -> None:
-    if _device().type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _batch_to(batch: Any, device: torch.device) -> Any:
-    import dataclasses
-
-    moved = {f.name: getattr(batch, f.name).to(device) for f in dataclasses.fields(batch)
-             if torch.is_tensor(getattr(batch, f.name))}  # fmt: skip
-    return dataclasses.replace(batch, **moved)
-
-
-# -- profiling ---------------------------------------------------------------------------------------
-
-
-def torch_profile(variant: Variant, index: int, steps: int = 3) -> dict[str, dict[str, float]]:
-    """Per op name: self CPU ms and calls per step (mean over `steps` steps)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for k in range(steps):
-            variant.step(index + k)
-    out: dict[str, dict[str, float]] = {}
-    for evt in prof.key_averages():
-        out[evt.key] = {"self_ms": evt.self_cpu_time_total / 1e3 / steps, "calls": evt.count / steps}
-    return out
-
-
-def python_profile(variant: Variant, index: int, steps: int = 3) -> dict[str, dict[str, Any]]:
-    """Per Python function (file:line(name), repo-relative): self and cumulative ms and calls per step,
-    and the caller that spends the most in it (cProfile).
-
-    cProfile adds its own cost per call, so the absolute figures are inflated; the diff against the
-    bare loop (same instrumentation) is what locates the extra Python work.
-    """
-    prof = cProfile.Profile()
-    prof.enable()
-    for k in range(steps):
-        variant.step(index + k)
-    prof.disable()
-    stats = pstats.Stats(prof)
-    out: dict[str, dict[str, Any]] = {}
-    for func, (_cc, ncalls, tottime, cumtime, callers) in stats.stats.items():  # type: ignore[attr-defined]
-        top = max(callers.items(), key=lambda kv: kv[1][3], default=None)
-        out[_name(func)] = {
-            "self_ms": tottime * 1e3 / steps,
-            "cum_ms": cumtime * 1e3 / steps,
-            "calls": ncalls / steps,
-            "caller": _name(top[0]) if top else "",
-        }
-    return out
-
-
-def _name(func: tuple[str, int, str]) -> str:
-    filename, line, name = func
-    return f"{_short(filename)}:{line}({name})"
-
-
-def _short(filename: str) -> str:
-    for marker in ("site-packages/", str(REPO) + "/"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
-    return filename
-
-
-def diff(prof: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]], top: int) -> list[dict[str, Any]]:
-    """What the variant runs more often than the bare loop (or the bare loop never runs), ranked by the
-    self time above the bare loop's: an op both run equally often differs only by noise, not by design."""
-    rows = []
-    for key, v in prof.items():
-        b = base.get(key, {"self_ms": 0.0, "calls": 0.0})
-        extra = v["self_ms"] - b["self_ms"]
-        if extra > 0 and v["calls"] > b["calls"]:
-            row = {"name": key, "extra_ms": round(extra, 4), "self_ms": round(v["self_ms"], 4),
-                   "bare_ms": round(b["self_ms"], 4), "calls": v["calls"], "bare_calls": b["calls"]}  # fmt: skip
-            if "cum_ms" in v:
-                row.update(cum_ms=round(v["cum_ms"], 4), caller=v["caller"])
-            rows.append(row)
-    rows.sort(key=lambda r: -r["extra_ms"])
-    return rows[:top]
-
-
-def cumulative(prof: dict[str, dict[str, Any]], top: int) -> list[dict[str, Any]]:
-    """The functions with the most cumulative time per step (where a step's time goes, top-down)."""
-    rows = [{"name": k, "cum_ms": round(v["cum_ms"], 3), "self_ms": round(v["self_ms"], 3), "calls": v["calls"]}
-            for k, v in prof.items()]  # fmt: skip
-    rows.sort(key=lambda r: -r["cum_ms"])
-    return rows[:top]
-
-
-# -- isolated costs ----------------------------------------------------------------------------------
-
-
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    fn()  # first call: allocations, lazy state
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dict[str, float]:
-    """Median ms of each piece the Frontier step runs and the bare loop does not, timed alone on real grads.
-
-    The profiler diff says which pieces exist; these figures say what removing each would save per step
-    (the interleaved step medians are too noisy on a 2-core machine to resolve a few ms apiece).
-    """
-    from deepspeed.runtime.utils import clip_grad_norm_ as ds_clip_grad_norm_
-
-    from frontier.train.distributed import init_distributed
-    from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import clip_whole_grads, make_engine, whole_grads
-    from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.step import StepLog, StepResult
-
-    info = init_distributed()
-    module = _module(case)
-    optimizer = build_client_optimizer(module, case.params.optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(case.params.train, info.world_size))
-    bare_module = _module(case)
-    torch_opt = _torch_adamw(bare_module, case)
-    micro = batches[0]
-    whole = whole_grads(engine)
-    clip = whole.clip if whole is not None else case.params.train.grad_clip
-
-    def grads() -> None:  # real gradients of one step on both models (no optimizer update)
-        for m in (module, bare_module):
-            m.zero_grad(set_to_none=True)
-            for b in micro:
-                m(b.input_ids, b.targets).backward()
-
-    grads()
-    log = StepLog(info.device)
-    one = torch.ones((), dtype=torch.float64)
-    result = StepResult(loss=one, targets=1.0, grad_norm=one, skipped=one * 0)
-    out = {
-        "StepLog.add (train_one_step, every step)": _median_ms(lambda: log.add(result), reps),
-        "StepLog.add + read, a 1-step window (settle: log steps only)": _median_ms(
-            lambda: (log.add(result), log.read()), reps
-        ),
-        "Batch.num_targets per micro-batch (prefetch thread)": _median_ms(lambda: [b.num_targets for b in micro], reps),
-        # clip=0 would let the norm alone be timed; the run clips, so this is norm + clip
-        "clip_whole_grads: norm + clip, foreach (engine.py; ZeRO-0 fp32)": _median_ms(
-            lambda: clip_whole_grads(whole) if whole is not None else None, reps
-        ),
-        # what the step no longer runs at ZeRO-0 fp32 on one rank, for comparison (grads are rescaled by
-        # at most the clip coefficient between calls: the costs do not depend on the values)
-        "no longer run: DeepSpeed allreduce_gradients, 1 rank": _median_ms(engine.allreduce_gradients, reps),
-        "no longer run: DeepSpeed clip_fp32_gradients": _median_ms(
-            lambda: ds_clip_grad_norm_(parameters=engine.module.parameters(), max_norm=clip, mpu=engine.mpu), reps
-        ),
-    }
-    # zero_grad drops the grads, so each timing needs fresh ones
-    for label, zero in (
-        ("engine.zero_grad (WholeGrads: stored param list)", engine.zero_grad),
-        ("no longer run: DeepSpeed zero_grad (named_parameters walk)", lambda: type(engine).zero_grad(engine)),
-    ):
-        zg = []
-        for _ in range(max(reps // 4, 3)):
-            grads()
-            t0 = time.perf_counter()
-            zero()
-            zg.append(time.perf_counter() - t0)
-        out[label] = statistics.median(zg) * 1e3
-    grads()
-    # optimizer implementations on the same gradients (each updates its own copy of the weights)
-    out["optimizer step: frontier client optimizer"] = _median_ms(optimizer.step, reps)
-    out["optimizer step: torch AdamW (bare loop's)"] = _median_ms(torch_opt.step, reps)
-    return {k: round(v, 4) for k, v in out.items()}
 
 
 # -- driver ------------------------------------------------------------------------------------------
