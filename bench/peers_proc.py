@@ -19,7 +19,15 @@ def child_env(threads: int) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     # The test suite runs Triton kernels in its interpreter; a user's CPU run does not (kernels: auto -> torch)
     env.pop("TRITON_INTERPRET", None)
+    # Each measured process is a run of its own: no rank variables a launcher, or an earlier
+    # init_distributed in this process, left behind (a child would take itself for one of several ranks)
+    for key in _LAUNCHER_VARS:
+        env.pop(key, None)
     return env
+
+
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                  "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")  # fmt: skip
 
 
 def cpu_set(count: int) -> list[int] | None:

@@ -172,3 +172,16 @@ def test_tokens_per_s_needs_a_warm_up_and_enough_stamps() -> None:
         llama.tokens_per_s(stamps, 0, 3, 100)
     with pytest.raises(ValueError, match="need 5"):
         llama.tokens_per_s(stamps, 2, 3, 100)
+
+
+def test_a_measured_process_inherits_no_rank_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # init_distributed, run earlier in this process (as other tests do), leaves RANK/WORLD_SIZE behind:
+    # a measured child must not take itself for one of several ranks
+    proc = _load("peers_proc")
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "10.0.0.1",
+                       "MASTER_PORT": "29500", "LOCAL_WORLD_SIZE": "2"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    env = proc.child_env(2)
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"} & set(env)
+    assert (env["OMP_NUM_THREADS"], env["DS_ACCELERATOR"]) == ("2", "cpu")
+    assert os.environ["RANK"] == "0"  # this process's own environment is left alone
