@@ -133,11 +133,11 @@ def llama_data(work: Path, docs: int) -> tuple[Path, Path]:
 
 
 def llama_side(side: str, tokens: Path, tokenizer: Path, work: Path, *, warmup: int, steps: int, compile: bool,
-               overrides: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+               overrides: Sequence[str], profile_steps: int = 0) -> dict[str, Any]:  # fmt: skip
     out = work / "row.json"
     cmd = [sys.executable, str(BENCH / "peers_llama.py"), side, "--params", str(LLAMA_PARAMS), "--tokens", str(tokens),
            "--tokenizer", str(tokenizer), "--work", str(work), "--warmup", str(warmup), "--steps", str(steps),
-           "--json", str(out)]  # fmt: skip
+           "--profile-steps", str(profile_steps), "--json", str(out)]  # fmt: skip
     for item in overrides:
         cmd += ["--set", item]
     if compile:
@@ -149,14 +149,16 @@ def llama_side(side: str, tokens: Path, tokenizer: Path, work: Path, *, warmup: 
 
 
 def llama_pair(tokens: Path, tokenizer: Path, work: Path, *, compile: bool, warmup: int, steps: int, repeats: int,
-               overrides: Sequence[str], sides: Sequence[str] = ("frontier", "hf")) -> dict[str, Any]:  # fmt: skip
+               overrides: Sequence[str], sides: Sequence[str] = ("frontier", "hf"),
+               profile_steps: int = 0) -> dict[str, Any]:  # fmt: skip
     """Frontier and the Trainer, `repeats` times in alternating order; the median tokens/s of each."""
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for r in range(repeats):
         for side in sides if r % 2 == 0 else sides[::-1]:
             tag = f"{side}{'_compiled' if compile else ''}_{r}"
             runs[side].append(llama_side(side, tokens, tokenizer, work / tag, warmup=warmup, steps=steps,
-                                         compile=compile, overrides=overrides))  # fmt: skip
+                                         compile=compile, overrides=overrides,
+                                         profile_steps=profile_steps if r == 0 else 0))  # fmt: skip
     return {side: {"tokens_per_s": statistics.median(x["tokens_per_s"] for x in rs), "runs": rs}
             for side, rs in runs.items()}  # fmt: skip
 
@@ -322,7 +324,7 @@ def llama_blocks(args: argparse.Namespace, wanted: Sequence[str], plan: Mapping[
         pair, error = _attempt(key, partial(
             llama_pair, *paths, args.work / key, compile=compile, warmup=plan["warmup_steps"],
             steps=plan["timed_steps"], repeats=plan["repeats"], overrides=plan["overrides"],
-            sides=("hf",) if why else ("frontier", "hf"),
+            sides=("hf",) if why else ("frontier", "hf"), profile_steps=plan["profile_steps"],
         ))  # fmt: skip
         out[key] = pair if pair is not None else {"error": error}
         if why:
@@ -348,8 +350,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "timed_steps": q["steps"] if args.quick else args.llama_steps,
         "docs": q["docs"] if args.quick else args.llama_docs,
         "repeats": q["repeats"] if args.quick else args.repeats,
+        "profile_steps": min(args.profile_steps, 1) if args.quick else args.profile_steps,
     }
-    plan["overrides"] = schedule_fit(LLAMA_PARAMS, plan["warmup_steps"] + plan["timed_steps"] + 1)
+    total = plan["warmup_steps"] + plan["timed_steps"] + plan["profile_steps"] + 1
+    plan["overrides"] = schedule_fit(LLAMA_PARAMS, total)
     meta = machine_facts()
     settings = {"quick": args.quick, "rows": list(args.rows), "shakespeare_quick": quick_sh, "llama": plan,
                 "nanogpt": str(args.nanogpt) if args.nanogpt else None, "method": list(METHOD)}  # fmt: skip
@@ -386,6 +390,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         json.dumps(settings, indent=2),
         "```",
     ]
+    profiles = profile_report(report["results"])
+    if profiles:
+        lines += ["", "## Where a step's time goes (torch.profiler, CPU self time, steps after the timed ones)", "",
+                  *profiles]  # fmt: skip
     threads = thread_report(report["results"])
     if threads:
         lines += ["", "## Threads (as each process saw them)", "", *[f"- {t}" for t in threads]]
@@ -401,6 +409,20 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines += [f"| {c['setting']} | {c['nanogpt']} | {c['frontier']} | {_fmt(c['same'])} | {c['note']} |"
                   for c in check]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def profile_report(results: Mapping[str, Any], top: int = 6) -> list[str]:
+    """Per Llama row and side (its first process): ms per step, matmul and attention shares, the top ops."""
+    out = []
+    for key in ("llama", "llama_compiled"):
+        for side, pair in (results.get(key) or {}).items():
+            prof = (pair.get("runs") or [{}])[0].get("profile") if isinstance(pair, dict) else None
+            if not prof:
+                continue
+            ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in prof["top"][:top])
+            out.append(f"- {key} {side}: {prof['self_ms_per_step']:.0f} ms a step over {prof['steps']} steps; "
+                       f"matmuls {prof['matmul_share']:.0%}, attention {prof['attention_share']:.0%}; top: {ops}")  # fmt: skip
+    return out
 
 
 def thread_report(results: Mapping[str, Any]) -> list[str]:
@@ -429,12 +451,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="rehearsal: a few steps per row (about 2 minutes)")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     parser.add_argument("--repeats", type=int, default=2, help="Llama pairs, alternating order (median taken)")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=3,
+        help="Llama steps profiled after the timed ones, first process of each side (0: none)",
+    )
     parser.add_argument("--llama-warmup", type=int, default=20)
     parser.add_argument("--llama-steps", type=int, default=200)
     parser.add_argument("--llama-docs", type=int, default=300, help="prepare.max_docs of the Llama token data")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.llama_warmup < 1 or args.llama_steps < 1 or args.llama_docs < 1:
         parser.error("--repeats, --llama-warmup, --llama-steps and --llama-docs must be at least 1")
+    if args.profile_steps < 0:
+        parser.error("--profile-steps must be at least 0")
     if not args.data.is_file():
         parser.error(f"--data: {args.data} not found (tinyshakespeare.txt)")
     if args.nanogpt is None and "shakespeare" in args.rows:

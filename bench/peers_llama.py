@@ -1,7 +1,7 @@
 """One throughput row of bench/peers.py: Frontier's train stage or the Hugging Face Trainer on the same model.
 
     python bench/peers_llama.py {frontier,hf} --tokens DIR --tokenizer DIR --work DIR --json OUT
-        [--params params.yaml] [--set KEY=VALUE ...] [--warmup 20] [--steps 200] [--compile]
+        [--params params.yaml] [--set KEY=VALUE ...] [--warmup 20] [--steps 200] [--compile] [--profile-steps 0]
 
 Both sides train the model that params.yaml's model section describes (built by frontier.model.build,
 the same seed, fp32) on the same token windows in the same order: Frontier's own sampler
@@ -17,6 +17,9 @@ Each side runs with its documented defaults except what would add work the other
 * Trainer: SDPA attention, optim adamw_torch_fused (its default), the same lr / betas / eps / weight
   decay / clip / cosine schedule with warmup, save_strategy no, eval_strategy no, report_to none,
   no tqdm; logging_steps stays at its default (500).
+
+With --profile-steps N, N more steps after the timed ones run under torch.profiler (CPU self time per
+op): the row's "profile" says where a step's time goes, matrix multiplications and attention apart.
 
 The thread count is whatever OMP_NUM_THREADS says when torch is imported (bench/peers.py sets it per
 row); the row reports torch.get_num_threads() as this process saw it.
@@ -85,12 +88,51 @@ def _row(side: str, params: Any, step_tokens: int, stamps: list[float], warmup: 
     }
 
 
+# -- where the time goes -----------------------------------------------------------------------------
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+class StepProfile:
+    """torch.profiler over steps first .. first + count - 1 (1-based, as the loops count them)."""
+
+    def __init__(self, first: int, count: int) -> None:
+        self.first, self.count = first, count
+        self.prof: torch.profiler.profile | None = None
+
+    def begin(self, step: int) -> None:
+        if self.count and step == self.first and self.prof is None:  # once (a callback may repeat a step)
+            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.prof.start()
+
+    def end(self, step: int) -> None:
+        if self.prof is not None and step == self.first + self.count - 1:
+            self.prof.stop()
+
+    def summary(self, top: int = 10) -> dict[str, Any] | None:
+        """Self CPU ms per step in all, the shares of matmuls and attention, and the `top` ops."""
+        if self.prof is None:
+            return None
+        ops = [(e.key, e.self_cpu_time_total / 1e3 / self.count) for e in self.prof.key_averages()]  # ms/step
+        total = sum(ms for _, ms in ops)
+        matmul = sum(ms for key, ms in ops if key in MATMUL_OPS)
+        attention = sum(ms for key, ms in ops if "scaled_dot_product" in key or "flash_attention" in key)
+        ranked = sorted(ops, key=lambda kv: -kv[1])[:top]
+        return {
+            "steps": self.count,
+            "self_ms_per_step": total,
+            "matmul_share": matmul / total,
+            "attention_share": attention / total,
+            "top": [{"op": key, "ms_per_step": ms, "share": ms / total} for key, ms in ranked],
+        }
+
+
 # -- Frontier ----------------------------------------------------------------------------------------
 
 
 def frontier_row(
     params_path: Path, overrides: Sequence[str], tokens: Path, tokenizer: Path, work: Path,
-    *, warmup: int, steps: int, compile: bool,
+    *, warmup: int, steps: int, compile: bool, profile_steps: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Frontier's train stage (frontier.train.run.train, as `frontier train` calls it), step ends recorded."""
     from frontier.train import loop
@@ -98,7 +140,7 @@ def frontier_row(
 
     sets = [
         *overrides,
-        f"train.max_steps={warmup + steps + 1}",
+        f"train.max_steps={warmup + steps + profile_steps + 1}",
         "train.eval_every=0",
         "train.resume=none",
         "train.monitor.progress_bar=false",
@@ -112,11 +154,14 @@ def frontier_row(
         sets.append("train.compile=true")
     params = _load(params_path, sets)
     stamps: list[float] = []
+    profile = StepProfile(warmup + steps + 1, profile_steps)
     original = loop.Trainer.train_one_step
 
     def observed(self: Any) -> bool:  # the real step; only the time it returns is noted
+        profile.begin(len(stamps) + 1)
         stop = original(self)
         stamps.append(time.perf_counter())
+        profile.end(len(stamps))
         return stop
 
     loop.Trainer.train_one_step = observed  # type: ignore[method-assign]
@@ -130,6 +175,7 @@ def frontier_row(
     row["params"] = metrics["params"]
     row["final_loss"] = metrics["train_loss"]
     row["compile"] = compile
+    row["profile"] = profile.summary()
     return row
 
 
@@ -153,8 +199,9 @@ class StepWindows(torch.utils.data.IterableDataset):
 
 
 def hf_row(
-    params_path: Path, overrides: Sequence[str], tokens: Path, work: Path, *, warmup: int, steps: int, compile: bool
-) -> dict[str, Any]:
+    params_path: Path, overrides: Sequence[str], tokens: Path, work: Path, *, warmup: int, steps: int, compile: bool,
+    profile_steps: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """transformers.Trainer training the same model (SDPA attention) on the same windows."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -164,7 +211,7 @@ def hf_row(
     from frontier.train.data import Layout, TrainBatches, WindowSampler
     from frontier.train.run import seed_all
 
-    params = _load(params_path, [*overrides, f"train.max_steps={warmup + steps + 1}"])
+    params = _load(params_path, [*overrides, f"train.max_steps={warmup + steps + profile_steps + 1}"])
     cfg, opt = params.train, params.optimizer
     shards = TokenShards(tokens / "train")
     seq_len = cfg.seq_len or resolve(params.model).max_seq_len
@@ -175,10 +222,15 @@ def hf_row(
     batches = TrainBatches(WindowSampler(shards, seq_len, params.seed, cfg.document_aware),
                            Layout(cfg.micro_batch_size, cfg.grad_accum_steps, 1, 0))  # fmt: skip
     stamps: list[float] = []
+    profile = StepProfile(warmup + steps + 1, profile_steps)
 
     class Stamps(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            profile.begin(state.global_step + 1)
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             stamps.append(time.perf_counter())
+            profile.end(state.global_step)
 
     args = TrainingArguments(
         output_dir=str(work / "hf"),
@@ -211,6 +263,7 @@ def hf_row(
     row["compile"] = compile
     row["attn_implementation"] = lm.config._attn_implementation
     row["optim"] = str(args.optim)
+    row["profile"] = profile.summary()
     return row
 
 
@@ -225,11 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--profile-steps", type=int, default=0, help="steps profiled after the timed ones")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be at least 1")
-    common = dict(warmup=args.warmup, steps=args.steps, compile=args.compile)
+    if args.warmup < 1 or args.steps < 1 or args.profile_steps < 0:
+        parser.error("--warmup and --steps must be at least 1, --profile-steps at least 0")
+    common = dict(warmup=args.warmup, steps=args.steps, compile=args.compile, profile_steps=args.profile_steps)
     if args.side == "frontier":
         row = frontier_row(args.params, args.overrides, args.tokens, args.tokenizer, args.work, **common)
     else:

@@ -110,7 +110,16 @@ def test_quick_mode_measures_every_row(tmp_path: Path, capsys: pytest.CaptureFix
                 assert run["torch_threads"] == 2 and run["omp_num_threads"] == "2"
                 assert run["compile"] == (key == "llama_compiled")
                 assert run["timed_steps"] == peers.QUICK_LLAMA["steps"]
-                assert run["total_steps"] == peers.QUICK_LLAMA["warmup"] + peers.QUICK_LLAMA["steps"] + 1
+                profiled = 1 if run is runs[0] else 0  # --quick profiles one step, in each side's first process
+                assert run["total_steps"] == peers.QUICK_LLAMA["warmup"] + peers.QUICK_LLAMA["steps"] + profiled + 1
+                prof = run["profile"]
+                if profiled:  # one step after the timed ones, its ops with their self time
+                    assert prof["steps"] == 1 and prof["self_ms_per_step"] > 0
+                    assert 0 < prof["matmul_share"] < 1 and 0 <= prof["attention_share"] < 1
+                    assert any(o["op"] == "aten::mm" for o in prof["top"])
+                    assert sum(o["share"] for o in prof["top"]) <= 1 + 1e-9
+                else:
+                    assert prof is None
                 assert _close(run["tokens_per_s"], run["timed_steps"] * run["step_tokens"] / run["timed_seconds"])
             assert pair[side]["tokens_per_s"] == statistics.median(r["tokens_per_s"] for r in runs)
         hf_run = pair["hf"]["runs"][0]
@@ -126,7 +135,9 @@ def test_quick_mode_measures_every_row(tmp_path: Path, capsys: pytest.CaptureFix
 
     for r in report["table"]:
         assert r["row"] in printed
-    assert "| row | Frontier | peer | ratio | target | met? |" in json_file.with_suffix(".md").read_text()
+    md = json_file.with_suffix(".md").read_text()
+    assert "| row | Frontier | peer | ratio | target | met? |" in md
+    assert "## Where a step's time goes" in md and "- llama hf: " in md and "matmuls " in md
 
 
 def test_table_marks_missing_figures_not_available() -> None:
