@@ -118,8 +118,11 @@ class StepProfile:
         matmul = sum(ms for key, ms in ops if key in MATMUL_OPS)
         attention = sum(ms for key, ms in ops if "scaled_dot_product" in key or "flash_attention" in key)
         ranked = sorted(ops, key=lambda kv: -kv[1])[:top]
+        # a check on the window: each loop's optimizer step is one profiler event per step
+        optimizer_steps = sum(e.count for e in self.prof.key_averages() if e.key.startswith("Optimizer.step#"))
         return {
             "steps": self.count,
+            "optimizer_steps_seen": optimizer_steps,
             "self_ms_per_step": total,
             "matmul_share": matmul / total,
             "attention_share": attention / total,
