@@ -28,7 +28,6 @@ attention, whose mask builder detects the same restarting positions (create_caus
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -162,11 +161,11 @@ def frontier_attention_forward(
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
 
 
-# Document ids of the position_ids tensor a forward hands to every layer. Without a word from the caller,
-# finding them reads the device once (is anything packed?), so they are found once per forward, not once per
-# layer (and recompute). One entry per thread: the last tensor seen (held weakly), its version and the batch
-# size it was expanded to.
-_LAST_DOC_IDS = threading.local()
+# Document ids of the position_ids tensor a forward hands to every layer, decided once per tensor and kept on
+# it (an attribute): every layer of the forward, and every layer recomputed in backward under activation
+# checkpointing (possibly on autograd's device thread, after the caller's block has closed), gets the same
+# answer. Without a word from the caller, deciding reads the device once (is anything packed?).
+_DOC_IDS_ATTR = "_frontier_doc_ids"
 # What the caller of this thread's forward said about its positions (positions_from_caller): False, none
 # given (transformers' own 0..T-1: one document per row); True, packed-document positions; unset, unknown.
 _CALLER = threading.local()
@@ -192,21 +191,26 @@ def document_index(position_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _doc_ids(position_ids: object, batch: int) -> torch.Tensor | None:
-    """(B, S) document index per token from positions that restart per packed document; None if unpacked."""
+    """(B, S) document index per token from positions that restart per packed document; None if unpacked.
+
+    Packed positions the caller vouched for always get an index (the kernel's document mask), even a window
+    inside one long document: telling that apart would read the device.
+    """
     if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2:
         return None
-    if torch.compiler.is_compiling():  # traced: no device read to save, and no Python cache in the graph
+    if torch.compiler.is_compiling():  # traced: no device read to save, and no Python state in the graph
         return find_packed_sequence_indices(position_ids.expand(batch, -1))
+    key = (position_ids._version, batch)
+    decided = getattr(position_ids, _DOC_IDS_ATTR, None)
+    if decided is not None and decided[0] == key:  # this forward's earlier layers, or its recompute
+        return decided[1]
     packed = getattr(_CALLER, "packed", None)
-    if packed is False:
-        return None
-    last = getattr(_LAST_DOC_IDS, "entry", None)
-    key = (position_ids._version, batch, packed)
-    if last is not None and last[0]() is position_ids and last[1] == key:
-        return last[2]
     expanded = position_ids.expand(batch, -1)
-    doc_ids = document_index(expanded) if packed else find_packed_sequence_indices(expanded)
-    _LAST_DOC_IDS.entry = (weakref.ref(position_ids), key, doc_ids)
+    if packed is None:
+        doc_ids = find_packed_sequence_indices(expanded)
+    else:
+        doc_ids = document_index(expanded) if packed else None
+    setattr(position_ids, _DOC_IDS_ATTR, (key, doc_ids))
     return doc_ids
 
 

@@ -228,14 +228,41 @@ def test_a_caller_that_knows_its_positions_spares_the_device_read(monkeypatch: p
 def test_the_callers_word_holds_only_inside_its_block() -> None:
     import frontier.model.kernels as routing
 
-    positions = torch.cat([torch.arange(3), torch.arange(4)])[None]  # (1, 7): two documents
+    def two_documents() -> torch.Tensor:  # (1, 7); a fresh tensor: a decision is kept on the tensor it was made for
+        return torch.cat([torch.arange(3), torch.arange(4)])[None]
+
     with routing.positions_from_caller(packed=False):
-        assert routing._doc_ids(positions, 1) is None  # the caller said: nothing packed
+        assert routing._doc_ids(two_documents(), 1) is None  # the caller said: nothing packed
         with pytest.raises(RuntimeError), routing.positions_from_caller(packed=True):
-            assert torch.equal(routing._doc_ids(positions, 2), torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2))
+            assert torch.equal(routing._doc_ids(two_documents(), 2), torch.tensor([[0, 0, 0, 1, 1, 1, 1]] * 2))
             raise RuntimeError  # the block ends by an exception: the outer word comes back
-        assert routing._doc_ids(positions, 1) is None
+        assert routing._doc_ids(two_documents(), 1) is None
+    positions = two_documents()
     assert torch.equal(routing._doc_ids(positions, 1), torch.tensor([[0, 0, 0, 1, 1, 1, 1]]))  # unknown: asks
+    with routing.positions_from_caller(packed=False):  # the same tensor keeps the answer it was given
+        assert torch.equal(routing._doc_ids(positions, 1), torch.tensor([[0, 0, 0, 1, 1, 1, 1]]))
+
+
+@pytest.mark.parametrize("documents", [[16], [9, 7]], ids=["window-inside-one-document", "two-documents"])
+def test_packed_positions_take_the_same_path_when_checkpointed_layers_recompute(documents: list[int]) -> None:
+    # Backward recomputes each checkpointed layer after the loss module's block has closed (on a GPU, on
+    # autograd's device thread): the recompute must see the forward's document ids, or the saved and the
+    # recomputed activations differ (torch's checkpoint raises) or the gradients do.
+    from frontier.model.checkpointing import enable_activation_checkpointing
+    from frontier.model.loss import CausalLMWithLoss
+
+    base = tiny_llama(num_hidden_layers=2)
+    plain = CausalLMWithLoss(apply_kernels(copy.deepcopy(base), ALL_TORCH), ALL_TORCH)
+    lm = apply_kernels(copy.deepcopy(base), ALL_TORCH)
+    enable_activation_checkpointing(lm)
+    checkpointed = CausalLMWithLoss(lm, ALL_TORCH)
+    plain.train(), checkpointed.train()
+    ids = _ids(2, 17)
+    positions = torch.cat([torch.arange(5, 5 + n) for n in documents])[None].expand(2, -1)  # (2, 16)
+    for module in (plain, checkpointed):
+        module(ids[:, :-1], ids[:, 1:], positions).backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize(
