@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
@@ -56,28 +57,51 @@ def in_slurm_step(env: Mapping[str, str] | None = None) -> bool:
     return "SLURM_PROCID" in env and env.get("SLURM_STEP_ID", _SLURM_BATCH_STEP) not in (_SLURM_BATCH_STEP, "")
 
 
+_TASKS_PART = re.compile(r"(\d+)(?:\(x(\d+)\))?")  # "2" or "2(x3)": a count, repeated over that many nodes
+
+
 def slurm_tasks_per_node(spec: str) -> list[int]:
-    """SLURM's compressed per-node task counts, one entry per node: "2(x3),1" -> [2, 2, 2, 1]."""
+    """SLURM's compressed per-node task counts, one entry per node: "2(x3),1" -> [2, 2, 2, 1]; ValueError
+    for anything else."""
     counts: list[int] = []
     for part in spec.split(","):
-        count, _, repeat = part.partition("(x")
-        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+        match = _TASKS_PART.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(f"not a per-node task count: {part!r}")
+        counts += [int(match[1])] * int(match[2] or 1)
     return counts
 
 
 def ranks_on_this_node(world_size: int, env: Mapping[str, str] | None = None) -> int:
-    """How many ranks share this machine: torchrun / DeepSpeed's LOCAL_WORLD_SIZE, Open MPI's local size, or
-    srun's per-node task counts at this node's index; `world_size` (every rank here) when none says."""
+    """How many ranks share this machine: torchrun's LOCAL_WORLD_SIZE, DeepSpeed's launcher's LOCAL_SIZE, Open
+    MPI's local size, or srun's per-node task counts at this node's index; `world_size` (every rank here)
+    when none says. ConfigError naming the variable when its value is not a count."""
     env = os.environ if env is None else env
-    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
         if key in env:
-            return int(env[key])
+            return _count(key, env[key])
     if in_slurm_step(env) and "SLURM_STEP_TASKS_PER_NODE" in env:
-        per_node = slurm_tasks_per_node(env["SLURM_STEP_TASKS_PER_NODE"])
-        node = int(env.get("SLURM_NODEID", 0))
-        if 0 <= node < len(per_node):
+        spec = env["SLURM_STEP_TASKS_PER_NODE"]
+        try:
+            per_node = slurm_tasks_per_node(spec)
+        except ValueError:
+            raise ConfigError(
+                f"environment: SLURM_STEP_TASKS_PER_NODE={spec!r} is not SLURM's per-node task list (e.g. 2(x3),1)"
+            ) from None
+        node = _count("SLURM_NODEID", env.get("SLURM_NODEID", "0"), least=0)
+        if node < len(per_node):
             return per_node[node]
     return world_size
+
+
+def _count(key: str, value: str, least: int = 1) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = least - 1
+    if count < least:
+        raise ConfigError(f"environment: {key}={value!r} is not an integer >= {least}")
+    return count
 
 
 def _read_env() -> tuple[int, int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from frontier.train.distributed import first_host, ranks_on_this_node, rendezvous_from_scheduler, slurm_tasks_per_node
@@ -44,6 +46,7 @@ _STEP = {"SLURM_PROCID": "3", "SLURM_NTASKS": "7", "SLURM_STEP_ID": "0", "SLURM_
     ("env", "here"),
     [
         ({"LOCAL_WORLD_SIZE": "4", **_STEP}, 4),  # torchrun / deepspeed inside an allocation: theirs wins
+        ({"LOCAL_SIZE": "5"}, 5),  # DeepSpeed's own launcher
         ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, 3),
         ({**_STEP, "SLURM_NODEID": "1"}, 2),
         ({**_STEP, "SLURM_NODEID": "3"}, 1),  # the last node holds one task
@@ -54,3 +57,20 @@ _STEP = {"SLURM_PROCID": "3", "SLURM_NTASKS": "7", "SLURM_STEP_ID": "0", "SLURM_
 )
 def test_ranks_on_this_node_reads_the_launcher(env: dict[str, str], here: int) -> None:
     assert ranks_on_this_node(7, env) == here
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LOCAL_WORLD_SIZE": "two"}, "LOCAL_WORLD_SIZE='two'"),
+        ({"LOCAL_SIZE": "0"}, "LOCAL_SIZE='0'"),
+        ({**_STEP, "SLURM_STEP_TASKS_PER_NODE": "2(x"}, "SLURM_STEP_TASKS_PER_NODE='2(x'"),
+        ({**_STEP, "SLURM_STEP_TASKS_PER_NODE": "(x3)"}, "SLURM_STEP_TASKS_PER_NODE='(x3)'"),
+        ({**_STEP, "SLURM_NODEID": "-1"}, "SLURM_NODEID='-1'"),
+    ],
+)
+def test_a_malformed_launcher_variable_is_named(env: dict[str, str], named: str) -> None:
+    from frontier.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(f"environment: {named}")):
+        ranks_on_this_node(7, env)
