@@ -120,8 +120,9 @@ def run(
 
 
 def _nano_activation(checkout: Path) -> str:
+    """nanoGPT's MLP activation in transformers' ACT2FN names: its model.py uses nn.GELU() (exact, erf)."""
     source = (checkout / "model.py").read_text(encoding="utf-8")
-    return "gelu (exact, nn.GELU())" if "nn.GELU()" in source else "see model.py"
+    return "gelu" if "nn.GELU()" in source else "see model.py"
 
 
 def compare_config(recorded: Mapping[str, Any], params: Any, checkout: Path) -> list[dict[str, Any]]:
@@ -162,7 +163,8 @@ def compare_config(recorded: Mapping[str, Any], params: Any, checkout: Path) -> 
          "Frontier: that many fixed val batches, no train eval"),
         ("bias (Linear and LayerNorm)", m["bias"], gpt2,
          "Frontier's gpt2 arch is transformers' GPT2 (biases everywhere): a few thousand parameters more"),
-        ("MLP activation", _nano_activation(checkout), act, "gelu_new is GPT-2's tanh approximation"),
+        ("MLP activation (transformers' ACT2FN name)", _nano_activation(checkout), act,
+         "gelu: the exact erf GELU (model.mlp_activation: gelu); gelu_pytorch_tanh: GPT-2's tanh approximation"),
         ("vocab_size", m["vocab_size"], "65 + 4 specials (char tokenizer)" if gpt2 else "see tokenizer",
          "Frontier's char tokenizer adds pad/bos/eos/unk (never seen in the text)"),
         ("dtype on the CPU", f"{c['dtype']} requested; fp32 runs (train.py uses no autocast on cpu)", t.precision,

@@ -319,8 +319,9 @@ main() {
         # start-up, the final checkpoint and the export alone take about 30 s: b needs 50 s to be worth it
         if [ "$TRAIN_B" = 1 ]; then run_phase train_b 80 10 50; else record train_b skipped - 0 0; fi
         # compile costs a minute of Inductor/Triton compilation before the first step
-        # (60 s of it on the 125m preset with 16 cores): c takes up to 160 s when an earlier phase was skipped
-        if has_train_key compile; then run_phase train_c 160 60 70; else record train_c skipped - 0 0; fi
+        # (37-65 s of it on the 125m preset with 16 cores, 2026-11-30): c goes before d and takes up to 160 s
+        # when earlier phases were skipped; in a full run d gets what is left, if anything
+        if has_train_key compile; then run_phase train_c 160 10 70; else record train_c skipped - 0 0; fi
         run_phase train_d 70 10 50
     else
         echo "=== [train] skipped: no data"

@@ -196,3 +196,21 @@ def test_a_measured_process_inherits_no_rank_variables(monkeypatch: pytest.Monke
     assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"} & set(env)
     assert (env["OMP_NUM_THREADS"], env["DS_ACCELERATOR"]) == ("2", "cpu")
     assert os.environ["RANK"] == "0"  # this process's own environment is left alone
+
+
+def test_config_check_sees_the_same_exact_gelu_on_both_sides(tmp_path: Path) -> None:
+    # what nanoGPT's checkpoint recorded in the committed peers run, against configs/shakespeare_char.yaml
+    nanogpt = _load("peers_nanogpt")
+    from frontier.config import load_params
+
+    report = json.loads((REPO / "bench" / "results" / "peers-2026-11-30.json").read_text())
+    recorded = report["results"]["shakespeare"]["nanogpt"]["recorded"]
+    (tmp_path / "model.py").write_text("class MLP:\n    def __init__(self):\n        self.gelu = nn.GELU()\n")
+    params = load_params(REPO / "configs" / "shakespeare_char.yaml")
+    rows = {r["setting"]: r for r in nanogpt.compare_config(recorded, params, tmp_path)}
+    act = rows["MLP activation (transformers' ACT2FN name)"]
+    assert (act["nanogpt"], act["frontier"], act["same"]) == ("gelu", "gelu", True)
+    tanh = nanogpt.compare_config(recorded, load_params(REPO / "configs" / "shakespeare_char.yaml",
+                                                        ["model.mlp_activation=gelu_tanh"]), tmp_path)  # fmt: skip
+    assert {r["setting"]: r for r in tanh}["MLP activation (transformers' ACT2FN name)"]["same"] is False
+    assert rows["bias (Linear and LayerNorm)"]["same"] is False  # the one difference left
