@@ -212,7 +212,7 @@ def hf_row(
     from frontier.model.build import build_model
     from frontier.model.presets import resolve
     from frontier.train.data import Layout, TrainBatches, WindowSampler
-    from frontier.train.run import seed_all
+    from frontier.train.wiring import seed_all
 
     params = _load(params_path, [*overrides, f"train.max_steps={warmup + steps + profile_steps + 1}"])
     cfg, opt = params.train, params.optimizer

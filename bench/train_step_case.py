@@ -85,12 +85,13 @@ def make_batches(case: Case, count: int, seed: int = 0) -> list[list[Any]]:
 def _module(case: Case) -> torch.nn.Module:
     """The module the train stage hands to DeepSpeed, freshly initialised from the config's seed."""
     from frontier.model.build import build_model
+    from frontier.model.kernels import apply_kernels
     from frontier.model.loss import CausalLMWithLoss
-    from frontier.train.run import _apply_kernels, seed_all
+    from frontier.train.wiring import seed_all
 
     seed_all(case.params.seed)  # every variant starts from the same weights
     lm = build_model(case.params.model, case.vocab_size, bos_id=_BOS, eos_id=_EOS, pad_id=_PAD)
-    lm = _apply_kernels(lm, case.params)
+    lm = apply_kernels(lm, case.params.kernels)
     if getattr(case.params.train, "activation_checkpointing", False):  # as run.py does; off by default
         from frontier.model.checkpointing import enable_activation_checkpointing
 

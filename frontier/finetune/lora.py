@@ -85,10 +85,10 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     from frontier.model.flops import model_flops_per_token
     from frontier.model.loss import CausalLMWithLoss
     from frontier.train.data import TrainBatches
-    from frontier.train.run import run_params, seed_all
+    from frontier.train.run import run_params
     from frontier.train.schedule import LRSchedule
     from frontier.train.step import evaluate
-    from frontier.train.wiring import assemble, prepare_model, start_ranks
+    from frontier.train.wiring import assemble, prepare_model, seed_all, start_ranks
 
     ft = params.finetune
     if params.kernels.fused_linear_cross_entropy and "lm_head" in ft.target_modules:

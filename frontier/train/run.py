@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
-import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from frontier.config import Params, to_dict
@@ -30,28 +27,10 @@ from frontier.model.flops import matmul_parameters, model_flops_per_token
 from frontier.model.loss import CausalLMWithLoss
 from frontier.model.presets import resolve
 from frontier.train.batch_size import global_batch
+from frontier.train.wiring import seed_all
 from frontier.utils.hashing import sha256_file
 
 log = logging.getLogger("frontier.train")
-
-
-def setup_logging(rank: int) -> None:
-    """INFO lines on stderr from rank 0 (warnings from every rank), unless the caller configured logging."""
-    logger = logging.getLogger("frontier")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its per-save/-load INFO lines are noise here
-
-
-def _apply_kernels(lm: Any, params: Params) -> Any:
-    """Swap in frontier's fused modules (per params.kernels); the weights and their names are unchanged."""
-    from frontier.model.kernels import apply_kernels
-
-    patched = apply_kernels(lm, params.kernels)
-    return lm if patched is None else patched
 
 
 # Keys that do not change what a run computes: how it is logged, monitored, checkpointed and which
@@ -90,13 +69,6 @@ def run_params(
 
 def _plain(value: Any) -> Any:
     return to_dict(value) if dataclasses.is_dataclass(value) else value
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch RNGs (per rank callers add a rank offset)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _open_tokens(tokens_dir: Path) -> tuple[TokenShards, TokenShards]:

@@ -4,7 +4,8 @@ A stage brings what is its own: the model (built from params, or a base with an 
 the optimizer settings, the batches, and what identifies the run for a resume. Everything else is
 put together here, once, the same way for both:
 
-    start_ranks()    the rank from the launcher's environment, and the log lines
+    start_ranks()    the rank from the launcher's environment, and the log lines (setup_logging)
+    seed_all()       python's, numpy's and torch's RNGs: the weights alike on every rank
     prepare_model()  the fused kernels and activation checkpointing on the model
     assemble()       the client optimizer over the trainable parameters, the NaN gate, the DeepSpeed
                      engine, compile, and the per-rank dropout streams          -> Wiring
@@ -17,11 +18,15 @@ assembling and records it after the resume; finetune scores the base model befor
 
 from __future__ import annotations
 
+import logging
+import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frontier.train.run import _apply_kernels, seed_all, setup_logging
+import numpy as np
+import torch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,6 +44,24 @@ if TYPE_CHECKING:
     from frontier.train.state import TrainerState
 
 
+def setup_logging(rank: int) -> None:
+    """INFO lines on stderr from rank 0 (warnings from every rank), unless the caller configured logging."""
+    logger = logging.getLogger("frontier")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its per-save/-load INFO lines are noise here
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch RNGs (per rank callers add a rank offset)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def start_ranks() -> DistInfo:
     """This process's place among the ranks (read from the launcher's environment) and its log lines."""
     from frontier.train.distributed import init_distributed
@@ -52,7 +75,9 @@ def prepare_model(lm: nn.Module, params: Params, cfg: TrainConfig) -> nn.Module:
     """Swap in the fused kernels (params.kernels) and, per cfg, checkpoint activations; the weights and
     their names are unchanged. Before an adapter is attached: the kernels call the projection modules,
     so the adapter's layers stay in the path."""
-    lm = _apply_kernels(lm, params)
+    from frontier.model.kernels import apply_kernels
+
+    lm = apply_kernels(lm, params.kernels)
     if cfg.activation_checkpointing:
         from frontier.model.checkpointing import enable_activation_checkpointing
 

@@ -6,9 +6,11 @@ import torch
 
 from frontier.data.tokens import TokenShards
 from frontier.model.build import build_model
+from frontier.model.kernels import apply_kernels
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.data import Layout, TrainBatches, WindowSampler
-from frontier.train.run import _apply_kernels, seed_all, train
+from frontier.train.run import train
+from frontier.train.wiring import seed_all
 from tests.train.helpers import assert_same_run, losses, params, weights
 
 # document-aware windows over documents of 4..40 tokens with seq_len 16: padded, variable-length batches
@@ -29,7 +31,7 @@ def _first_step_means(corpus, seed: int) -> tuple[float, float]:
     micro = TrainBatches(WindowSampler(shards, 16, p.seed, True), Layout(1, 4, 1, 0)).step(0)
     counts = [b.num_targets for b in micro]
     seed_all(p.seed)  # the weights train() starts from, and the module it trains (each micro-batch's summed loss)
-    lm = _apply_kernels(build_model(p.model, shards.vocab_size, bos_id=1, eos_id=2, pad_id=0), p)
+    lm = apply_kernels(build_model(p.model, shards.vocab_size, bos_id=1, eos_id=2, pad_id=0), p.kernels)
     module = CausalLMWithLoss(lm, p.kernels)
     with torch.no_grad():
         sums = [module(**b.model_inputs(torch.device("cpu"))).double().item() for b in micro]
