@@ -95,11 +95,12 @@ def ranks_on_this_node(world_size: int, env: Mapping[str, str] | None = None) ->
 
 
 def _count(key: str, value: str, least: int = 1) -> int:
+    """The integer environment variable `key` = `value`; ConfigError naming it unless an integer >= `least`."""
     try:
-        count = int(value)
+        count: int | None = int(value)
     except ValueError:
-        count = least - 1
-    if count < least:
+        count = None
+    if count is None or count < least:
         raise ConfigError(f"environment: {key}={value!r} is not an integer >= {least}")
     return count
 

@@ -64,6 +64,9 @@ def test_ranks_on_this_node_reads_the_launcher(env: dict[str, str], here: int) -
     [
         ({"LOCAL_WORLD_SIZE": "two"}, "LOCAL_WORLD_SIZE='two'"),
         ({"LOCAL_SIZE": "0"}, "LOCAL_SIZE='0'"),
+        ({"LOCAL_SIZE": "+-3"}, "LOCAL_SIZE='+-3'"),
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2.0"}, "OMPI_COMM_WORLD_LOCAL_SIZE='2.0'"),
+        ({**_STEP, "SLURM_NODEID": ""}, "SLURM_NODEID=''"),
         ({**_STEP, "SLURM_STEP_TASKS_PER_NODE": "2(x"}, "SLURM_STEP_TASKS_PER_NODE='2(x'"),
         ({**_STEP, "SLURM_STEP_TASKS_PER_NODE": "(x3)"}, "SLURM_STEP_TASKS_PER_NODE='(x3)'"),
         ({**_STEP, "SLURM_NODEID": "-1"}, "SLURM_NODEID='-1'"),
