@@ -35,8 +35,10 @@ from frontier.finetune.config import FinetuneConfig
 from frontier.kernels.config import KernelsConfig
 from frontier.model.config import ModelConfig
 from frontier.optim.config import OptimizerConfig
+from frontier.params_files import check_resolved
 from frontier.report.config import ReportConfig
 from frontier.train.config import LaunchConfig, ScheduleConfig, TrainConfig
+from frontier.utils.strict_yaml import MAX_PARAMS_BYTES, YamlRefused, strict_load
 
 _MISSING = dataclasses.MISSING
 
@@ -227,74 +229,6 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return obj
 
 
-MAX_PARAMS_BYTES = 1 << 20  # a parameter file is a page of settings; 1 MiB is far past any real one
-MAX_ALIASES = 100  # YAML aliases (*name) per document: enough for shared blocks, too few for a bomb
-MAX_NODES = 100_000  # scalars + collections after alias expansion
-
-
-def _expanded_size(node: Any, memo: dict[int, int]) -> int:
-    """Values `node` stands for once every alias is expanded (a DAG walk: linear in the nodes)."""
-    key = id(node)
-    if key not in memo:
-        memo[key] = 0  # a recursive alias counts once
-        if isinstance(node, yaml.MappingNode):
-            size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            size = 1 + sum(_expanded_size(v, memo) for v in node.value)
-        else:
-            size = 1
-        memo[key] = min(size, MAX_NODES + 1)  # saturate: 9**9 needs no exact count
-    return memo[key]
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and bounds aliases and size (no billion-laughs)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._aliases = 0
-
-    def load(self) -> Any:
-        """The document's data, refused before construction when aliases would expand it too far."""
-        node = self.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, {}) > MAX_NODES:
-            mark = node.start_mark
-            raise _Invalid(f"line {mark.line + 1}", f"more than {MAX_NODES} values once aliases are expanded")
-        return self.construct_document(node)
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark
-                raise _Invalid(f"line {mark.line + 1}", f"more than {MAX_ALIASES} YAML aliases; write the values out")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *base` merges a mapping in; explicit keys beside it override by design
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _Invalid(
-                    f"line {line}", f"duplicate key {key!r} (first at line {seen[key]}); merge them into one"
-                )
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def _strict_load(text: str) -> Any:
-    loader = _StrictLoader(text)
-    try:
-        return loader.load()
-    finally:
-        loader.dispose()
-
-
 def _read_yaml(path: Path) -> Any:
     """Parse a parameter file strictly; every failure is one ConfigError naming the file."""
     try:
@@ -305,8 +239,9 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: {size} bytes; a parameter file may hold at most {MAX_PARAMS_BYTES}")
     try:
         text = path.read_text(encoding="utf-8")
-        return _strict_load(text)
-    except _Invalid as exc:
+        check_resolved(path, text)
+        return strict_load(text)
+    except YamlRefused as exc:
         raise ConfigError(f"{path}: {exc.key}: {exc.message}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -328,8 +263,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set optimizer.lr=3e-4")
     try:
-        value = _strict_load(raw) if raw.strip() else ""
-    except _Invalid as exc:
+        value = strict_load(raw) if raw.strip() else ""
+    except YamlRefused as exc:
         raise ConfigError(f"--set {key}: {exc.message}") from None
     except (yaml.YAMLError, RecursionError) as exc:
         raise ConfigError(
@@ -359,6 +294,25 @@ def build_params(data: dict[str, Any], source: str = "params") -> Params:
         raise ConfigError(f"{source}: {exc.key}: {exc.message}") from None
 
 
+def read_params_data(path: str | Path) -> dict[str, Any]:
+    """The mapping a parameter file holds, read as plain data (strict YAML: no tags, no templates).
+
+    Used by every entry point, the Snakefile included (Snakemake's own loader would evaluate YTE templates).
+    A resolved params file written for a Snakemake run is checked against the hash in its name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    loaded = _read_yaml(path)
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {_fmt(loaded)}")
+    if "__use_yte__" in loaded:  # Snakemake's template switch: named, so the refusal is not a bare "unknown key"
+        raise ConfigError(f"{path}: __use_yte__: a YTE template; parameter files are data here, write the values out")
+    return loaded
+
+
 def load_params(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read `path` (YAML; None for defaults), apply ``key=value`` overrides, validate.
 
@@ -367,16 +321,8 @@ def load_params(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: parameter file not found")
-        loaded = _read_yaml(path)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {_fmt(loaded)}")
-        data = loaded
+        data = read_params_data(path)
     for text in overrides:
         key, value = parse_override(text)
         _apply_override(data, key, value)
@@ -492,6 +438,7 @@ __all__ = [
     "dump_resolved",
     "load_params",
     "parse_override",
+    "read_params_data",
     "section_keys",
     "to_dict",
 ]

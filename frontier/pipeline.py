@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from frontier.params_files import write_resolved
+
 PARAMS_FILE = "params.yaml"
 
 
@@ -185,9 +187,6 @@ STAGES: dict[str, Stage] = {
 SUBCOMMAND = {"evaluate_finetuned": "evaluate", "sft_data": "sft-data"}
 
 
-RESOLVED_DIR = ".snakemake/frontier-params"  # params files for Snakemake runs with --config overrides
-
-
 def command(stage: Stage, params_file: str = PARAMS_FILE) -> str:
     """The shell command of `stage`, as DVC runs it (Snakemake appends ``--workers {threads}``
     to parallel stages; the worker count never changes a stage's output)."""
@@ -208,6 +207,7 @@ def typed_cli_config(config: dict[str, Any]) -> dict[str, Any]:
     import yaml
 
     from frontier.config import Params, _unwrap_optional
+    from frontier.utils.strict_yaml import YamlRefused, strict_load
 
     def wants_text(tp: Any) -> bool:
         tp = _unwrap_optional(tp)
@@ -222,9 +222,9 @@ def typed_cli_config(config: dict[str, Any]) -> dict[str, Any]:
             return {k: walk(v, hints[k]) if k in hints else v for k, v in value.items()}
         if isinstance(value, str) and not wants_text(tp):
             try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                return value
+                parsed = strict_load(value)
+            except (YamlRefused, yaml.YAMLError, RecursionError, ValueError):
+                return value  # left as text: validation then names the key and what it expected
             return parsed if not isinstance(parsed, str) else value
         return value
 
@@ -235,25 +235,18 @@ def params_file_for(config: dict[str, Any], base: str | Path = PARAMS_FILE) -> s
     """The params file Snakemake's jobs run with, so they run exactly what Snakemake validated.
 
     `base` (params.yaml) when Snakemake's config is its content; otherwise (``--config`` or another
-    ``--configfile``) a copy of the config, written once under RESOLVED_DIR and named by its hash.
+    ``--configfile``) the config written under RESOLVED_DIR, named by its hash (frontier.params_files).
     """
-    import yaml
+    from frontier.config import read_params_data
+    from frontier.errors import ConfigError
 
-    from frontier.utils.atomic import atomic_file
-
-    base = Path(base)
     try:
-        on_disk = yaml.safe_load(base.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        on_disk = read_params_data(base)
+    except ConfigError:
         on_disk = None
     if on_disk == config:
         return str(base)
-    text = yaml.safe_dump(config, sort_keys=False)
-    path = Path(RESOLVED_DIR) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
-    if not path.is_file():
-        with atomic_file(path) as f:
-            f.write("# Snakemake's validated config for this run (params.yaml with --config overrides)\n" + text)
-    return str(path)
+    return str(write_resolved(config))
 
 
 def fingerprint(params_data: dict[str, Any], stage: Stage) -> str:

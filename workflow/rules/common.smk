@@ -5,20 +5,36 @@ import sys
 from collections.abc import Callable
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import available_cpu_count
+from snakemake.utils import available_cpu_count, update_config
 
-from frontier.config import build_params, to_dict
+from frontier.config import build_params, read_params_data, to_dict
 from frontier.errors import ConfigError
-from frontier.pipeline import STAGES, command, fingerprint, params_file_for, typed_cli_config
+from frontier.pipeline import PARAMS_FILE, STAGES, command, fingerprint, params_file_for, typed_cli_config
 
-config.update(typed_cli_config(config))  # --config values arrive as strings
+
+def _read_config() -> tuple[dict, str]:
+    """params.yaml, then each --configfile, then --config, every file read as plain data by Frontier's
+    strict loader (Snakemake's own, behind a `configfile:` directive, would evaluate YTE templates)."""
+    settings = workflow.config_settings
+    files = [str(f) for f in settings.configfiles]
+    data = read_params_data(PARAMS_FILE) if os.path.exists(PARAMS_FILE) or not files else {}
+    for path in files:
+        update_config(data, read_params_data(path))
+    update_config(data, typed_cli_config(dict(settings.config)))
+    extra = [f"--configfile {f}" for f in files] + (["--config"] if settings.config else [])
+    return data, PARAMS_FILE + (f" with {' and '.join(extra)}" if extra else "")
+
+
 try:
-    PARAMS = to_dict(build_params(config, "params.yaml"))
+    _data, _source = _read_config()
+    PARAMS = to_dict(build_params(_data, _source))
+    config.clear()
+    config.update(_data)
+    # What every job runs with: params.yaml itself, or (with --config) the validated config written out.
+    PARAMS_PATH = params_file_for(config)
 except ConfigError as _exc:
     sys.stderr.write(f"snakemake: error: {_exc}\n")
     sys.exit(2)
-# What every job runs with: params.yaml itself, or (with --config) the validated config written out.
-PARAMS_PATH = params_file_for(config)
 
 
 def stage_inputs(name):

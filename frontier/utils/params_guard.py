@@ -1,0 +1,139 @@
+"""Parameter files are data: refuse YTE templates before Snakemake evaluates them.
+
+Snakemake reads every ``--configfile`` (and profile) through YTE, which evaluates ``?expr`` values and
+``__definitions__`` blocks as Python when the document holds ``__use_yte__: true`` — while parsing its
+command line, before any workflow code (ours included) runs, under ``snakemake -n`` too. Snakemake has no
+switch for it, so Frontier's environment carries a guard: ``frontier-params-guard.pth`` in the venv's
+site-packages (written by ``python -m frontier.utils.params_guard install``, which run.sh calls) makes the
+interpreter wrap ``yte.process_yaml`` the moment yte is imported. A document asking for templating is
+refused with one line naming the file; any other document goes through untouched, and the wrapper hands
+yte a code handler that refuses to evaluate anything, so no other way into eval/exec stays open.
+
+The Snakefile reads params.yaml with Frontier's strict loader (no ``configfile:`` directive), so that
+file never reaches YTE at all; this guard covers the files named on Snakemake's command line.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import io
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+PTH_NAME = "frontier-params-guard.pth"
+PTH_LINE = "import frontier.utils.params_guard as _g; _g.arm()\n"
+REFUSAL = "a YTE template ('__use_yte__'); parameter files are data here, write the values out"
+
+
+class TemplateRefused(Exception):
+    """Raised (as Snakemake's WorkflowError where Snakemake is loaded) for a templated document."""
+
+
+def _error(message: str) -> Exception:
+    """Snakemake prints its WorkflowError as one line; elsewhere a plain exception of ours."""
+    try:
+        from snakemake_interface_common.exceptions import WorkflowError
+    except ImportError:
+        return TemplateRefused(message)
+    return WorkflowError(message)
+
+
+class _RefusingCodeHandler:
+    """yte's code-handler interface (eval / exec) with nothing evaluated."""
+
+    def eval(self, expr: str, variables: dict[str, Any]) -> Any:
+        raise _error(f"refused to evaluate {expr[:60]!r}: {REFUSAL}")
+
+    def exec(self, source: str, variables: dict[str, Any]) -> Any:
+        raise _error(f"refused to run {source[:60]!r}: {REFUSAL}")
+
+
+def plain_yaml_problem(text: str) -> str | None:
+    """Why a YAML document is not plain data for a parameter file (a template, a Python tag), or None."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except RecursionError:
+        return "nested too deeply to be a parameter file"
+    except yaml.YAMLError as exc:  # e.g. a !!python/object tag, which only an unsafe loader would construct
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        return f"{where}not plain YAML data ({getattr(exc, 'problem', None) or exc.__class__.__name__})"
+    if isinstance(doc, dict) and "__use_yte__" in doc:
+        return REFUSAL
+    return None
+
+
+def _guarded(original: Any) -> Any:
+    def process_yaml(file: Any, *args: Any, **kwargs: Any) -> Any:
+        text = file if isinstance(file, str) else file.read()
+        problem = plain_yaml_problem(text)
+        if problem is not None:
+            raise _error(f"{getattr(file, 'name', 'a YAML document')}: {problem}")
+        kwargs["code_handler"] = _RefusingCodeHandler()
+        return original(io.StringIO(text) if not isinstance(file, str) else text, *args, **kwargs)
+
+    process_yaml.__wrapped__ = original  # type: ignore[attr-defined]
+    return process_yaml
+
+
+def guard_module(module: Any) -> None:
+    """Replace ``module.process_yaml`` (yte's entry point) by the refusing wrapper, once."""
+    current = getattr(module, "process_yaml", None)
+    if current is not None and not hasattr(current, "__wrapped__"):
+        module.process_yaml = _guarded(current)
+
+
+class _YteFinder(importlib.abc.MetaPathFinder):
+    """Guards yte right after its first import (no import cost for processes that never load it)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "yte":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        loader = spec.loader
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            guard_module(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def arm() -> None:
+    """Guard yte in this interpreter: now if it is loaded, else when it is first imported."""
+    if "yte" in sys.modules:
+        guard_module(sys.modules["yte"])
+    elif not any(isinstance(f, _YteFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _YteFinder())
+
+
+def install(site_packages: str | Path | None = None) -> Path:
+    """Write the .pth that arms the guard at every interpreter start of this environment."""
+    directory = Path(site_packages or sysconfig.get_paths()["purelib"])
+    path = directory / PTH_NAME
+    if not path.is_file() or path.read_text() != PTH_LINE:
+        path.write_text(PTH_LINE)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m frontier.utils.params_guard install``: arm the guard in this environment."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["install"]:
+        print("usage: python -m frontier.utils.params_guard install", file=sys.stderr)
+        return 2
+    print(install())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
