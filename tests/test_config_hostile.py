@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from frontier.config import MAX_ALIASES, Params, load_params, to_dict
+from frontier.config import Params, load_params, to_dict
 from frontier.errors import ConfigError
+from frontier.utils.strict_yaml import MAX_ALIASES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,3 +135,90 @@ def test_negative_worker_count_is_a_usage_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "--workers" in proc.stderr and "expected a whole number >= 0" in proc.stderr
+
+
+# ---- round two (issue 23): shapes that used to end in a traceback or pass unbounded ------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("train:\n  ? [max_steps]\n  : 3\n", "a list used as a key"),
+        ("train: {[a, b]: 1}\n", "a list used as a key"),
+        ("train:\n  ? {max_steps: 1}\n  : 3\n", "a mapping used as a key"),
+        ("? [train]\n: {max_steps: 3}\n", "a list used as a key"),
+        ("train:\n  max_steps: " + "9" * 5000 + "\n", "an integer written with 5000 characters"),
+        ("seed: -" + "1" * 4301 + "\n", "an integer written with 4302 characters"),
+        ("train:\n  max_steps: 0x" + "f" * 200 + "\n", "an integer written with 202 characters"),
+    ],
+)  # fmt: skip
+def test_keys_that_are_collections_and_giant_integers(tmp_path: Path, text: str, why: str) -> None:
+    assert why in _error(tmp_path, text)
+
+
+def test_giant_integer_in_an_override(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="--set train.max_steps: an integer written with 5000 characters"):
+        load_params(tmp_path / "params.yaml", ("train.max_steps=" + "9" * 5000,))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("launch:\n  nproc_per_node: 1000000000\n", "launch.nproc_per_node"),
+        ("launch:\n  nnodes: 10000000\n", "launch.nnodes"),
+        ("launch:\n  threads_per_rank: 100000\n", "launch.threads_per_rank"),
+        ("model:\n  init_std: 1000000.0\n", "model.init_std"),
+        ("model:\n  rope_theta: 1.0e+300\n", "model.rope_theta"),
+    ],
+)
+def test_values_past_any_real_run_are_refused(tmp_path: Path, text: str, key: str) -> None:
+    msg = _error(tmp_path, text)
+    assert f"{key}: got" in msg and "expected a value <=" in msg
+
+
+@pytest.mark.parametrize("value", ["/tmp/elsewhere", "../outside", "dvclive/../../x", "", "a\\..\\..\\b"])
+def test_tracker_directory_stays_in_the_workspace(tmp_path: Path, value: str) -> None:
+    msg = _error(tmp_path, f"train:\n  monitor:\n    dvclive_dir: {value!r}\n")
+    assert "train.monitor.dvclive_dir" in msg and "relative path inside the workspace" in msg
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("a{4294967295}", "not a usable regular expression"),
+        ("a{70000}", "repetition count of 70000"),
+        ("(a+)+$", "nested quantifiers"),
+        ("(x+x+)+y", "nested quantifiers"),
+        (r"(\w+\s?)+$", "nested quantifiers"),
+        ("(.*a){20}", "nested quantifiers"),
+        ("(a|aa)+$", "repeated alternation"),
+        ("(a|a)*b", "repeated alternation"),
+        ("(", "not a valid regular expression"),
+    ],
+)
+def test_drop_regex_that_could_stall_the_stage(tmp_path: Path, pattern: str, why: str) -> None:
+    msg = _error(tmp_path, yaml.safe_dump({"prepare": {"clean": {"drop_regex": [pattern]}}}))
+    assert "prepare.clean.drop_regex[0]" in msg and why in msg
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"^\s*lorem ipsum", r"https?://\S+", r"(?:\d{1,3}\.){3}\d{1,3}", "(?>a+)+", "a++b"]
+)
+def test_ordinary_drop_regex_stays_allowed(tmp_path: Path, pattern: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"prepare": {"clean": {"drop_regex": [pattern]}}}))
+    assert load_params(path).prepare.clean.drop_regex == [pattern]
+
+
+def test_a_refused_pattern_would_really_stall() -> None:
+    """The shape the guard refuses is slow for real: (a+)+$ on 26 a's and a '!' takes seconds (2**25 paths)."""
+    import re
+    import time
+
+    start = time.perf_counter()
+    re.search(r"(a+)+$", "a" * 22 + "!")
+    slow = time.perf_counter() - start
+    start = time.perf_counter()
+    re.search(r"a+$", "a" * 22 + "!")
+    assert slow > 50 * (time.perf_counter() - start)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from frontier.config_fields import bounds
+from frontier.utils.safe_regex import unsafe_regex
 
 
 @dataclass
@@ -66,10 +67,9 @@ class CleanConfig:
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars {self.max_chars}")
         for i, pattern in enumerate(self.drop_regex):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"drop_regex[{i}]: {pattern!r} is not a valid regular expression ({exc})") from None
+            why = unsafe_regex(pattern)  # it runs over every document: refuse what cannot compile or may stall
+            if why:
+                raise ValueError(f"drop_regex[{i}]: {pattern[:80]!r}: {why}")
 
 
 @dataclass
@@ -95,6 +95,10 @@ class PrepareConfig:
     encoding_errors: Literal["replace", "skip"] = "replace"  # invalid UTF-8: U+FFFD, or drop the document
     # a truncated or corrupt compressed file: count it and keep what was read before the damage, or stop
     corrupt_files: Literal["count", "fail"] = "count"
+    # a bad record (malformed or non-object JSON, a missing / non-string text field, a lone surrogate, a line
+    # past 4 * clean.max_chars bytes): counted in stats.json and skipped, the rest of its file kept; or, when
+    # true, the end of the stage in one error naming file, line and what was wrong
+    strict: bool = False
     max_docs: int | None = field(default=None, metadata=bounds(ge=1))  # per source, in sorted file order
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

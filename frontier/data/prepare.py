@@ -47,6 +47,7 @@ class SourceStats:
     truncated_files: int = 0
     oversized_docs: int = 0
     unreadable_files: int = 0
+    oversized_files: int = 0
     malformed_records: int = 0
     invalid_utf8_docs: int = 0
     drops: dict[str, int] = field(default_factory=dict)
@@ -135,7 +136,7 @@ def _ingest(readers: list[SourceReader], params: Any, stats: list[SourceStats], 
 def _absorb_read_stats(st: SourceStats, reader: SourceReader, encoding_errors: str) -> None:
     rs = reader.stats
     counts = ("files", "docs_read", "bytes_read", "binary_files", "non_regular_files", "truncated_files",
-              "oversized_docs", "unreadable_files", "malformed_records")  # fmt: skip
+              "oversized_docs", "unreadable_files", "oversized_files", "malformed_records")  # fmt: skip
     for name in counts:
         setattr(st, name, getattr(rs, name))
     st.invalid_utf8_docs = rs.invalid_utf8_docs
@@ -151,6 +152,7 @@ def _empty_error(stats: list[SourceStats], names: list[str]) -> DataError:
         skipped = {
             "binary files": sum(s.binary_files for s in stats),
             "unreadable files": sum(s.unreadable_files for s in stats),
+            "oversized compressed files": sum(s.oversized_files for s in stats),
             "malformed records": sum(s.malformed_records for s in stats),
             "invalid UTF-8 documents": sum(s.invalid_utf8_docs for s in stats),
         }
@@ -203,6 +205,7 @@ def prepare(params: Any, out_dir: Path) -> dict[str, Any]:
             max_docs=cfg.max_docs,
             max_doc_bytes=4 * cfg.clean.max_chars,  # UTF-8: at most 4 bytes a character
             corrupt_files=cfg.corrupt_files,
+            strict=cfg.strict,
         )
         for s in cfg.sources
     ]

@@ -1,22 +1,27 @@
 """Reading raw documents from the configured sources.
 
 A source resolves to a sorted list of files (so the documents read, and `max_docs`, never depend
-on directory listing order); each file yields documents by its format. Bad input never stops
-the stage: binary files, unreadable files, invalid UTF-8 and malformed JSONL records are
-counted in the source's stats and the first few are logged as ``file:line: why``. Only a
-missing path (or a glob matching nothing) is an error, since it is almost always a typo.
+on directory listing order, see frontier.data.discover); each file yields documents by its
+format. Bad input never stops the stage: binary files, unreadable files, invalid UTF-8 and bad
+records are counted in the source's stats and the first few are logged as ``file:line: why``.
+A bad record (malformed JSON, an integer too long to convert, nesting too deep for the parser, a
+non-object line, a missing or non-string text field, a lone surrogate escape, a Parquet null or a
+line over ``max_doc_bytes``) is that record's problem alone: the rest of its file is still read.
+With ``prepare.strict`` a bad record ends the stage in one DataError naming file, line and why.
+Only a missing path (or a glob matching nothing) is always an error, since it is almost always a typo.
 
 Hostile files: anything but a regular file (a FIFO, a device, a socket) is skipped unopened for
 reading (opened non-blocking, checked with fstat) and counted; compressed files are decompressed as
 a stream, never whole, and a document or JSONL line longer than ``max_doc_bytes`` is skipped after
 reading at most that much of it; a truncated gzip / xz / zstd file is detected (zstd by walking its
 frame and block headers, since its stream reader stops silently) and counted, or fails the stage
-with ``prepare.corrupt_files: fail``.
+with ``prepare.corrupt_files: fail``. A compressed Parquet file (spooled to disk, since Parquet
+needs seeking) that inflates past ``_MAX_INFLATE`` times its size is a bomb: counted and skipped
+(or fatal with ``corrupt_files: fail``) after at most that much was spooled.
 """
 
 from __future__ import annotations
 
-import glob as globlib
 import gzip
 import io
 import json
@@ -25,7 +30,6 @@ import lzma
 import os
 import stat
 import sys
-import sysconfig
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from frontier.data.config import SourceConfig
+from frontier.data.discover import resolve_files, stdlib_root  # noqa: F401  (stdlib_root: re-exported)
 from frontier.errors import DataError
 
 log = logging.getLogger("frontier.data.sources")
@@ -42,6 +47,12 @@ MAX_PROBLEMS = 5  # problems kept (and logged) per source; the rest are only cou
 _BINARY_PROBE = 8192  # like git: a NUL byte in the first 8 KiB marks a binary file
 _COMPRESSION_SUFFIX = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".xz": "xz"}
 _JSONL_SUFFIX = {".jsonl", ".ndjson", ".json"}
+# Parquet needs seeking, so a compressed Parquet file is spooled to disk to be read. Parquet pages are
+# compressed already, so gzip & co. on top gain little: inflating past this ratio (and the floor) is
+# taken for a decompression bomb, which would otherwise fill the disk.
+_MAX_INFLATE = 100
+_SPOOL_FLOOR = 64 << 20
+_STRICT_HINT = "prepare.strict is true; false counts and skips bad records"
 
 
 @dataclass
@@ -63,6 +74,7 @@ class ReadStats:
     truncated_files: int = 0  # compressed files that end early (what came before is kept)
     oversized_docs: int = 0  # documents / lines longer than max_doc_bytes, skipped
     unreadable_files: int = 0
+    oversized_files: int = 0  # compressed Parquet files inflating past the spool cap (bombs), skipped
     malformed_records: int = 0
     invalid_utf8_docs: int = 0
     problems: list[str] = field(default_factory=list)
@@ -99,46 +111,6 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     if "pyarrow" in sys.modules:
         errors.append(sys.modules["pyarrow"].ArrowException)
     return tuple(errors)
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def _walk(root: Path, *, suffix: str | None = None) -> list[Path]:
-    """Files under `root`, recursively, skipping hidden entries and site-/dist-packages."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in ("site-packages", "dist-packages")]
-        for name in filenames:
-            if not name.startswith(".") and (suffix is None or name.endswith(suffix)):
-                out.append(Path(dirpath) / name)
-    return out
-
-
-def resolve_files(src: SourceConfig) -> list[Path]:
-    """The files of a source, sorted; DataError if the path does not exist or matches nothing."""
-    if src.kind == "stdlib":
-        root = stdlib_root()
-        files = _walk(root, suffix=".py")
-        if not files:
-            raise DataError(f"source {src.name!r}: no .py files under the standard library {root}")
-        return sorted(files)
-    assert src.path is not None  # SourceConfig.validate guarantees it
-    path = Path(os.path.expanduser(src.path))
-    if any(ch in src.path for ch in "*?["):
-        files = [Path(p) for p in globlib.glob(str(path), recursive=True) if Path(p).is_file()]
-        if not files:
-            raise DataError(f"source {src.name!r}: glob {src.path!r} matches no files")
-        return sorted(files)
-    if path.is_dir():
-        files = _walk(path)
-        if not files:
-            raise DataError(f"source {src.name!r}: directory {src.path!r} holds no files")
-        return sorted(files)
-    if path.exists():
-        return [path]
-    raise DataError(f"source {src.name!r}: path {src.path!r} does not exist (expected a file, directory or glob)")
 
 
 def detect(path: Path, src: SourceConfig) -> tuple[str, str]:
@@ -232,12 +204,14 @@ class SourceReader:
         max_docs: int | None = None,
         max_doc_bytes: int = 1 << 30,
         corrupt_files: str = "count",
+        strict: bool = False,
     ) -> None:
         self.src = src
         self.skip_invalid = encoding_errors == "skip"
         self.max_docs = max_docs
         self.max_doc_bytes = max_doc_bytes
         self.fail_on_corrupt = corrupt_files == "fail"
+        self.strict = strict  # a bad record (malformed, over-long line) raises DataError instead of being counted
         self.stats = ReadStats()
         self.counter = ByteCounter()
         self.files = resolve_files(src)
@@ -288,9 +262,29 @@ class SourceReader:
         self.stats.truncated_files += 1
         self.stats.problem(f"{path}: {why}")
 
-    def _oversized(self, where: str) -> None:
+    def _oversized(self, where: str, *, record: bool) -> None:
+        """A document or line past max_doc_bytes. A JSONL line is a bad record (it cannot even be parsed,
+        so strict ends the stage); a whole text file is one document too long, dropped like max_chars does."""
+        why = f"{where}: longer than {self.max_doc_bytes} bytes (prepare.clean.max_chars)"
+        if record and self.strict:
+            raise DataError(f"{why}; {_STRICT_HINT}")
         self.stats.oversized_docs += 1
-        self.stats.problem(f"{where}: longer than {self.max_doc_bytes} bytes (prepare.clean.max_chars), skipped")
+        self.stats.problem(f"{why}, skipped")
+
+    def _malformed(self, where: str, why: str, skipped: str = "line") -> None:
+        """A record that cannot be a document: counted and skipped, or the end of the stage under strict."""
+        if self.strict:
+            raise DataError(f"{where}: {why}; {_STRICT_HINT}")
+        self.stats.malformed_records += 1
+        self.stats.problem(f"{where}: {why}, {skipped} skipped")
+
+    def _bomb(self, path: Path, limit: int) -> None:
+        why = (f"inflates past {limit} bytes ({_MAX_INFLATE}x its size), taken for a decompression bomb; "
+               "store Parquet uncompressed (its pages are compressed already)")  # fmt: skip
+        if self.fail_on_corrupt:
+            raise DataError(f"{path}: {why}")
+        self.stats.oversized_files += 1
+        self.stats.problem(f"{path}: {why}; skipped")
 
     def _take(self) -> bool:
         """Whether another document may be read (max_docs)."""
@@ -307,9 +301,9 @@ class SourceReader:
             self.stats.problem(f"{where}: invalid UTF-8 at byte {exc.start}, replaced with U+FFFD")
             return RawDoc(data.decode("utf-8", errors="replace"), where, invalid_utf8=True)
 
-    def _emit(self, doc: RawDoc) -> RawDoc:
+    def _emit(self, doc: RawDoc, nbytes: int | None = None) -> RawDoc:
         self.stats.docs_read += 1
-        self.stats.bytes_read += len(doc.text.encode("utf-8"))
+        self.stats.bytes_read += len(doc.text.encode("utf-8")) if nbytes is None else nbytes
         return doc
 
     def _read_file(self, path: Path, raw: IO[bytes], fmt: str, compression: str) -> Iterator[RawDoc]:
@@ -318,22 +312,28 @@ class SourceReader:
             if compression == "none":
                 yield from self._read_parquet(path, stream)
                 return
+            limit = max(_SPOOL_FLOOR, _MAX_INFLATE * os.fstat(raw.fileno()).st_size)
             with tempfile.TemporaryFile() as spool:  # Parquet needs seeking: spool to disk, not memory
                 while chunk := stream.read(1 << 20):
+                    if spool.tell() + len(chunk) > limit:
+                        self._bomb(path, limit)  # stops here: at most `limit` bytes were ever spooled
+                        return
                     spool.write(chunk)
                 spool.seek(0)
                 yield from self._read_parquet(path, spool)
             return
         buffered = io.BufferedReader(stream) if compression == "zstd" else stream  # zstd reader lacks peek
         head = buffered.peek(_BINARY_PROBE)[:_BINARY_PROBE] if hasattr(buffered, "peek") else b""
-        if b"\x00" in head:
+        # A JSONL file opening with an object is text whatever follows: a NUL there is one bad record,
+        # counted on its line, not a reason to drop every record of the file as binary.
+        if b"\x00" in head and not (fmt == "jsonl" and head.lstrip().startswith(b"{")):
             self.stats.binary_files += 1
             self.stats.problem(f"{path}: binary file (NUL byte in the first {_BINARY_PROBE} bytes), skipped")
             return
         if fmt == "text":
             data = buffered.read(self.max_doc_bytes + 1)
             if len(data) > self.max_doc_bytes:
-                self._oversized(str(path))  # the rest is never decompressed
+                self._oversized(str(path), record=False)  # the rest is never decompressed
                 return
             doc = self._decode(data, str(path))
             if doc is not None and self._take():
@@ -363,44 +363,63 @@ class SourceReader:
                 return
             where = f"{path}:{lineno}"
             if line is None:
-                self._oversized(where)
+                self._oversized(where, record=True)
                 continue
             if not line.strip():
                 continue
             doc = self._decode(line, where)
             if doc is None:
                 continue
+            # Every failure of one line is that line's: an escaping exception would be taken for the
+            # file's (the rest of the file dropped as unreadable) or end the stage in a traceback.
             try:
                 record = json.loads(doc.text)
             except json.JSONDecodeError as exc:
-                self._malformed(f"{where}: malformed JSON ({exc.msg} at column {exc.colno}), line skipped")
+                self._malformed(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
+                continue
+            except ValueError as exc:  # an integer past sys.get_int_max_str_digits() digits
+                self._malformed(where, f"malformed JSON ({exc.__class__.__name__}: {str(exc)[:120]})")
+                continue
+            except RecursionError:  # [[[[... deeper than the interpreter's stack
+                self._malformed(where, "malformed JSON (nested too deeply)")
                 continue
             text = record.get(field_name) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 why = "missing" if not isinstance(record, dict) or field_name not in record else "not a string"
-                self._malformed(f"{where}: field {field_name!r} {why}, line skipped")
+                self._malformed(where, f"field {field_name!r} {why}")
                 continue
-            yield self._emit(RawDoc(text, where, doc.invalid_utf8))
+            try:
+                nbytes = len(text.encode("utf-8"))
+            except UnicodeEncodeError as exc:  # "\ud800": JSON escapes any code unit, UTF-8 refuses a lone surrogate
+                self._malformed(where, f"field {field_name!r} holds a lone surrogate at character {exc.start}")
+                continue
+            yield self._emit(RawDoc(text, where, doc.invalid_utf8), nbytes)
 
     def _read_parquet(self, path: Path, stream: Any) -> Iterator[RawDoc]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(stream)
         column = self.src.text_field
         if column not in pf.schema_arrow.names:
-            self._malformed(f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)}), file skipped")
+            self._malformed(str(path), f"no column {column!r} (columns: {', '.join(pf.schema_arrow.names)})", "file")
             return
         row = 0
         for batch in pf.iter_batches(columns=[column], batch_size=1024):
-            for value in batch.column(0).to_pylist():
+            values = batch.column(0)
+            # Strings come as bytes, decoded here: Arrow does not check UTF-8, so one bad value would
+            # fail to_pylist() for its whole batch and the file's rest; _decode counts it alone.
+            strings = pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+            if strings:
+                values = values.view(pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary())
+            for value in values.to_pylist():
                 row += 1
                 if not self._take():
                     return
-                if not isinstance(value, str):
-                    self._malformed(f"{path}:row {row}: column {column!r} is {type(value).__name__}, row skipped")
+                where = f"{path}:row {row}"
+                if strings and value is not None:
+                    doc = self._decode(value, where)
+                    if doc is not None:
+                        yield self._emit(doc)
                     continue
-                yield self._emit(RawDoc(value, f"{path}:row {row}"))
-
-    def _malformed(self, message: str) -> None:
-        self.stats.malformed_records += 1
-        self.stats.problem(message)
+                self._malformed(where, f"column {column!r} is {type(value).__name__}", "row")

@@ -19,14 +19,14 @@ class ModelConfig:
     num_kv_heads: int | None = field(default=None, metadata=bounds(ge=1, le=1024))  # None: = num_heads
     intermediate_size: int | None = field(default=None, metadata=bounds(ge=1, le=1048576))  # None: from hidden_size
     max_seq_len: int = field(default=128, metadata=bounds(ge=1, le=1048576))
-    rope_theta: float = field(default=10000.0, metadata=bounds(gt=0))
+    rope_theta: float = field(default=10000.0, metadata=bounds(gt=0, le=1e12))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     tie_embeddings: bool = True
     # gpt2's MLP activation. gelu_tanh: GPT-2's own (transformers' gelu_new), computed by torch's fused
     # gelu(approximate="tanh") op — the same function in one kernel instead of seven elementwise ops;
     # gelu: the exact (erf) GELU, as nanoGPT's GPT. Llama's MLP is SwiGLU: null only.
     mlp_activation: Literal["gelu_tanh", "gelu"] | None = None  # None: the architecture's own
-    init_std: float = field(default=0.02, metadata=bounds(gt=0))
+    init_std: float = field(default=0.02, metadata=bounds(gt=0, le=1))  # above 1 the activations explode
 
     def validate(self) -> None:
         if self.hidden_size % self.num_heads:

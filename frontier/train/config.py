@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from frontier.config_fields import bounds
+from frontier.config_fields import bounds, check_relative_path
 
 
 @dataclass
@@ -76,6 +76,9 @@ class MonitorConfig:
     dvclive_dir: str = "dvclive"  # DVCLive's directory (its dvc.yaml there is what DVC reads)
     mlflow_tracking_uri: str | None = None  # None: a file store in the run's logs (checkpoints/.../logs/mlruns)
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+
+    def validate(self) -> None:
+        check_relative_path("dvclive_dir", self.dvclive_dir)
 
 
 @dataclass
@@ -155,13 +158,17 @@ class LaunchConfig:
     """
 
     launcher: Literal["auto", "torchrun", "external"] = "auto"
-    nproc_per_node: int | Literal["auto"] = field(default="auto", metadata=bounds(ge=1))  # auto: CUDA devices, else 1
-    nnodes: int = field(default=1, metadata=bounds(ge=1))
+    nproc_per_node: int | Literal["auto"] = field(
+        default="auto", metadata=bounds(ge=1, le=1024)
+    )  # auto: CUDA devices, else 1
+    nnodes: int = field(default=1, metadata=bounds(ge=1, le=100_000))
     node_rank: int = field(default=0, metadata=bounds(ge=0))  # this node's index (multi-node, started by hand)
     master_addr: str = "127.0.0.1"  # node 0's address (multi-node)
     # None: a free port on one node; several nodes started by hand need one (srun's ranks derive theirs)
     master_port: int | None = field(default=None, metadata=bounds(ge=1, le=65535))
-    threads_per_rank: int = field(default=0, metadata=bounds(ge=0))  # CPU threads per rank; 0: the cores / ranks
+    threads_per_rank: int = field(
+        default=0, metadata=bounds(ge=0, le=4096)
+    )  # CPU threads per rank; 0: the cores / ranks
     shutdown_timeout_s: float = field(default=120.0, metadata=bounds(ge=1))  # checkpoint time after a stop signal
     # what a cluster job asks its scheduler for (Snakemake resources:, read by executor plugins such as SLURM)
     gpus_per_node: int = field(default=0, metadata=bounds(ge=0))
