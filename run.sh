@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Install Frontier into ./.venv from the hash-checked lock (once; again when the lock or the build inputs
-# change), then run a command in it.
+# change), check that the venv still equals the lock, then run a command in it.
 #   bash run.sh snakemake --cores all     # the default pipeline, end to end
 #   bash run.sh pytest                    # the test suite
 # Environment: FRONTIER_LOCK=cpu|cuda (default cpu: requirements/cpu.txt; cuda: torch's CUDA 13 build),
-# FRONTIER_VENV (default .venv), PYTHON (interpreter for the venv, default python3), MAX_JOBS (extension build).
+# FRONTIER_VENV (default .venv), PYTHON (interpreter for the venv, default python3), MAX_JOBS (extension build),
+# FRONTIER_REINSTALL=1 (build the venv afresh from the lock: the repair when the check below finds drift).
 # Refresh the locks with `bash requirements/lock.sh`.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${FRONTIER_VENV:-.venv}
+VENV=${VENV%/}
 PY=${PYTHON:-python3}
 FLAVOUR=${FRONTIER_LOCK:-cpu}
 LOCK=requirements/$FLAVOUR.txt
@@ -26,13 +28,28 @@ lock_id="$FLAVOUR locked=$locked $(cat "$LOCK" "$BUILD_LOCK" | sha256sum | cut -
 build_id=$(cat pyproject.toml setup.py run.sh csrc/*.cpp csrc/*.h csrc/cuda/* 2>/dev/null | sha256sum | cut -c1-16)
 want="$lock_id $build_id"
 have=$(cat "$VENV/.frontier-installed" 2>/dev/null || true)
+again="bash run.sh$(printf ' %q' "$@")"
 
-if [ "$have" != "$want" ]; then
-    # A venv installed from another lock would keep packages the new lock dropped: start it afresh.
-    if [ -n "$have" ] && [ "${have% *}" != "$lock_id" ]; then
-        echo "run.sh: the lock changed; recreating $VENV" >&2
-        rm -rf "$VENV"
+# A rebuild (below) keeps the working venv at $VENV.old-PID until the new one is complete. One that
+# is still running owns $VENV; one that was killed is undone (or finished, if its venv was complete).
+for old in "$VENV".old-*; do
+    [ -d "$old" ] || continue
+    if kill -0 "${old##*.old-}" 2>/dev/null; then
+        echo "run.sh: another run.sh (pid ${old##*.old-}) is rebuilding $VENV; run again when it is done" >&2
+        exit 1
     fi
+    if [ -n "$have" ]; then
+        rm -rf "$old"
+    else
+        echo "run.sh: restoring $VENV, which an interrupted rebuild had moved to $old" >&2
+        rm -rf "$VENV" && mv "$old" "$VENV"
+        have=$(cat "$VENV/.frontier-installed" 2>/dev/null || true)
+    fi
+done
+
+# The install, into $VENV (a new venv, or one whose lock is unchanged: pip then installs only what differs).
+# Its last steps check the result against the lock and mark it installed.
+install() {
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     echo "run.sh: installing Frontier into $VENV ($([ $locked = 1 ] && echo "locked: $LOCK" || echo UNLOCKED))" >&2
     # (pip's notes about package names missing from a configured local index are noise here)
@@ -54,13 +71,58 @@ if [ "$have" != "$want" ]; then
     fi
     # Frontier itself (compiles frontier._C); its dependencies are already in place.
     pip_q --no-deps --no-build-isolation -e .
+    # Parameter files are data: Snakemake would evaluate YTE templates in a --configfile before any of
+    # Frontier's code runs; this .pth arms frontier.utils.params_guard in every process of the venv.
+    "$VENV/bin/python" -c 'from frontier.utils.params_guard import install; install()'
     if [ $locked = 1 ]; then
+        # the marker, and each installed file's stat once it is found equal to its RECORD hash
         "$VENV/bin/python" -m frontier.utils.lock record "$LOCK" "$FLAVOUR" >/dev/null
         "$VENV/bin/python" -m frontier.utils.lock check  # the environment equals the lock, or say how not
     else
-        rm -f "$VENV/frontier-lock.json"
+        rm -f "$VENV/frontier-lock.json" "$VENV/frontier-verified.marshal"
     fi
     echo "$want" > "$VENV/.frontier-installed"
+}
+
+if [ "$have" != "$want" ] || [ -n "${FRONTIER_REINSTALL:-}" ]; then
+    if { [ -n "${FRONTIER_REINSTALL:-}" ] && [ -e "$VENV" ]; } || { [ -n "$have" ] && [ "${have% *}" != "$lock_id" ]; }; then
+        # A venv installed from another lock would keep packages the new lock dropped, and one asked to
+        # be reinstalled may hold anything: build a new one. It must be built at $VENV itself (a venv's
+        # scripts and pyvenv.cfg hold its absolute path, so one built elsewhere cannot be moved there),
+        # so the working one waits beside it and comes back if the install fails: a lock pip rejects (a
+        # bad hash, an unreachable index) leaves the venv as it was, never a half-installed one.
+        old="$VENV.old-$$"
+        echo "run.sh: $([ -n "${FRONTIER_REINSTALL:-}" ] && echo "FRONTIER_REINSTALL" || echo "the lock changed"):" \
+            "building a new $VENV (the current one waits at $old until it is complete)" >&2
+        mv "$VENV" "$old"
+        trap 'rm -rf "$VENV"; mv "$old" "$VENV"; echo "run.sh: interrupted; $VENV is as it was" >&2; exit 130' INT TERM
+        set +e
+        (set -e; install)
+        rc=$?
+        set -e
+        if [ $rc != 0 ]; then
+            rm -rf "$VENV" && mv "$old" "$VENV"
+            echo "run.sh: installing $LOCK into a new $VENV failed (exit $rc, above); $VENV is unchanged" >&2
+            exit $rc
+        fi
+        trap - INT TERM
+        rm -rf "$old"
+    else
+        install  # a first install, or new build inputs with the same lock
+    fi
+fi
+
+# Every run, before the command: the venv still equals the lock (each package at its pinned version,
+# each installed file as its RECORD hashes it; ~0.3 s for the whole venv, as unchanged files are not
+# re-read). Drift is refused, not repaired: a reinstall takes minutes and the network, and an automatic
+# one would silently throw away what made the venv differ, which is either someone's deliberate edit
+# (a print in transformers while debugging) or something to look at before trusting any result from it.
+# `python -S`: nothing from the venv's site-packages (a .pth file) runs before it is checked.
+if [ $locked = 1 ] && ! diffs=$("$VENV/bin/python" -S -E -m frontier.utils.lock check "$VENV" 2>&1); then
+    echo "run.sh: $VENV differs from $LOCK, the lock it was installed from:" >&2
+    sed 's/^lock: /  /' <<<"$diffs" >&2
+    echo "run.sh: not running in it; to reinstall it from the lock: FRONTIER_REINSTALL=1 $again" >&2
+    exit 1
 fi
 export PATH="$PWD/$VENV/bin:$PATH" VIRTUAL_ENV="$PWD/$VENV"
 [ $# -gt 0 ] || exit 0

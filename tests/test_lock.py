@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import re
+import sysconfig
 from pathlib import Path
 
 import pytest
 import tomllib
 
+from frontier.utils import lock as lock_module
 from frontier.utils.hashing import sha256_file
-from frontier.utils.lock import installed_versions, lock_differences, normalize, read_lock, read_marker
+from frontier.utils.lock import (
+    file_differences,
+    installed_versions,
+    lock_differences,
+    normalize,
+    read_lock,
+    read_marker,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = ("cpu", "cuda")
@@ -25,6 +37,8 @@ def test_this_environment_equals_its_lock() -> None:
     assert sha256_file(lock) == marker["sha256"], f"{marker['file']} changed since install: rerun `bash run.sh`"
     diffs = lock_differences(read_lock(lock), installed_versions())
     assert not diffs, "installed packages differ from the lock:\n" + "\n".join(diffs)
+    diffs = file_differences()
+    assert not diffs, "installed files differ from their RECORD:\n" + "\n".join(diffs)
 
 
 @pytest.mark.parametrize("flavour", LOCKS)
@@ -86,3 +100,51 @@ def test_read_lock_normalizes_names_and_ignores_hashes_and_comments(tmp_path: Pa
         "nvidia-ml-py==13.615.71 ; sys_platform == 'linux' \\\n    --hash=sha256:cd\n"
     )
     assert read_lock(lock) == {"typing-extensions": "4.16.0", "nvidia-ml-py": "13.615.71"}
+
+
+def _install(site: Path, name: str, files: dict[str, str]) -> None:
+    """A hand-installed distribution: its files and a dist-info whose RECORD hashes them (as pip writes it)."""
+    info = f"{name}-1.0.dist-info"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n"}
+    rows = [f"{info}/RECORD,,", f"{name}/__pycache__/x.cpython-311.pyc,,"]
+    for path, text in files.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        rows.append(f"{path},sha256={digest},{len(text)}")
+    (site / info / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def test_file_differences_name_each_edited_missing_or_unowned_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(tmp_path), "platbase": str(tmp_path)}))
+    rel = site.relative_to(tmp_path)
+    _install(site, "alpha", {"alpha/__init__.py": "A = 1\n", "alpha/data.txt": "x"})
+    _install(site, "beta", {"alpha/__init__.py": "A = 2\n"})  # two packages write one file: either hash will do
+    (site / "frontier-guard.pth").write_text("import frontier.utils.params_guard as _g; _g.arm()\n")  # ours
+    assert file_differences(tmp_path, fresh=True) == []
+
+    hashed: list[str] = []
+    real = lock_module._record_hash
+    monkeypatch.setattr(
+        lock_module, "_record_hash", lambda path, algorithm: hashed.append(path) or real(path, algorithm)
+    )
+    assert file_differences(tmp_path) == [] and hashed == []  # unchanged stat: nothing re-read
+
+    module = site / "alpha" / "__init__.py"
+    before = module.stat()
+    module.write_text("A = 3\n")  # same size, and the mtime put back: the ctime still moved
+    os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (site / "alpha" / "data.txt").unlink()
+    (site / "evil.pth").write_text("import os\n")
+    (site / "frontier-evil.pth").write_text("import os\n")
+    assert file_differences(tmp_path) == [
+        f"alpha 1.0: {rel}/alpha/__init__.py changed",
+        f"alpha 1.0: {rel}/alpha/data.txt missing",
+        f"{rel}/evil.pth: installed by no package",
+        f"{rel}/frontier-evil.pth: installed by no package",
+    ]
+    record = site / "beta-1.0.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "beta/new.py,,\n")
+    assert f"beta 1.0: {rel}/beta-1.0.dist-info/RECORD rewritten since install" in file_differences(tmp_path)

@@ -4,7 +4,7 @@ Snakemake reads every ``--configfile`` (and profile) through YTE, which evaluate
 ``__definitions__`` blocks as Python when the document holds ``__use_yte__: true`` — while parsing its
 command line, before any workflow code (ours included) runs, under ``snakemake -n`` too. Snakemake has no
 switch for it, so Frontier's environment carries a guard: ``frontier-params-guard.pth`` in the venv's
-site-packages (written by ``python -m frontier.utils.params_guard install``, which run.sh calls) makes the
+site-packages (written by :func:`install`, which run.sh calls after each install) makes the
 interpreter wrap ``yte.process_yaml`` the moment yte is imported. A document asking for templating is
 refused with one line naming the file; any other document goes through untouched, and the wrapper hands
 yte a code handler that refuses to evaluate anything, so no other way into eval/exec stays open.
@@ -123,17 +123,3 @@ def install(site_packages: str | Path | None = None) -> Path:
     if not path.is_file() or path.read_text() != PTH_LINE:
         path.write_text(PTH_LINE)
     return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m frontier.utils.params_guard install``: arm the guard in this environment."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv != ["install"]:
-        print("usage: python -m frontier.utils.params_guard install", file=sys.stderr)
-        return 2
-    print(install())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
