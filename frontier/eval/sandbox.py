@@ -12,13 +12,17 @@ Isolation (bubblewrap, ``bwrap``; Debian's package ``bubblewrap``), for every ru
 - a private writable directory (``/work``, tmpfs) capped at ``disk_mb``;
 - resource limits the child sets on itself before untrusted code runs (sandbox_child/limits.py):
   address space, CPU seconds, processes, file size, no core dumps; and a wall-clock timeout after
-  which the whole sandbox is killed.
+  which the whole sandbox is killed;
+- memory capped as memory (sandbox_memory.py): a memory cgroup per sandbox where one can be made, and a
+  seccomp filter refusing memfd_create and SysV shared memory, which no address-space limit counts.
 
 Verdicts (``run_check``): the completion runs in one sandbox and serves calls of its functions; the
 problem's test runs in a second sandbox, where ``candidate(...)`` is a proxy whose results come back as
 plain data (sandbox_child/codec.py). Only the test's process, which runs no completion code, can write
-``PASS`` on a pipe only it holds. A completion that exits early, prints anything, patches builtins or
-returns an object with a rigged ``__eq__`` cannot pass.
+``PASS`` on a pipe only it holds, and only when no call of the candidate failed. A completion that exits
+early, prints anything, patches builtins, returns an object with a rigged ``__eq__`` or raises (even
+StopIteration, which would quietly end a ``map`` in the test's ``all()``) cannot pass
+(sandbox_child/check.py).
 
 Without a usable bwrap nothing untrusted runs (`SandboxUnavailable`), unless the caller sets
 ``unsafe_no_sandbox`` (params: ``evaluate.passk.unsafe_run_without_sandbox``): then the same scripts run
@@ -42,6 +46,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from frontier.errors import FrontierError
+from frontier.eval import sandbox_memory
+from frontier.eval.sandbox_memory import MemoryCgroup
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,8 @@ _OUTPUT_TAIL = 2000  # characters of stderr kept in a result
 _INSIDE = "/sandbox"  # the child scripts and the problem's files, read-only
 _WORK = "/work"  # the private writable directory
 _PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")  # fallbacks an unprivileged uid can run
+# Waits for one byte on fd argv[1] (EOF: the parent gave up, so run nothing), then becomes argv[2:].
+_GATE = "import os, sys\nfd = int(sys.argv[1])\ngo = os.read(fd, 1)\nos.close(fd)\ngo and os.execv(sys.argv[2], sys.argv[2:])\nsys.exit(1)"
 
 
 class SandboxUnavailable(FrontierError):
@@ -181,7 +189,7 @@ def isolation() -> dict[str, Any]:
 
 def describe() -> dict[str, Any]:
     """isolation() without the long runtime list (for metrics and reports)."""
-    return {k: v for k, v in isolation().items() if k != "runtime"}
+    return {**{k: v for k, v in isolation().items() if k != "runtime"}, "memory": sandbox_memory.describe()}
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -219,19 +227,74 @@ def _launcher(limits: SandboxLimits, stage: Path) -> tuple[list[str], str, str, 
     return [], sys.executable, str(stage), None
 
 
-def _start(argv: list[str], user: int | None, cwd: str, pass_fds: tuple[int, ...], **io: Any) -> subprocess.Popen:
+@dataclass
+class _Box:
+    """One started sandbox: its process (bwrap, or the bare interpreter when unsafe) and its memory cgroup."""
+
+    proc: subprocess.Popen
+    cgroup: MemoryCgroup | None
+    memory_mb: int
+    oom_kills: int = 0
+
+
+def _start(argv: list[str], python: str, user: int | None, cwd: str, pass_fds: tuple[int, ...],
+           limits: SandboxLimits, **io: Any) -> _Box:  # fmt: skip
+    """Start `argv` (`python`: an interpreter `user` can run) in its own session and memory cgroup."""
     ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
     env = {"PATH": "/usr/bin:/bin", "HOME": _WORK, "TMPDIR": _WORK, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, close_fds=True, pass_fds=pass_fds,
-                            **ids, **io)  # fmt: skip
+    fds, ours = list(pass_fds), _Pipes()
+    cgroup = MemoryCgroup.create(limits.memory_mb << 20)
+    try:
+        bpf = sandbox_memory.seccomp_filter()
+        if os.path.basename(argv[0]) == "bwrap" and bpf is not None:
+            program_r, program_w = ours.pipe()
+            os.write(program_w, bpf)  # a few hundred bytes: never blocks on a pipe's buffer
+            ours.close(program_w)
+            fds.append(program_r)
+            argv = [argv[0], "--seccomp", str(program_r), *argv[1:]]
+        if cgroup is not None:
+            # A gate (a few lines of Python) waits until it is inside the cgroup, then becomes bwrap, so every
+            # process of the sandbox is born inside (a process moved later would leave its children outside).
+            gate_r, gate_w = ours.pipe()
+            fds.append(gate_r)
+            argv = [python, "-I", "-S", "-c", _GATE, str(gate_r), *argv]
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                                pass_fds=tuple(fds), **ids, **io)  # fmt: skip
+        box = _Box(proc, cgroup, limits.memory_mb)
+        if cgroup is not None:
+            try:
+                cgroup.add(proc.pid)
+            except OSError as exc:
+                _kill(box)  # the gate never opens: nothing ran outside the cap
+                raise FrontierError(f"cannot move the sandbox into its memory cgroup: {exc}") from exc
+            with contextlib.suppress(OSError):
+                os.write(gate_w, b"go\n")
+        return box
+    except BaseException:
+        if cgroup is not None:
+            cgroup.close()
+        raise
+    finally:
+        ours.close_all()
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group (bwrap and, through --die-with-parent and the PID namespace, all inside)."""
+def _kill(box: _Box) -> None:
+    """SIGKILL the process group (bwrap and, through --die-with-parent and the PID namespace, all inside),
+    then whatever is left in its cgroup, and remove that."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(box.proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
+        box.proc.wait(timeout=5)
+    if box.cgroup is not None:
+        box.oom_kills += box.cgroup.oom_kills()
+        box.cgroup.close()
+        box.cgroup = None
+
+
+def _memory_note(*boxes: _Box) -> str:
+    """Why a sandbox died, when the kernel killed it for memory (its exit status alone says only SIGKILL)."""
+    hit = [b for b in boxes if b.oom_kills]
+    return f"killed: over the sandbox's memory cap of {hit[0].memory_mb} MiB\n" if hit else ""
 
 
 def _tail(stream: IO[bytes] | None) -> str:
@@ -253,18 +316,19 @@ def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> ExecRes
         argv = [*prefix, python, "-I", "-S", f"{inside}/program.py", f"{inside}/main.py", *limits.rlimits()]
         workdir = tempfile.mkdtemp(prefix="frontier-work-") if not prefix else "/"
         try:
-            proc = _start(argv, user, workdir, (), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            box = _start(argv, python, user, workdir, (), limits, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=err)  # fmt: skip
             try:
-                proc.wait(timeout=limits.timeout_s)
+                box.proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 return ExecResult("timeout", None, f"timed out after {limits.timeout_s:g}s\n{_tail(err)}",
                                   time.monotonic() - start)  # fmt: skip
             finally:
-                _kill(proc)
+                _kill(box)
         finally:
             if not prefix:
                 shutil.rmtree(workdir, ignore_errors=True)
-        rc, detail = proc.returncode, _tail(err)
+        rc, detail = box.proc.returncode, _memory_note(box) + _tail(err)
         status = "passed" if rc == 0 else "failed"
         return ExecResult(status, rc, detail or (f"exit status {rc}" if rc else ""), time.monotonic() - start)
 
@@ -277,7 +341,7 @@ def run_check(prompt: str, completion: str, test: str, entry_point: str,
     requests_r, requests_w = pipes.pipe()
     replies_r, replies_w = pipes.pipe()
     verdict_r, verdict_w = pipes.pipe()
-    procs: list[subprocess.Popen] = []
+    boxes: list[_Box] = []
     work: list[str] = []
     verdict = b""
     # Two stages: the completion's sandbox never sees the test (nor its expected answers).
@@ -292,16 +356,16 @@ def run_check(prompt: str, completion: str, test: str, entry_point: str,
             serve = [*prefix, python, "-I", "-S", f"{inside}/serve.py", f"{inside}/solution.py", str(replies_w),
                      *limits.rlimits()]  # fmt: skip
             work = [tempfile.mkdtemp(prefix="frontier-work-") for _ in range(2)] if not prefix else []
-            procs.append(_start(serve, user, work[0] if work else "/", (replies_w,), stdin=requests_r,
+            boxes.append(_start(serve, python, user, work[0] if work else "/", (replies_w,), limits, stdin=requests_r,
                                 stdout=subprocess.DEVNULL, stderr=serve_err))  # fmt: skip
             prefix, python, inside, user = _launcher(limits, test_stage)
             check = [*prefix, python, "-I", "-S", f"{inside}/check.py", f"{inside}/prompt.py", f"{inside}/test.py",
                      entry_point, str(requests_w), str(replies_r), str(verdict_w), *limits.rlimits()]  # fmt: skip
-            procs.append(_start(check, user, work[1] if work else "/", (requests_w, replies_r, verdict_w),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err))  # fmt: skip
+            boxes.append(_start(check, python, user, work[1] if work else "/", (requests_w, replies_r, verdict_w),
+                                limits, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err))  # fmt: skip
             pipes.close(requests_r, requests_w, replies_r, replies_w, verdict_w)  # a dead peer now reads as EOF
             try:
-                procs[1].wait(timeout=limits.timeout_s)
+                boxes[1].proc.wait(timeout=limits.timeout_s)
             except subprocess.TimeoutExpired:
                 return ExecResult("timeout", None, f"timed out after {limits.timeout_s:g}s\n{_tail(err)}",
                                   time.monotonic() - start)  # fmt: skip
@@ -309,16 +373,16 @@ def run_check(prompt: str, completion: str, test: str, entry_point: str,
             with contextlib.suppress(BlockingIOError):
                 verdict = os.read(verdict_r, 16)
         finally:
-            for proc in procs:
-                _kill(proc)
+            for box in boxes:
+                _kill(box)
             pipes.close_all()
             for path in work:
                 shutil.rmtree(path, ignore_errors=True)
         seconds = time.monotonic() - start
-        rc = procs[1].returncode
+        rc = boxes[1].proc.returncode
         if rc == 0 and verdict == b"PASS\n":
             return ExecResult("passed", rc, "", seconds)
-        detail = _tail(err) or _tail(serve_err) or f"exit status {rc}"
+        detail = _memory_note(*boxes) + (_tail(err) or _tail(serve_err) or f"exit status {rc}")
         return ExecResult("failed", rc, detail, seconds)
 
 

@@ -251,9 +251,12 @@ def test_the_verdict_cannot_be_forged(forgery: str) -> None:
 
 
 @needs_sandbox
-def test_exceptions_raised_by_the_candidate_reach_the_test() -> None:
+def test_exceptions_raised_by_the_candidate_fail_it_even_where_the_test_expects_them() -> None:
+    # A completion's exception never decides a verdict (test_sandbox_hostile.py: StopIteration ends a map()
+    # in the test's all()), so a test that expects one cannot be passed; HumanEval's tests expect none.
     test = "def check(candidate):\n    try:\n        candidate(1, 0)\n    except ZeroDivisionError:\n        return\n    raise AssertionError('no error')\n"  # fmt: skip
-    assert run_check(PROMPT, "    return a / b\n", test, "add", FAST).passed
+    result = run_check(PROMPT, "    return a / b\n", test, "add", FAST)
+    assert not result.passed and "ZeroDivisionError" in result.detail
     assert not run_check(PROMPT, "    return 0\n", test, "add", FAST).passed
 
 
