@@ -12,12 +12,15 @@ import errno
 import importlib
 import logging
 import os
+import pickle
+import re
+import resource
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frontier.errors import FrontierError
+from frontier.errors import FrontierError, ResourceError, out_of_memory
 from frontier.train.launch import die_with_launcher, report_rank_error
 
 if TYPE_CHECKING:
@@ -307,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(ns: argparse.Namespace) -> int:
     """Run the stage; an error a user can cause ends as one line on stderr (and to a launcher) and an exit code."""
     try:
+        check_address_space(ns.command)
         ns.fn(ns)
     except KeyboardInterrupt:
         sys.stderr.write(f"frontier {ns.command}: interrupted\n")
         return 130
-    except (FrontierError, OSError, MemoryError) as exc:
+    except Exception as exc:  # libraries raise plain Exception/RuntimeError for a full disk or failed allocation
         explained = _explain(exc, ns)
         if explained is None:
             raise
@@ -329,16 +333,22 @@ def _explain(exc: BaseException, ns: argparse.Namespace) -> tuple[str, int] | No
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         # A path the user gave is wrong; name it without a traceback.
         return f"{exc.strerror}: {exc.filename or ''}", 2
-    if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
+    chain = _chain(exc)
+    disk = _disk_error(chain)
+    if disk is not None:
         # A write failed for lack of room or a read-only mount: the atomic output left nothing half-written.
-        where = exc.filename or getattr(ns, "out", None) or getattr(ns, "checkpoints", None) or "the output"
-        return f"{exc.strerror} while writing {where}; {_DISK_ERRORS[exc.errno]}", 2
-    if isinstance(exc, MemoryError):
-        return (
-            "out of memory; lower this stage's sizes in params.yaml (for example prepare.max_docs, "
-            "prepare.clean.max_chars, train.micro_batch_size) or run it on a machine with more memory",
-            2,
-        )
+        code, filename = disk
+        where = filename or _output(chain, ns)
+        return f"{os.strerror(code)} while writing {where}; {_DISK_ERRORS[code]}", 2
+    torch_write = next((e for e in chain if any(t in str(e) for t in _TORCH_WRITE_TEXTS)), None)
+    if torch_write is not None:
+        return _torch_write_failed(torch_write, _output(chain, ns)), 2
+    unpickling = next((e for e in chain if isinstance(e, pickle.UnpicklingError)), None)
+    if unpickling is not None:
+        return _refused_pickle(unpickling, ns), 2
+    if out_of_memory(exc) or (_address_space_limit() and any("temporarily unavailable" in str(e) for e in chain)):
+        # (EAGAIN creating a thread under `ulimit -v`: its stack could not be mapped)
+        return _out_of_memory_line(exc), 2
     return None
 
 
@@ -347,6 +357,126 @@ _DISK_ERRORS = {
     errno.EDQUOT: "the disk quota is used up: free some space or point the output at another disk",
     errno.EROFS: "the file system is read-only: point the output at a writable directory",
 }
+# How libraries without an OSError say it: Rust's io::Error (tokenizers, safetensors) ends in
+# "(os error 28)"; others only carry the C library's text.
+_OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
+_DISK_TEXTS = {os.strerror(code): code for code in _DISK_ERRORS}
+# torch.save to a path writes through a C++ stream that drops errno: these are all it says.
+_TORCH_WRITE_TEXTS = ("PytorchStreamWriter failed", "iostream error", "inline_container.cc")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from or during (a library often re-raises the real cause)."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not e for e in out):
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _disk_error(chain: list[BaseException]) -> tuple[int, str | None] | None:
+    """(errno, file name or None) of the first full-disk/quota/read-only failure in `chain`."""
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+            return e.errno, e.filename
+        text = str(e)
+        match = _OS_ERROR_NUMBER.search(text)
+        if match and int(match.group(1)) in _DISK_ERRORS:
+            return int(match.group(1)), None
+        for words, code in _DISK_TEXTS.items():
+            if words in text:
+                return code, None
+    return None
+
+
+def _output(chain: list[BaseException], ns: argparse.Namespace) -> str:
+    """The stage's output being written when `chain` was raised: its checkpoints while saving one, else --out."""
+    checkpoints = getattr(ns, "checkpoints", None)
+    for e in chain:
+        tb = e.__traceback__
+        while checkpoints and tb is not None:
+            if Path(tb.tb_frame.f_code.co_filename).parts[-2:] == ("train", "checkpoint.py"):
+                return checkpoints
+            tb = tb.tb_next
+    return getattr(ns, "out", None) or checkpoints or "the output"
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else exc.__class__.__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _torch_write_failed(exc: BaseException, where: str) -> str:
+    """torch lost errno; the file system says which of the usual causes it was."""
+    probe = Path(where).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        fs = os.statvfs(probe)
+    except OSError:
+        fs = None
+    torch_said = f"torch: {_first_line(exc, 100)}"
+    if fs is not None and fs.f_flag & os.ST_RDONLY:
+        return f"{os.strerror(errno.EROFS)} while writing {where} ({torch_said}); {_DISK_ERRORS[errno.EROFS]}"
+    free = None if fs is None else fs.f_bavail * fs.f_frsize
+    if free is not None and free < 2**20:
+        return f"{os.strerror(errno.ENOSPC)} while writing {where} ({torch_said}); {_DISK_ERRORS[errno.ENOSPC]}"
+    return (
+        f"could not write {where} ({torch_said}); the disk is probably full or over its quota "
+        f"({'?' if free is None else f'{free / 2**20:.0f}'} MiB free now): free some space or point the output elsewhere"
+    )
+
+
+def _refused_pickle(exc: BaseException, ns: argparse.Namespace) -> str:
+    """A pickle refused where no loader of ours caught it (peft's adapter load in merge): name the directory."""
+    from frontier.eval.model_io import refused_pickle
+
+    return str(refused_pickle(Path(getattr(ns, "adapter", None) or getattr(ns, "model", None) or "."), exc))
+
+
+def _out_of_memory_line(exc: BaseException) -> str:
+    detail = "" if isinstance(exc, MemoryError) and not str(exc) else f" ({_first_line(exc)})"
+    limit = _address_space_limit()
+    if limit:
+        return (
+            f"out of memory{detail} under the address-space limit RLIMIT_AS (ulimit -v) of {limit // 1024} KiB; "
+            "raise or remove it (ulimit -v unlimited) or lower this stage's sizes in params.yaml"
+        )
+    return (
+        f"out of memory{detail}; lower this stage's sizes in params.yaml (for example prepare.max_docs, "
+        "prepare.clean.max_chars, train.micro_batch_size) or run it on a machine with more memory"
+    )
+
+
+def _address_space_limit() -> int | None:
+    """The soft RLIMIT_AS in bytes, or None when there is none."""
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+# Address space (MiB) below which a stage cannot even start here: importing torch (every stage
+# records its version) maps ~680 MiB, DeepSpeed and its gloo threads ~1 GiB more. Below these,
+# failures come as aborts (std::bad_alloc terminating the process), ImportErrors of libtorch or
+# OpenBLAS giving up: refuse up front instead. Tools that start no stage are not checked.
+_ADDRESS_SPACE_FLOOR_MIB = {"train": 1024, "finetune": 1024}
+_ADDRESS_SPACE_FLOOR_DEFAULT_MIB = 768
+_UNCHECKED = ("check", "env", "dvc-yaml")
+
+
+def check_address_space(command: str) -> None:
+    """ResourceError when `ulimit -v` leaves this stage less address space than torch needs to start."""
+    limit = _address_space_limit()
+    if limit is None or command in _UNCHECKED:
+        return
+    floor = _ADDRESS_SPACE_FLOOR_MIB.get(command, _ADDRESS_SPACE_FLOOR_DEFAULT_MIB)
+    if limit < floor * 2**20:
+        raise ResourceError(
+            f"the address-space limit RLIMIT_AS (ulimit -v) is {limit // 1024} KiB; frontier {command} needs at "
+            f"least {floor * 1024} KiB ({floor} MiB) for torch{' and DeepSpeed' if command in _ADDRESS_SPACE_FLOOR_MIB else ''} "
+            "to start: raise it (ulimit -v unlimited, or the job's virtual-memory limit)"
+        )
 
 
 if __name__ == "__main__":

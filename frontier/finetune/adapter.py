@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from frontier.errors import CheckpointError, ConfigError
+from frontier.errors import CheckpointError, ConfigError, out_of_memory
 
 if TYPE_CHECKING:
     from frontier.finetune.config import FinetuneConfig
@@ -63,7 +64,13 @@ def load_base(model_dir: Path, quantize: str, zero_stage: int, device: torch.dev
         kwargs.pop("dtype")
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except pickle.UnpicklingError as exc:
+        from frontier.eval.model_io import refused_pickle
+
+        raise refused_pickle(model_dir, exc) from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if out_of_memory(exc):  # the machine's limit, not a bad model: frontier.cli says so in one line
+            raise
         raise CheckpointError(f"{model_dir}: cannot load the base model: {_first_line(exc)}") from None
     if quantize != "none":
         from peft import prepare_model_for_kbit_training
