@@ -22,6 +22,7 @@ from frontier.utils.lock import (
     read_lock,
     read_marker,
 )
+from frontier.utils.params_guard import PTH_LINE, PTH_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = ("cpu", "cuda")
@@ -122,7 +123,7 @@ def test_file_differences_name_each_edited_missing_or_unowned_file(
     rel = site.relative_to(tmp_path)
     _install(site, "alpha", {"alpha/__init__.py": "A = 1\n", "alpha/data.txt": "x"})
     _install(site, "beta", {"alpha/__init__.py": "A = 2\n"})  # two packages write one file: either hash will do
-    (site / "frontier-guard.pth").write_text("import frontier.utils.params_guard as _g; _g.arm()\n")  # ours
+    (site / PTH_NAME).write_text(PTH_LINE)  # ours: the params guard run.sh arms
     assert file_differences(tmp_path, fresh=True) == []
 
     hashed: list[str] = []
@@ -139,11 +140,13 @@ def test_file_differences_name_each_edited_missing_or_unowned_file(
     (site / "alpha" / "data.txt").unlink()
     (site / "evil.pth").write_text("import os\n")
     (site / "frontier-evil.pth").write_text("import os\n")
+    (site / PTH_NAME).write_text(PTH_LINE + "import os\n")  # our name, other content
     assert file_differences(tmp_path) == [
         f"alpha 1.0: {rel}/alpha/__init__.py changed",
         f"alpha 1.0: {rel}/alpha/data.txt missing",
         f"{rel}/evil.pth: installed by no package",
         f"{rel}/frontier-evil.pth: installed by no package",
+        f"{rel}/{PTH_NAME}: installed by no package",
     ]
     record = site / "beta-1.0.dist-info" / "RECORD"
     record.write_text(record.read_text() + "beta/new.py,,\n")

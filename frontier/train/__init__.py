@@ -15,7 +15,7 @@ Entry point: ``frontier.train.run.train(params, tokens_dir, tokenizer_dir, out_d
   checkpoint   atomic, verified, pruned checkpoints; manifest: their sha256 manifest
   state        trainer state and RNG capture/restore (JSON)
   stability    step gate, NaN guard, early stopping
-  signals      SIGTERM/SIGINT/SIGUSR1 -> save and exit with code 3
+  signals      SIGTERM/SIGINT/SIGUSR1/SIGHUP -> save and exit with code 3
   distributed  process group from any launcher's environment
   monitor      progress bar, log lines, TensorBoard, live CSVs, profiler; system: CPU/RAM/disk/GPU thread
   alerts       alert rules -> alerts.jsonl; metrics: MFU and device peaks; export: the out_dir

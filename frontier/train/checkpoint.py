@@ -26,17 +26,25 @@ streak is never persisted); each manifest names the run (``run_id``) that wrote 
 only this run's checkpoints and only while a newer one of this run verifies; a checkpoint that
 lacks its trainer state or run params (a stray or foreign directory) is never resumed, pruned or
 rolled back onto.
+
+Hostile world (frontier.train.checkpoint_guard): no write follows a link planted in the directory or
+leaves it. Run identity before step: train.resume=auto picks the newest checkpoint made with this
+run's params (``run_params``, recorded in every manifest); another run's checkpoint, however new, is
+ignored with a warning, never resumed and never the cause of this run's own being archived. What a
+checkpoint holds is validated before any of it reaches the live run (trainer state field by field,
+RNG states, optimizer state shapes and finiteness); one that fails is skipped with a warning for the
+previous verified one, and a run with checkpoints but none usable stops with one CheckpointError line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pickle
 import re
-import shutil
 import socket
 import time
 import uuid
@@ -45,6 +53,17 @@ from typing import Any
 
 from frontier.errors import CheckpointError
 from frontier.train import manifest, reshard
+from frontier.train.checkpoint_guard import (
+    against_manifest,
+    check_inside,
+    drop_planted_link,
+    identity,
+    loaded_state_problem,
+    open_lock,
+    real_dir,
+    remove_entry,
+    scrub_tree,
+)
 from frontier.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
 from frontier.train.engine import local_state_finite, weights_only_loads
 from frontier.train.reshard import DS_DIR, DS_TAG
@@ -62,6 +81,11 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
 
 
+class UnusableCheckpoint(CheckpointError):
+    """A verified checkpoint whose content does not hold up (raised alike on every rank): auto resume
+    skips it for an older one."""
+
+
 class CheckpointStore:
     def __init__(
         self,
@@ -75,15 +99,23 @@ class CheckpointStore:
         self.model = model or {}  # the current model's shape signature; a checkpoint must match it
         # The params that define the run's result: resume=auto continues only a checkpoint made with
         # the same ones, so a changed params.yaml retrains instead of returning the old run's model.
-        self.run_params = run_params
+        # As JSON reads it back from a manifest (tuples are lists there), so that equal params compare equal.
+        self.run_params = json.loads(json.dumps(run_params)) if run_params is not None else None
         self._trusted: set[Path] = set()  # written or verified by this process: for pruning, not for loading
+        self._unusable: set[Path] = set()  # verified, but their content failed validation: never offered again
+        self._foreign: set[Path] = set()  # other runs' checkpoints already reported
+        self._last_problem = ""  # why the last checkpoint newest_valid skipped did not verify
         self._lock_fd: int | None = None
 
     def checkpoints(self) -> list[Path]:
         """Complete-looking checkpoint directories, oldest first (not yet verified)."""
         if not self.root.is_dir():
             return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+        found = [
+            (int(m.group(1)), p)
+            for p in self.root.iterdir()
+            if (m := _STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()  # a link leads elsewhere
+        ]
         return [p for _, p in sorted(found)]
 
     def _meta(self, path: Path) -> dict[str, Any] | None:
@@ -103,6 +135,10 @@ class CheckpointStore:
             self._trusted.add(path)
         return problem is None
 
+    def _own(self, meta: dict[str, Any]) -> bool:
+        """Whether a checkpoint's manifest names this run's params (any complete one, when they are not known)."""
+        return self.run_params is None or meta.get("run_params") == self.run_params
+
     def of_run(self, run_id: str) -> list[Path]:
         """This run's checkpoints (by the run id in their manifest), oldest first; not yet verified."""
         return [p for p in self.checkpoints() if (m := self._meta(p)) is not None and m.get("run_id") == run_id]
@@ -113,11 +149,11 @@ class CheckpointStore:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
-        key = str(path.resolve())
+        key = os.path.join(os.path.realpath(self.root), ".lock")
         if key in _HELD:  # an earlier stage of this same process (stages run one after another)
             with contextlib.suppress(OSError):
                 os.close(_HELD.pop(key))
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock(path)  # never through a planted link: it is truncated and rewritten below
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -148,15 +184,22 @@ class CheckpointStore:
             return None
         final = self.root / step_dir_name(state.step)
         tmp = self.root / f".{final.name}.tmp"
+        made: tuple[int, int] | None = None
         if self.info.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+            drop_planted_link(tmp, "a save's temporary directory")  # else every rerun fails at this step
+            remove_entry(tmp)
+            tmp.mkdir()  # exclusive, and never through a link
+            check_inside(tmp, self.root)
+            made = identity(tmp)
         barrier(self.info)
         engine.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG, save_latest=False)
         write_rng(tmp, self.info.rank)
         barrier(self.info)
         if self.info.is_main:
+            if identity(tmp) != made:  # swapped for a link or another directory while the ranks wrote
+                raise CheckpointError(f"{tmp} was replaced while the checkpoint was written into it; expected the "
+                                      f"directory this run created inside {self.root}")  # fmt: skip
             with atomic_file(tmp / STATE_FILE) as f:
                 f.write(state.to_json())
             meta = {"step": state.step, "val_loss": val_loss, "world_size": self.info.world_size,
@@ -166,12 +209,13 @@ class CheckpointStore:
                 meta["run_params"] = self.run_params
             manifest.write_manifest(tmp, meta)
             fsync_tree(tmp)
-            if final.exists():  # the same step saved again (after a rollback): replace it
+            drop_planted_link(final, "a checkpoint directory of this run")  # renaming onto a link would fail
+            if os.path.lexists(final):  # the same step saved again (after a rollback): replace it
                 old = self.root / f".{final.name}.old"
-                shutil.rmtree(old, ignore_errors=True)
+                remove_entry(old)
                 final.rename(old)
                 tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
+                remove_entry(old)
             else:
                 tmp.rename(final)
             fsync_dir(self.root)
@@ -188,7 +232,7 @@ class CheckpointStore:
         if not self.info.is_main:
             return []
         for leftover in self.root.glob(".step_*.deleting"):  # from a run killed while pruning
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_entry(leftover)
         ours = self.of_run(run_id)
         keep: list[Path] = []
         for path in reversed(ours):
@@ -203,8 +247,9 @@ class CheckpointStore:
         removed = [p for p in ours if p not in keep]
         for path in removed:  # renamed first: a crash mid-delete leaves no half checkpoint under a step name
             doomed = path.with_name(f".{path.name}.deleting")
+            remove_entry(doomed)  # a planted link of that name would make the rename fail
             path.rename(doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
+            remove_entry(doomed)
             self._trusted.discard(path)
         return removed
 
@@ -220,11 +265,13 @@ class CheckpointStore:
     # -- finding and loading -----------------------------------------------------------------
 
     def newest_valid(self, run_id: str | None = None) -> Path | None:
-        """Newest complete checkpoint that verifies (of run `run_id` when given; rank 0 checks, every
-        rank gets the answer); each one skipped is reported with a warning."""
+        """Newest complete checkpoint that verifies, of run `run_id` when given, else of this run's params
+        (rank 0 checks, every rank gets the answer); each one skipped is reported with a warning."""
         chosen: Path | None = None
         if self.info.is_main:
             for path in reversed(self.checkpoints()):
+                if path in self._unusable:  # verified, but its content failed validation on load
+                    continue
                 meta = self._meta(path)
                 if meta is None:
                     log.warning("checkpoint %s skipped: not a complete Frontier checkpoint (no trainer state or run "
@@ -232,54 +279,106 @@ class CheckpointStore:
                     continue
                 if run_id is not None and meta.get("run_id") != run_id:
                     continue
+                if run_id is None and not self._own(meta):
+                    self._report_foreign(path, meta)
+                    continue
                 problem = manifest.verify(path)  # always re-hashed here: this one is about to be loaded
                 if problem is None:
                     chosen = path
                     break
                 log.warning("checkpoint %s skipped: %s; trying an older one", path, problem)
+                self._last_problem = f"{path.name}: {problem}"
         found = broadcast_object(str(chosen) if chosen else None, self.info)
         return Path(found) if found else None  # type: ignore[arg-type]
 
+    def _report_foreign(self, path: Path, meta: dict[str, Any]) -> None:
+        if path not in self._foreign:  # one line per checkpoint, however often the directory is searched
+            self._foreign.add(path)
+            then = meta.get("run_params")
+            diff = ", ".join(_diff_keys(then, self.run_params)[:5]) if isinstance(then, dict) else "none recorded"
+            log.warning("checkpoint %s ignored: made by another run (params differ: %s); it is never resumed, and "
+                        "never displaces this run's own", path, diff)  # fmt: skip
+
     def resolve(self, resume: str) -> Path | None:
-        """The checkpoint to start from for train.resume = auto | none | a directory (locks the directory)."""
+        """The checkpoint to start from for train.resume = auto | none | a directory (locks the directory).
+
+        auto: the newest verified checkpoint of this run's params; a directory that holds only other runs'
+        checkpoints (params changed) has them archived, and the run starts fresh.
+        """
         self.lock()
+        self._guard_layout()
         if resume == "none":
             self._archive_previous_run()
             return None
         if resume == "auto":
             newest = self.newest_valid()
-            if newest is not None and self.run_params is not None:
-                changed = broadcast_object(self._changed_params(newest) if self.info.is_main else None, self.info)
-                if changed:
-                    log.warning(
-                        "checkpoint %s was made with other params (%s): starting a fresh run",
-                        newest,
-                        ", ".join(changed),
-                    )
+            if newest is None and self.run_params is not None:
+                foreign = broadcast_object(self._only_foreign() if self.info.is_main else None, self.info)
+                if foreign:  # nothing of this run's params is here: the params changed since those were made
+                    log.warning("checkpoint %s was made with other params (%s): starting a fresh run", *foreign)
                     self._archive_previous_run()
-                    return None
             return newest
-        path = Path(resume)
+        path = Path(os.path.realpath(resume))  # the user's own link to a checkpoint is theirs to follow
         problem = manifest.verify(path) if self.info.is_main else None
         problem = broadcast_object(problem, self.info)
         if problem is not None:
             raise CheckpointError(f"train.resume: {path}: {problem}")
         return path
 
+    def _count_own(self) -> int:
+        """How many complete checkpoints of this run's params are here (verified or not)."""
+        return sum(1 for p in self.checkpoints() if (m := self._meta(p)) is not None and self._own(m))
+
+    def _only_foreign(self) -> tuple[str, str] | None:
+        """(newest, its changed keys) when every complete checkpoint here is another run's; else None."""
+        metas = [(p, m) for p in reversed(self.checkpoints()) if (m := self._meta(p)) is not None]
+        if not metas or any(self._own(m) for _, m in metas):
+            return None  # this run's own are here, only none verifies: never archived for another run's
+        path, meta = metas[0]
+        then = meta.get("run_params")
+        return str(path), ", ".join(_diff_keys(then, self.run_params)[:5]) if isinstance(then, dict) else "?"
+
     def begin(self, resume: str, engine: Any, fresh: TrainerState) -> tuple[TrainerState, Path | None]:
-        """Lock the directory, resolve train.resume and load it; a run started afresh gets a new run id."""
+        """Lock the directory, resolve train.resume and load it; a run started afresh gets a new run id.
+
+        Under auto, a checkpoint whose content fails validation is skipped for the previous verified one
+        (one warning each); when this run has checkpoints but none loads, one CheckpointError.
+        """
         start = self.resolve(resume)
-        state = self.load(engine, start) if start is not None else fresh
+        skipped: list[str] = []
+        while start is not None:
+            try:
+                state = self.load(engine, start)
+                break
+            except UnusableCheckpoint as exc:
+                if resume != "auto":
+                    raise
+                log.warning("checkpoint %s skipped: %s; trying an older one", start, exc)
+                skipped.append(str(exc))
+                start = self.newest_valid()
+        else:
+            own = broadcast_object(self._count_own() if self.info.is_main else 0, self.info) if resume == "auto" else 0
+            if skipped or own:  # damaged, all of them: a fresh start would silently throw their steps away
+                last = skipped[-1] if skipped else self._last_problem
+                raise CheckpointError(
+                    f"{self.root}: none of this run's {max(own, len(skipped))} checkpoint(s) can be resumed (the "
+                    f"last problem: {last}); set train.resume=none to start over (they are archived, not deleted)"
+                )
+            state = fresh
         if not state.run_id:  # a fresh run, or a checkpoint from before run ids
             state.run_id = str(broadcast_object(uuid.uuid4().hex if self.info.is_main else None, self.info))
         return state, start
 
-    def _changed_params(self, path: Path) -> list[str]:
-        """Dotted keys whose value differs between `path`'s run and this one (at most 5)."""
-        then = manifest.read_manifest(path).get("run_params")
-        if not isinstance(then, dict):
-            return ["run params not recorded"]
-        return _diff_keys(then, self.run_params or {})[:5]
+    def _guard_layout(self) -> None:
+        """Rank 0, with the lock held: the run's own subdirectories are real directories inside the root and
+        hold no link out of it (frontier.train.checkpoint_guard)."""
+        if self.info.is_main:
+            for name in ("logs", "archived"):
+                drop_planted_link(self.root / name, f"{name}/, a directory inside {self.root}")
+            scrub_tree(self.root / "logs")
+            for leftover in self.root.glob(".step_*.tmp"):  # from a killed save; links are never followed
+                drop_planted_link(leftover, "a save's temporary directory")
+        barrier(self.info)
 
     def _archive_previous_run(self) -> None:
         """Move an earlier run's checkpoints and logs to archived/<time>/ so that the fresh run's saves are
@@ -287,19 +386,35 @@ class CheckpointStore:
         if self.info.is_main:
             old = [*self.checkpoints(), *([self.root / "logs"] if (self.root / "logs").exists() else [])]
             if old:
-                dest = self.root / "archived" / time.strftime("%Y%m%d-%H%M%S")
-                dest.mkdir(parents=True, exist_ok=True)
+                dest = real_dir(self.root / "archived", self.root, "archived/") / time.strftime("%Y%m%d-%H%M%S")
+                dest.mkdir(exist_ok=True)
+                check_inside(dest, self.root)
                 for path in old:
                     path.rename(dest / path.name)
                 log.warning("train.resume=none: the previous run's checkpoints and logs moved to %s", dest)
         barrier(self.info)
 
     def load(self, engine: Any, path: Path) -> TrainerState:
-        """Restore model, optimizer, loss scaler (DeepSpeed), RNG and trainer state from verified `path`."""
+        """Restore model, optimizer, loss scaler (DeepSpeed), RNG and trainer state from verified `path`.
+
+        Trainer state and RNG are validated before anything is applied; DeepSpeed's state is checked right
+        after its load (shapes, finiteness), before the run takes a step. UnusableCheckpoint, on every rank,
+        when any of it fails (a different model: a plain CheckpointError).
+        """
+        problem, state = None, None
         try:
             state = TrainerState.from_json((path / STATE_FILE).read_text(encoding="utf-8"))
+            problem = against_manifest(state, path)
         except (OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path / STATE_FILE}: unreadable trainer state ({exc})") from None
+            problem = f"{path / STATE_FILE}: unusable trainer state ({exc})"
+        rng = None
+        if problem is None:
+            try:
+                rng = read_rng(path, self.info.rank)
+            except (OSError, ValueError) as exc:
+                problem = f"{path}: unusable RNG state of rank {self.info.rank} ({exc})"
+        self._agree(path, problem)
+        assert state is not None
         changed = [k for k in self.model if k in state.model and state.model[k] != self.model[k]]
         if changed:
             k = changed[0]
@@ -315,16 +430,21 @@ class CheckpointStore:
                 problem = self._load_ds(engine, path, ds_dir, universal=True)
         else:
             problem = self._load_ds(engine, path, path / DS_DIR, universal=False)
-        (failed,) = all_reduce_sum([1.0 if problem else 0.0], self.info)  # every rank stops, not only the failed one
-        if failed:
-            raise CheckpointError(problem or f"{path}: loading failed on {int(failed)} other rank(s); see their logs")
-        rng = read_rng(path, self.info.rank)
-        if rng is None:  # a rank the checkpoint's run did not have (resumed on more ranks), or a damaged one
+        self._agree(path, problem or loaded_state_problem(engine, path))
+        if rng is None:  # a rank the checkpoint's run did not have (resumed on more ranks)
             log.warning("%s: no RNG state for rank %d (written by %d rank(s)); its random streams (dropout) start "
                         "from the seed", path, self.info.rank, state.world_size)  # fmt: skip
         else:
-            restore_rng(rng)
+            restore_rng(rng)  # validated above
         return state
+
+    def _agree(self, path: Path, problem: str | None) -> None:
+        """UnusableCheckpoint on every rank when any rank found a problem (every rank stops or skips, not
+        only the one that saw it); the checkpoint is then never offered again by this store."""
+        (failed,) = all_reduce_sum([1.0 if problem else 0.0], self.info)
+        if failed:
+            self._unusable.add(path)
+            raise UnusableCheckpoint(problem or f"{path}: unusable on {int(failed)} other rank(s); see their logs")
 
     def _plan(self, engine: Any, path: Path) -> bool:
         """Whether `path` loads through a universal conversion (rank 0 decides from the manifest, every rank

@@ -10,7 +10,7 @@ elastic agent (what torchrun runs: static rendezvous on ``master_addr:master_por
 - every rank succeeded: 0;
 - a rank failed: the agent stops the others (fail-fast) and the stage ends with that rank's
   one-line error (each rank writes it to the error file torch's agent reads) and exit code;
-- the stage got SIGTERM / SIGINT / SIGUSR1: the signal reaches every rank as a stop request
+- the stage got SIGTERM / SIGINT / SIGUSR1 / SIGHUP: the signal reaches every rank as a stop request
   (SIGTERM, or SIGUSR1 as itself), each checkpoints, and the stage exits 3 so that rerunning the
   same command resumes. A rank that has not finished its checkpoint after
   ``launch.shutdown_timeout_s`` is killed.
@@ -148,9 +148,8 @@ def report_rank_error(message: str, exit_code: int, env: Mapping[str, str] | Non
         pass  # the exit code still reaches the launcher
 
 
-# What the stage forwards to its ranks as a stop request: SIGHUP too (a closed SSH session), which the
-# ranks' own StopRequest does not handle.
-_FORWARDED = (*STOP_SIGNALS, signal.SIGHUP)
+# What the stage forwards to its ranks as a stop request (SIGHUP among them: a closed SSH session).
+_FORWARDED = STOP_SIGNALS
 LAUNCHER_PID = "FRONTIER_LAUNCHER_PID"  # set for the ranks: the stage process they must not outlive
 
 

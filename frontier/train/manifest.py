@@ -2,12 +2,15 @@
 
 A checkpoint is trusted only when its manifest parses, every listed file exists with the listed
 size and hash, and no unlisted file sits beside them (DeepSpeed finds some files by pattern, so
-a stray file could otherwise be loaded unverified).
+a stray file could otherwise be loaded unverified). A checkpoint holds plain files and directories
+only: a symbolic link anywhere in it (or the checkpoint directory itself a link) makes it untrusted,
+since what it points to lies outside the checkpoint and can change after the hashes are taken.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +62,22 @@ def digest(directory: Path) -> str:
     return sha256_file(directory / MANIFEST)
 
 
+def _first_link(directory: Path) -> str | None:
+    """The first symbolic link at or under `directory` (relative, "." for the directory itself), or None."""
+    if directory.is_symlink():
+        return "."
+    for dirpath, dirnames, filenames in os.walk(directory):  # links to directories are listed, not entered
+        for name in sorted([*dirnames, *filenames]):
+            if os.path.islink(os.path.join(dirpath, name)):
+                return Path(dirpath, name).relative_to(directory).as_posix()
+    return None
+
+
 def verify(directory: Path) -> str | None:
     """None when the checkpoint matches its manifest, else the first problem found."""
+    link = _first_link(directory)
+    if link is not None:
+        return f"{link} is a symbolic link (a checkpoint holds plain files only)"
     try:
         manifest = read_manifest(directory)
     except ValueError as exc:

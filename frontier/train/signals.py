@@ -1,4 +1,7 @@
-"""Stop requests by signal: SIGTERM (schedulers, preemption), SIGINT (Ctrl-C), SIGUSR1 (SLURM's warning).
+"""Stop requests by signal: SIGTERM (schedulers, preemption), SIGINT (Ctrl-C), SIGUSR1 (SLURM's warning),
+SIGHUP (the terminal or SSH session closed: its default action would kill the run and lose every step
+since the last checkpoint). A SIGHUP that is ignored when training starts (``nohup``, or a parent that
+asked for it) stays ignored: that user wants the run to outlive the session.
 
 The handler only records the signal; the loop checks the flag once per step (agreed across
 ranks), saves a checkpoint and raises TrainingInterrupted, which ends the process with exit
@@ -18,7 +21,7 @@ from frontier.errors import FrontierError
 
 EXIT_INTERRUPTED = 3
 EXIT_PEER_LOST = 4  # a rank whose peer went away first (frontier.train.distributed.PeerLost)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 
 
 class TrainingInterrupted(FrontierError):
@@ -52,6 +55,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
+                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # nohup: closing the session must not stop the run
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -39,12 +39,34 @@ def _require(name: str) -> Any:
         ) from None
 
 
+def contained_dir(configured: str, key: str) -> Path:
+    """`configured` as a tracker directory that no planted link leads out of: a relative one must stay
+    inside the workspace (the working directory), an absolute one must not be a link itself; and nothing
+    inside it may be a link (the tracker rewrites its files by name). ConfigError naming the key if not."""
+    directory = Path(configured)
+    if directory.is_symlink():
+        raise ConfigError(f"{key}: {directory} is a link to {os.readlink(directory)}; expected a directory "
+                          "(remove the link, or name the directory itself)")  # fmt: skip
+    if not directory.is_absolute():
+        real, base = os.path.realpath(directory), os.path.realpath(os.getcwd())
+        if os.path.commonpath([real, base]) != base:
+            raise ConfigError(f"{key}: {directory} resolves to {real}, outside the workspace {base} (a link on "
+                              "the way); expected a directory inside it")  # fmt: skip
+    if directory.is_dir():
+        for dirpath, dirnames, filenames in os.walk(directory):  # links are listed, never entered
+            for name in [*dirnames, *filenames]:
+                if os.path.islink(os.path.join(dirpath, name)):
+                    raise ConfigError(f"{key}: {os.path.join(dirpath, name)} is a link; the tracker's directory "
+                                      "must hold plain files only (remove the link)")  # fmt: skip
+    return directory
+
+
 class DVCLiveTracker:
     def __init__(self, cfg: MonitorConfig, run_id: str, resume: bool) -> None:
         dvclive = _require("dvclive")
         # DVCLive declares its metrics and plots in <dir>/dvc.yaml, which DVC reads like any dvc.yaml. Never
         # the project's own dvc.yaml (DVCLive's default): that one is generated from frontier/pipeline.py.
-        directory = Path(cfg.dvclive_dir)
+        directory = contained_dir(cfg.dvclive_dir, "train.monitor.dvclive_dir")
         self.live = dvclive.Live(str(directory), resume=resume, save_dvc_exp=False,
                                  dvcyaml=str(directory / "dvc.yaml"), report=None)  # fmt: skip
         self.live.log_param("run_id", run_id)

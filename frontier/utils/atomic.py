@@ -3,6 +3,11 @@
 A stage killed midway then leaves either the previous complete output or nothing, never a
 half-written file that Snakemake or DVC would take as done; the temporary it leaves behind is
 removed by the next write of the same output (its writer's pid is no longer running).
+
+Temporaries are created exclusively (O_CREAT|O_EXCL: "x" mode, mkdir), so a name planted where a
+temporary will be made, a symbolic link to a file of the user's above all, is never opened, followed
+or truncated: the write fails instead of landing elsewhere. The rename then replaces the output's
+name itself, so an output that is a link or has other names (hard links) is never written through.
 """
 
 from __future__ import annotations
@@ -91,11 +96,14 @@ def atomic_dir(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         yield tmp
         if fsync:
             fsync_tree(tmp)
-        if path.exists():
+        if os.path.lexists(path):
             old = _tmp_sibling(path)
             path.rename(old)  # two renames: a reader never sees a merged directory
             tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():  # the output was a link: drop the link, never what it points to
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(path)
         if fsync:
@@ -114,8 +122,13 @@ def atomic_file(path: str | Path, mode: str = "w", *, fsync: bool = True, **open
     tmp = _tmp_sibling(path)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
+    if "w" not in mode:
+        raise ValueError(f"atomic_file writes a whole new file: mode {mode!r} must be a 'w' mode")
+    created = False
     try:
-        with open(tmp, mode, **open_kwargs) as f:
+        # "x": O_CREAT|O_EXCL, which fails on any existing name, a link (dangling or not) included
+        with open(tmp, mode.replace("w", "x"), **open_kwargs) as f:
+            created = True
             yield f
             f.flush()
             if fsync:
@@ -124,8 +137,9 @@ def atomic_file(path: str | Path, mode: str = "w", *, fsync: bool = True, **open
         if fsync:
             fsync_dir(path.parent)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        if created:  # never remove a name this call did not make
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         raise
 
 

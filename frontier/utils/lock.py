@@ -177,15 +177,15 @@ def _write_cache(prefix: Path, cache: dict[str, Any]) -> None:
 
 
 def _own_pth(path: str) -> bool:
-    """A .pth file of the project's own (frontier-params-guard.pth): named frontier-*, importing only frontier."""
-    name = os.path.basename(path)
-    if not (name.startswith("frontier-") and name.endswith(".pth")):
+    """The project's own .pth (frontier.utils.params_guard's), holding exactly the line run.sh wrote."""
+    from frontier.utils.params_guard import PTH_LINE, PTH_NAME
+
+    if os.path.basename(path) != PTH_NAME:
         return False
     try:
-        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return Path(path).read_text(encoding="utf-8") == PTH_LINE
     except (OSError, UnicodeDecodeError):
         return False
-    return all(line.startswith("import frontier.") for line in lines)
 
 
 def file_differences(prefix: str | Path | None = None, *, fresh: bool = False, per_package: int = 5) -> list[str]:

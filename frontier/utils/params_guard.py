@@ -5,7 +5,7 @@ Snakemake reads every ``--configfile`` (and profile) through YTE, which evaluate
 command line, before any workflow code (ours included) runs, under ``snakemake -n`` too. Snakemake has no
 switch for it, so Frontier's environment carries a guard: ``frontier-params-guard.pth`` in the venv's
 site-packages (written by :func:`install`, which run.sh calls after each install) makes the
-interpreter wrap ``yte.process_yaml`` the moment yte is imported. A document asking for templating is
+interpreter wrap ``yte.process_yaml`` the moment yte is imported (YteFinder). A document asking for templating is
 refused with one line naming the file; any other document goes through untouched, and the wrapper hands
 yte a code handler that refuses to evaluate anything, so no other way into eval/exec stays open.
 
@@ -18,13 +18,19 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import io
-import sys
 import sysconfig
 from pathlib import Path
 from typing import Any
 
 PTH_NAME = "frontier-params-guard.pth"
-PTH_LINE = "import frontier.utils.params_guard as _g; _g.arm()\n"
+# The .pth's one line (site.py runs lines that start with "import"): a finder that loads the guard only when
+# yte itself is imported, so a process that never loads yte (a model loaded by stock transformers, a
+# stage) never imports frontier because of it.
+PTH_LINE = (
+    'import sys; exec("class _FrontierYteHook:\\n def find_spec(self, name, path=None, target=None):\\n'
+    "  if name != 'yte': return None\\n  from frontier.utils.params_guard import YteFinder\\n"
+    '  return YteFinder().find_spec(name, path, target)\\nsys.meta_path.insert(0, _FrontierYteHook())")\n'
+)
 REFUSAL = "a YTE template ('__use_yte__'); parameter files are data here, write the values out"
 
 
@@ -88,7 +94,7 @@ def guard_module(module: Any) -> None:
         module.process_yaml = _guarded(current)
 
 
-class _YteFinder(importlib.abc.MetaPathFinder):
+class YteFinder(importlib.abc.MetaPathFinder):
     """Guards yte right after its first import (no import cost for processes that never load it)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
@@ -106,14 +112,6 @@ class _YteFinder(importlib.abc.MetaPathFinder):
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
-
-
-def arm() -> None:
-    """Guard yte in this interpreter: now if it is loaded, else when it is first imported."""
-    if "yte" in sys.modules:
-        guard_module(sys.modules["yte"])
-    elif not any(isinstance(f, _YteFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _YteFinder())
 
 
 def install(site_packages: str | Path | None = None) -> Path:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from frontier.errors import ConfigError
 from frontier.train.distributed import _read_env, init_distributed
 from frontier.train.signals import EXIT_INTERRUPTED, StopRequest, TrainingInterrupted
+from tests.train.helpers import REPO
 
 _KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
          "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_ID")  # fmt: skip
@@ -70,6 +73,26 @@ def test_stop_signals_become_a_flag_and_handlers_are_restored(sig):
         os.kill(os.getpid(), sig)
         assert stop.requested and stop.name == signal.Signals(sig).name
     assert signal.getsignal(sig) is before
+
+
+_HUP = (
+    "import os, signal, sys\n"
+    "from frontier.train.signals import StopRequest\n"
+    "if sys.argv[1] == 'nohup':\n"
+    "    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    "with StopRequest() as stop:\n"
+    "    os.kill(os.getpid(), signal.SIGHUP)\n"
+    "    print(stop.name or 'not requested', flush=True)\n"
+    "print('restored' if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, signal.SIG_IGN) else 'leaked')\n"
+)
+
+
+@pytest.mark.parametrize(("how", "expected"), [("terminal", "SIGHUP\nrestored"), ("nohup", "not requested\nrestored")])
+def test_sighup_is_a_stop_request_unless_ignored_by_nohup(how, expected):
+    """In a process of its own: before SIGHUP was handled, its default action killed the process."""
+    done = subprocess.run([sys.executable, "-c", _HUP, how], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == expected
 
 
 def test_second_ctrl_c_interrupts_immediately():

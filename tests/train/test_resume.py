@@ -1,24 +1,37 @@
 """Exact resume on the CPU: interrupted + resumed runs reproduce a straight run bit for bit.
 
 GPT-2 with dropout 0.1, so the restored RNG state matters, not only the weights and the optimizer.
-The interrupted runs are real processes stopped by SIGTERM (graceful: save, exit code 3) and by
-SIGKILL (no chance to save: resume from the last periodic checkpoint).
+The interrupted runs are real processes stopped by SIGTERM or SIGHUP (graceful: save, exit code 3)
+and by SIGKILL (no chance to save: resume from the last periodic checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from frontier.train.checkpoint import CheckpointStore
+from frontier.train import manifest
+from frontier.train.checkpoint import CheckpointStore, step_dir_name
 from frontier.train.distributed import init_distributed
 from frontier.train.run import train
 from frontier.train.signals import EXIT_INTERRUPTED
-from tests.train.helpers import launch, log_tail, losses, params, read_rows, tiny_params, wait_for, weights
+from tests.train.helpers import (
+    launch,
+    log_tail,
+    losses,
+    params,
+    read_rows,
+    stage,
+    stage_log,
+    tiny_params,
+    wait_for,
+    weights,
+)
 
 RUN = (
     "model.arch=gpt2",
@@ -66,6 +79,27 @@ def test_sigterm_then_resume_is_exact(tmp_path, corpus, straight):
 
     train(params(*RUN), corpus.tokens, corpus.tokenizer, out, ckpt)
     _assert_identical(straight / "out", out, stopped_at)
+
+
+def test_sighup_on_a_one_rank_stage_checkpoints_like_sigterm(tmp_path, corpus, caplog):
+    """A closed SSH session (SIGHUP) on `frontier train` as a user runs it: one rank, in the stage's own
+    process. Its default action would kill the run and lose every step since the last checkpoint."""
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt"
+    proc = stage(tiny_params(*RUN), corpus, out, ckpt)
+    wait_for(lambda: _live_step(ckpt) >= 12, proc, lambda: stage_log(out))
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == EXIT_INTERRUPTED, stage_log(out)[-3000:]
+    stopped = re.search(r"stopped by SIGHUP at step (\d+)", stage_log(out))
+    assert stopped, stage_log(out)[-3000:]
+    stopped_at = int(stopped.group(1))
+    assert 12 <= stopped_at < 40
+    assert manifest.verify(ckpt / step_dir_name(stopped_at)) is None  # the step it stopped at, not the last 10s
+    assert not out.exists()
+
+    # (not compared bit for bit with the straight run: the stage's process runs torch's default thread count)
+    with caplog.at_level(logging.INFO, logger="frontier.train"):
+        assert train(params(*RUN), corpus.tokens, corpus.tokenizer, out, ckpt)["steps"] == 40
+    assert f"resumed from {ckpt / step_dir_name(stopped_at)} at step {stopped_at}" in caplog.text
 
 
 def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path, corpus, straight):

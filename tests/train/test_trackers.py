@@ -22,7 +22,7 @@ def tracked(tmp_path_factory, corpus):
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=root, check=True)
     p = params(
-        "train.monitor.trackers=[dvclive, mlflow, wandb]", f"train.monitor.dvclive_dir={root / 'dvclive'}",
+        "train.monitor.trackers=[dvclive, mlflow, wandb]", "train.monitor.dvclive_dir=dvclive",
         "train.monitor.project=tiny", "train.eval_every=3", "train.eval_batches=1",
     )  # fmt: skip
     cwd = os.getcwd()
