@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from frontier.params_files import write_resolved
@@ -231,22 +230,13 @@ def typed_cli_config(config: dict[str, Any]) -> dict[str, Any]:
     return walk(config, Params)
 
 
-def params_file_for(config: dict[str, Any], base: str | Path = PARAMS_FILE) -> str:
+def params_file_for(config: dict[str, Any], on_disk: dict[str, Any] | None) -> str:
     """The params file Snakemake's jobs run with, so they run exactly what Snakemake validated.
 
-    `base` (params.yaml) when Snakemake's config is its content; otherwise (``--config`` or another
-    ``--configfile``) the config written under RESOLVED_DIR, named by its hash (frontier.params_files).
+    params.yaml when Snakemake's config is its content (`on_disk`, as read); otherwise (``--config`` or
+    another ``--configfile``) the config written under RESOLVED_DIR, named by its hash (frontier.params_files).
     """
-    from frontier.config import read_params_data
-    from frontier.errors import ConfigError
-
-    try:
-        on_disk = read_params_data(base)
-    except ConfigError:
-        on_disk = None
-    if on_disk == config:
-        return str(base)
-    return str(write_resolved(config))
+    return PARAMS_FILE if config == on_disk else str(write_resolved(config))
 
 
 def fingerprint(params_data: dict[str, Any], stage: Stage) -> str:

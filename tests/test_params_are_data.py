@@ -8,8 +8,6 @@ such a file and looks for the side effect (a marker file) after every entry poin
 from __future__ import annotations
 
 import io
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +21,7 @@ from frontier.config import load_params
 from frontier.errors import ConfigError
 from frontier.params_files import HEADER, write_resolved
 from frontier.pipeline import params_file_for
+from tests.workflow.helpers import stage_env, workspace
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = (REPO / "params.yaml").read_text()
@@ -43,24 +42,12 @@ def _hostile(marker: Path, kind: str) -> str:
 KINDS = ["expr", "definitions", "python_tag"]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    return env
-
-
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=_env(), timeout=300)
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=stage_env(), timeout=300)
 
 
 def _workspace(tmp_path: Path, params: str) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "workflow", root / "workflow")
-    (root / "params.yaml").write_text(params)
-    return root
+    return workspace(tmp_path / "ws", params)
 
 
 def test_the_guard_is_armed_in_this_environment() -> None:
@@ -176,12 +163,11 @@ def _config() -> dict:
 
 def test_a_planted_resolved_file_is_rewritten(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(BASE)
-    path = Path(params_file_for(_config()))
+    path = Path(params_file_for(_config(), yaml.safe_load(BASE)))
     assert path.parent == Path(".snakemake/frontier-params")
     planted = path.read_text().replace("max_steps: 70", "max_steps: 5")
     path.write_text(planted)  # the same name, other content: trusted by its name before
-    assert Path(params_file_for(_config())) == path
+    assert Path(params_file_for(_config(), yaml.safe_load(BASE))) == path
     assert load_params(path).train.max_steps == 70
 
 

@@ -7,8 +7,6 @@ train parameter reruns train and what follows it, not the data stages.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.workflow.helpers import REPO, stage_env, workspace
+
 pytestmark = pytest.mark.slow
 
 # A tiny run: a few dozen standard-library files, a small BPE, a 2-layer model, a handful of steps.
@@ -41,26 +40,12 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _project(tmp_path: Path, overrides: dict) -> Path:
     """A copy of the workflow files with a tiny params.yaml, in its own directory."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("Snakefile", "dvc.yaml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "workflow", root / "workflow")
     params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (root / ".gitignore").write_text("/checkpoints/\n/logs/\n/.snakemake/\n")  # as the repository's own
-    return root
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(REPO)  # the stages run this checkout's code
-    return env
+    return workspace(tmp_path / "project", yaml.safe_dump(params, sort_keys=False))
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(args, cwd=cwd, env=stage_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc
 

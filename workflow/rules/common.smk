@@ -1,5 +1,6 @@
 # Helpers shared by the rules files (no rules here). Params are validated once, at parse time,
 # so a bad params.yaml stops the workflow with one clear line before any job starts.
+import copy
 import os
 import sys
 from collections.abc import Callable
@@ -12,26 +13,28 @@ from frontier.errors import ConfigError
 from frontier.pipeline import PARAMS_FILE, STAGES, command, fingerprint, params_file_for, typed_cli_config
 
 
-def _read_config() -> tuple[dict, str]:
+def _read_config() -> tuple[dict, dict | None, str]:
     """params.yaml, then each --configfile, then --config, every file read as plain data by Frontier's
-    strict loader (Snakemake's own, behind a `configfile:` directive, would evaluate YTE templates)."""
+    strict loader (Snakemake's own, behind a `configfile:` directive, would evaluate YTE templates).
+    Returns the merged config, params.yaml's own content (None when absent) and where they came from."""
     settings = workflow.config_settings
     files = [str(f) for f in settings.configfiles]
-    data = read_params_data(PARAMS_FILE) if os.path.exists(PARAMS_FILE) or not files else {}
+    base = read_params_data(PARAMS_FILE) if os.path.exists(PARAMS_FILE) or not files else None
+    data = copy.deepcopy(base or {})
     for path in files:
         update_config(data, read_params_data(path))
     update_config(data, typed_cli_config(dict(settings.config)))
     extra = [f"--configfile {f}" for f in files] + (["--config"] if settings.config else [])
-    return data, PARAMS_FILE + (f" with {' and '.join(extra)}" if extra else "")
+    return data, base, PARAMS_FILE + (f" with {' and '.join(extra)}" if extra else "")
 
 
 try:
-    _data, _source = _read_config()
+    _data, _base, _source = _read_config()
     PARAMS = to_dict(build_params(_data, _source))
     config.clear()
     config.update(_data)
     # What every job runs with: params.yaml itself, or (with --config) the validated config written out.
-    PARAMS_PATH = params_file_for(config)
+    PARAMS_PATH = params_file_for(config, _base)
 except ConfigError as _exc:
     sys.stderr.write(f"snakemake: error: {_exc}\n")
     sys.exit(2)
