@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import regex
+
 from frontier.data.config import CleanConfig
+from frontier.errors import DataError
+
+# What one drop_regex may spend on one document. Python's re has no bound, so a pattern that backtracks
+# catastrophically (which frontier.utils.safe_regex's static check may not see) would stall the stage;
+# the `regex` package (re-compatible syntax, already a dependency of transformers) stops a search at a
+# timeout. A real filter takes microseconds to milliseconds on a document the size limits allow.
+REGEX_TIMEOUT_S = 2.0
 
 # C0 and C1 control characters except \t (\x09) and \n (\x0a); \r is folded into \n first.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
@@ -44,7 +53,7 @@ class Cleaner:
 
     def __init__(self, cfg: CleanConfig) -> None:
         self.cfg = cfg
-        self.regexes = [re.compile(p) for p in cfg.drop_regex]
+        self.regexes = [regex.compile(p) for p in cfg.drop_regex]
         self.filter_names = [
             "min_chars",
             "max_chars",
@@ -67,7 +76,14 @@ class Cleaner:
             return "min_alnum_ratio"
         if cfg.max_repeated_line_ratio < 1 and repeated_line_ratio(text) > cfg.max_repeated_line_ratio:
             return "max_repeated_line_ratio"
-        for i, regex in enumerate(self.regexes):
-            if regex.search(text):
-                return f"drop_regex[{i}]"
+        for i, pattern in enumerate(self.regexes):
+            try:
+                if pattern.search(text, timeout=REGEX_TIMEOUT_S):
+                    return f"drop_regex[{i}]"
+            except TimeoutError:
+                raise DataError(
+                    f"prepare.clean.drop_regex[{i}]: {pattern.pattern[:80]!r} ran over {REGEX_TIMEOUT_S:g} s on one "
+                    f"document of {len(text)} characters (catastrophic backtracking); rewrite it with a possessive "
+                    "quantifier or an atomic group, e.g. (?>...)"
+                ) from None
         return None

@@ -16,6 +16,7 @@ import fnmatch
 import os
 import re
 import sysconfig
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,10 +56,10 @@ def _tree(top: str) -> Iterator[tuple[str, bool]]:
     """(path, is_dir) of every non-hidden entry below `top`, each directory read once (see module doc)."""
     visited = {_dir_key(top, follow=True)}
     stack = [top]
-    links: list[str] = []  # symlinked directories, followed only after every real one was read
+    links: deque[str] = deque()  # symlinked directories, followed only after every real one was read
     while stack or links:
         if not stack:
-            link = links.pop(0)
+            link = links.popleft()
             key = _dir_key(link, follow=True)
             if key is None or key in visited:
                 continue  # a loop, or a tree already listed by another path
@@ -134,7 +135,10 @@ def _expand(base: str, parts: list[str]) -> Iterator[str]:
 def glob_files(pattern: str) -> list[Path]:
     """Regular files (or links to them) matching `pattern`, sorted and each once; ``**`` recurses."""
     anchor = os.sep if pattern.startswith(os.sep) else ""
-    parts = [p for p in pattern.split(os.sep) if p]
+    parts: list[str] = []
+    for part in pattern.split(os.sep):
+        if part and not (part == "**" and parts[-1:] == ["**"]):  # a/**/**/b is a/**/b: one walk, not one per **
+            parts.append(part)
     return sorted({Path(p) for p in _expand(anchor, parts) if os.path.isfile(p)})
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import logging
 import lzma
 import os
@@ -40,6 +39,7 @@ from typing import IO, Any
 from frontier.data.config import SourceConfig
 from frontier.data.discover import resolve_files, stdlib_root  # noqa: F401  (stdlib_root: re-exported)
 from frontier.errors import DataError
+from frontier.utils.jsonl import BadJson, parse_json
 
 log = logging.getLogger("frontier.data.sources")
 
@@ -373,15 +373,9 @@ class SourceReader:
             # Every failure of one line is that line's: an escaping exception would be taken for the
             # file's (the rest of the file dropped as unreadable) or end the stage in a traceback.
             try:
-                record = json.loads(doc.text)
-            except json.JSONDecodeError as exc:
-                self._malformed(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
-                continue
-            except ValueError as exc:  # an integer past sys.get_int_max_str_digits() digits
-                self._malformed(where, f"malformed JSON ({exc.__class__.__name__}: {str(exc)[:120]})")
-                continue
-            except RecursionError:  # [[[[... deeper than the interpreter's stack
-                self._malformed(where, "malformed JSON (nested too deeply)")
+                record = parse_json(doc.text)
+            except BadJson as exc:
+                self._malformed(where, f"malformed JSON ({exc})")
                 continue
             text = record.get(field_name) if isinstance(record, dict) else None
             if not isinstance(text, str):
@@ -420,6 +414,6 @@ class SourceReader:
                 if strings and value is not None:
                     doc = self._decode(value, where)
                     if doc is not None:
-                        yield self._emit(doc)
+                        yield self._emit(doc, len(value))  # the bytes are at hand: no second encode
                     continue
                 self._malformed(where, f"column {column!r} is {type(value).__name__}", "row")

@@ -18,6 +18,23 @@ MAX_LINE_BYTES = 256 << 20
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+class BadJson(ValueError):
+    """A line that is not JSON; the message says why (the caller adds file and line)."""
+
+
+def parse_json(text: str) -> Any:
+    """json.loads with each way a hostile line fails it as one BadJson: malformed, an integer past
+    Python's digit limit (a ValueError), nesting deeper than the interpreter's stack (RecursionError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadJson(f"{exc.msg} at column {exc.colno}") from None
+    except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits()
+        raise BadJson(f"{exc.__class__.__name__}: {str(exc)[:120]}") from None
+    except RecursionError:
+        raise BadJson("nested too deeply") from None
+
+
 def iter_jsonl(
     path: str | Path, missing_hint: str = "", *, max_line_bytes: int = MAX_LINE_BYTES
 ) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -44,13 +61,9 @@ def iter_jsonl(
             except UnicodeDecodeError as exc:
                 raise DataError(f"{where}: not valid UTF-8 (byte {exc.start} of the line)") from None
             try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            except ValueError as exc:  # an integer longer than sys.get_int_max_str_digits()
-                raise DataError(f"{where}: not valid JSON ({str(exc)[:120]})") from None
-            except RecursionError:
-                raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
+                rec = parse_json(text)
+            except BadJson as exc:
+                raise DataError(f"{where}: not valid JSON ({exc})") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
             if _SURROGATE_ESCAPE.search(text):

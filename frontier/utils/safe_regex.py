@@ -1,4 +1,4 @@
-"""Regular expressions from parameter files, refused when they could stall a stage.
+r"""Regular expressions from parameter files, refused when they could stall a stage.
 
 Python's `re` backtracks: a pattern such as ``(a+)+$`` takes exponential time on a line of a's that
 ends in something else, and nothing bounds it (no timeout). A user's ``drop_regex`` runs over every
@@ -9,13 +9,17 @@ bounded too (``a{4294967295}`` makes the compiler overflow; ``a{100000}`` a huge
 
 This is a conservative static rule, the one tools such as safe-regex apply: it refuses some patterns
 that would in fact run fast (write them with a possessive quantifier or an atomic group, which
-Python 3.11 has, e.g. ``(?>a+)+`` or ``a++``) and it does not prove every accepted pattern linear.
+Python 3.11 has, e.g. ``(?>a+)+`` or ``a++``) and it does not prove every accepted pattern linear
+(``\d+\d+\d+\d+$`` passes it). It is the early, one-line refusal at validation; the bound that holds
+for every pattern is the per-document timeout where the patterns run (frontier.data.clean).
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+import regex
 
 try:  # Python 3.11+
     import re._parser as _sre  # type: ignore[import-not-found]
@@ -116,7 +120,8 @@ def unsafe_regex(pattern: str) -> str | None:
     try:
         parsed = _sre.parse(pattern)
         re.compile(pattern)
-    except re.error as exc:
+        regex.compile(pattern)  # the engine that runs drop_regex (with a timeout)
+    except (re.error, regex.error) as exc:
         return f"not a valid regular expression ({exc})"
     except (OverflowError, RecursionError, MemoryError) as exc:
         return f"not a usable regular expression ({exc or exc.__class__.__name__})"

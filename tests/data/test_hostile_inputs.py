@@ -405,3 +405,21 @@ def test_iter_jsonl_reads_a_line_without_newline_in_bounded_memory(tmp_path: Pat
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 8 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_drop_regex_that_passes_the_static_check_but_backtracks_ends_in_one_line(tmp_path: Path) -> None:
+    r"""\d+\d+\d+\d+$ is no nested quantifier, so validation lets it through; on 3000 digits and a letter Python's
+    re would try ~10**13 splits. The per-document timeout ends the stage in one line, in seconds."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "0.txt").write_text(doc_text(0))
+    (corpus / "1.txt").write_text("1" * 3000 + "a\n")
+    params = {"prepare": {"sources": [files_source(corpus)], "clean": {"drop_regex": [r"\d+\d+\d+\d+$"]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    start = time.monotonic()
+    proc = _cli(["prepare", "--params", "params.yaml", "--out", str(tmp_path / "prepared")], tmp_path)
+    assert time.monotonic() - start < 60
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "prepare.clean.drop_regex[0]" in lines[-1] and "catastrophic backtracking" in lines[-1], lines[-1]
+    assert not (tmp_path / "prepared").exists()
