@@ -59,6 +59,17 @@ _WORK = "/work"  # the private writable directory
 _PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")  # fallbacks an unprivileged uid can run
 # Waits for one byte on fd argv[1] (EOF: the parent gave up, so run nothing), then becomes argv[2:].
 _GATE = "import os, sys\nfd = int(sys.argv[1])\ngo = os.read(fd, 1)\nos.close(fd)\ngo and os.execv(sys.argv[2], sys.argv[2:])\nsys.exit(1)"
+# The start-up probe: runs as nobody, and (argv[1] == "seccomp") under the filter every run gets.
+_PROBE = """import json, os, sys
+assert os.getuid() == 65534, "not running as nobody"
+if sys.argv[1] == "seccomp":
+    try:
+        os.close(os.memfd_create("probe"))
+    except PermissionError:
+        pass
+    else:
+        sys.exit("the seccomp filter is not in force")
+"""
 
 
 class SandboxUnavailable(FrontierError):
@@ -103,6 +114,9 @@ class ExecResult:
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+
+_PROBE_LIMITS = SandboxLimits(memory_mb=256)  # the probe's memory cgroup: room for an interpreter
 
 
 # --- what this machine offers -------------------------------------------------------------------------
@@ -157,13 +171,21 @@ def _bwrap_prefix(bwrap: str, python: str, runtime: list[str], stage: Path, disk
     return argv
 
 
+def _last_line(text: str, default: str = "no output") -> str:
+    return (text.strip().splitlines() or [default])[-1].strip()
+
+
 @functools.lru_cache(maxsize=1)
 def isolation() -> dict[str, Any]:
-    """How untrusted code can run here: bwrap and an interpreter it can start (probed once per process)."""
+    """How untrusted code can run here: bwrap and an interpreter it can start (probed once per process).
+
+    The probe starts its interpreter exactly as every run does (`_start`: seccomp filter, memory cgroup and
+    gate included), so a layer that fails here makes runs refuse (`SandboxUnavailable`) rather than fail."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         return {"sandbox": None, "why": "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"}
     user = _user()
+    seccomp = "seccomp" if sandbox_memory.seccomp_filter() is not None else "-"
     stage = Path(tempfile.mkdtemp(prefix="frontier-probe-"))
     try:
         stage.chmod(0o755)
@@ -174,21 +196,39 @@ def isolation() -> dict[str, Any]:
             runtime = _runtime_paths(python)
             if not runtime:
                 continue
-            argv = _bwrap_prefix(bwrap, python, runtime, stage, 1)
-            done = _run_quiet([*argv, python, "-I", "-S", "-c", "import json, os; assert os.getuid() == 65534"], user)
-            if done is not None and done.returncode == 0:
+            argv = [*_bwrap_prefix(bwrap, python, runtime, stage, 1), python, "-I", "-S", "-c", _PROBE, seccomp]
+            why = _probe(argv, python, user)
+            if why is None:
                 return {"sandbox": "bubblewrap", "bwrap": bwrap, "python": python, "runtime": runtime,
                         "uid": _NOBODY if user is not None else os.geteuid(), "network": "none"}  # fmt: skip
-            tried.append(
-                f"{python}: {(done.stderr.strip().splitlines() or ['no output'])[-1] if done else 'did not run'}"
-            )
+            tried.append(f"{python}: {why}")
         return {"sandbox": None, "why": "bwrap could not start an interpreter: " + "; ".join(tried)}
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _probe(argv: list[str], python: str, user: int | None) -> str | None:
+    """None when `argv` ran and exited 0 through the runs' launcher, else why not (one line)."""
+    with tempfile.TemporaryFile() as err:
+        try:
+            box = _start(argv, python, user, "/", (), _PROBE_LIMITS, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        except (OSError, FrontierError) as exc:
+            return _last_line(str(exc), type(exc).__name__)
+        try:
+            box.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            return "timed out"
+        finally:
+            _kill(box)
+        return None if box.proc.returncode == 0 else _last_line(_tail(err))
+
+
 def describe() -> dict[str, Any]:
-    """isolation() without the long runtime list (for metrics and reports)."""
+    """What isolation() found, without the long runtime list (for metrics and reports). Probes nothing: a report
+    must not change the machine (probing can enable a parent cgroup's memory controller)."""
+    if isolation.cache_info().currsize == 0:
+        return {"sandbox": "not probed yet", "memory": sandbox_memory.describe()}
     return {**{k: v for k, v in isolation().items() if k != "runtime"}, "memory": sandbox_memory.describe()}
 
 
@@ -219,8 +259,8 @@ def _launcher(limits: SandboxLimits, stage: Path) -> tuple[list[str], str, str, 
         return prefix, layers["python"], _INSIDE, _user()
     if not limits.unsafe_no_sandbox:
         raise SandboxUnavailable(
-            f"refusing to run model-generated code without a sandbox ({layers['why']}); install bubblewrap, or set "
-            "evaluate.passk.unsafe_run_without_sandbox: true to run it with resource limits only"
+            f"refusing to run model-generated code without a sandbox ({layers['why']}); install bubblewrap or fix "
+            "what stops it, or set evaluate.passk.unsafe_run_without_sandbox: true to run it with resource limits only"
         )
     log.warning("UNSAFE: running untrusted code WITHOUT a sandbox (%s): it can read and change this machine",
                 layers["why"])  # fmt: skip
@@ -233,13 +273,13 @@ class _Box:
 
     proc: subprocess.Popen
     cgroup: MemoryCgroup | None
-    memory_mb: int
     oom_kills: int = 0
 
 
 def _start(argv: list[str], python: str, user: int | None, cwd: str, pass_fds: tuple[int, ...],
            limits: SandboxLimits, **io: Any) -> _Box:  # fmt: skip
-    """Start `argv` (`python`: an interpreter `user` can run) in its own session and memory cgroup."""
+    """Start `argv` (`python`: an interpreter `user` can run) in its own session and memory cgroup: the one
+    launcher of the start-up probe and of every run. A bwrap `argv` gets the seccomp filter (--seccomp)."""
     ids: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
     env = {"PATH": "/usr/bin:/bin", "HOME": _WORK, "TMPDIR": _WORK, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
     fds, ours = list(pass_fds), _Pipes()
@@ -260,7 +300,7 @@ def _start(argv: list[str], python: str, user: int | None, cwd: str, pass_fds: t
             argv = [python, "-I", "-S", "-c", _GATE, str(gate_r), *argv]
         proc = subprocess.Popen(argv, cwd=cwd, env=env, start_new_session=True, close_fds=True,
                                 pass_fds=tuple(fds), **ids, **io)  # fmt: skip
-        box = _Box(proc, cgroup, limits.memory_mb)
+        box = _Box(proc, cgroup)
         if cgroup is not None:
             try:
                 cgroup.add(proc.pid)
@@ -280,7 +320,7 @@ def _start(argv: list[str], python: str, user: int | None, cwd: str, pass_fds: t
 
 def _kill(box: _Box) -> None:
     """SIGKILL the process group (bwrap and, through --die-with-parent and the PID namespace, all inside),
-    then whatever is left in its cgroup, and remove that."""
+    then whatever is left in its cgroup, all at once where the kernel can (MemoryCgroup.close), and remove that."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(box.proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -291,10 +331,10 @@ def _kill(box: _Box) -> None:
         box.cgroup = None
 
 
-def _memory_note(*boxes: _Box) -> str:
+def _memory_note(limits: SandboxLimits, *boxes: _Box) -> str:
     """Why a sandbox died, when the kernel killed it for memory (its exit status alone says only SIGKILL)."""
-    hit = [b for b in boxes if b.oom_kills]
-    return f"killed: over the sandbox's memory cap of {hit[0].memory_mb} MiB\n" if hit else ""
+    hit = any(b.oom_kills for b in boxes)
+    return f"killed: over the sandbox's memory cap of {limits.memory_mb} MiB\n" if hit else ""
 
 
 def _tail(stream: IO[bytes] | None) -> str:
@@ -328,7 +368,7 @@ def run_program(source: str, limits: SandboxLimits = SandboxLimits()) -> ExecRes
         finally:
             if not prefix:
                 shutil.rmtree(workdir, ignore_errors=True)
-        rc, detail = box.proc.returncode, _memory_note(box) + _tail(err)
+        rc, detail = box.proc.returncode, _memory_note(limits, box) + _tail(err)
         status = "passed" if rc == 0 else "failed"
         return ExecResult(status, rc, detail or (f"exit status {rc}" if rc else ""), time.monotonic() - start)
 
@@ -382,7 +422,7 @@ def run_check(prompt: str, completion: str, test: str, entry_point: str,
         rc = boxes[1].proc.returncode
         if rc == 0 and verdict == b"PASS\n":
             return ExecResult("passed", rc, "", seconds)
-        detail = _memory_note(*boxes) + (_tail(err) or _tail(serve_err) or f"exit status {rc}")
+        detail = _memory_note(limits, *boxes) + (_tail(err) or _tail(serve_err) or f"exit status {rc}")
         return ExecResult("failed", rc, detail, seconds)
 
 

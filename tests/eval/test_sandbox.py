@@ -8,6 +8,7 @@ the verdict, and by exhausting disk, processes, memory and CPU; plus the network
 from __future__ import annotations
 
 import socket
+import struct
 import textwrap
 import time
 import uuid
@@ -15,8 +16,9 @@ import uuid
 import psutil
 import pytest
 
-from frontier.eval import sandbox
+from frontier.eval import sandbox, sandbox_memory
 from frontier.eval.sandbox import SandboxLimits, SandboxUnavailable, isolation, run_check, run_program
+from frontier.eval.sandbox_memory import MemoryCgroup
 
 needs_sandbox = pytest.mark.skipif(
     not isolation()["sandbox"], reason=f"no sandbox on this machine: {isolation().get('why')}"
@@ -273,3 +275,55 @@ def test_without_bubblewrap_untrusted_code_is_refused_unless_explicitly_allowed(
     with caplog.at_level("WARNING"):
         assert run_check(PROMPT, "    return a + b\n", TEST, "add", unsafe).passed
     assert "UNSAFE" in caplog.text and "WITHOUT a sandbox" in caplog.text
+
+
+@pytest.fixture
+def fresh_probe():
+    """isolation() probed again inside the test, and again after it (nothing it cached leaks out)."""
+    sandbox.isolation.cache_clear()
+    yield
+    sandbox.isolation.cache_clear()
+
+
+def _refused(limits: SandboxLimits = FAST) -> str:
+    """What a run says when the probe failed: one line, from SandboxUnavailable (never a quiet "failed")."""
+    with pytest.raises(SandboxUnavailable) as refused:
+        run_program("print(1)\n", limits)
+    with pytest.raises(SandboxUnavailable):
+        run_check(PROMPT, "    return a + b\n", TEST, "add", limits)
+    assert "\n" not in str(refused.value)
+    return str(refused.value)
+
+
+@needs_sandbox
+def test_a_seccomp_filter_the_kernel_rejects_makes_runs_refuse(monkeypatch, fresh_probe) -> None:
+    # A load with no return: the kernel's checker rejects it, so bwrap exits before running anything. The probe
+    # goes through the runs' own launcher, so it fails too, and runs refuse instead of failing every problem.
+    broken = struct.pack("=HBBI", 0x20, 0, 0, 0)
+    monkeypatch.setattr(sandbox_memory, "seccomp_filter", lambda: broken)
+    assert not isolation()["sandbox"] and "seccomp" in isolation()["why"].lower()
+    assert "seccomp" in _refused().lower()
+
+
+@needs_sandbox
+@pytest.mark.skipif(sandbox_memory.cgroup_parent() is None, reason="no memory cgroup can be made here")
+def test_a_cgroup_the_sandbox_cannot_move_into_makes_runs_refuse(monkeypatch, fresh_probe) -> None:
+    real = MemoryCgroup.create.__func__
+
+    def removed(cls, limit_bytes: int) -> MemoryCgroup:
+        group = real(cls, limit_bytes)
+        group.close()  # its directory is gone: the move into it fails for real (ENOENT)
+        return group
+
+    monkeypatch.setattr(MemoryCgroup, "create", classmethod(removed))
+    assert not isolation()["sandbox"] and "memory cgroup" in isolation()["why"]
+    assert "memory cgroup" in _refused()
+
+
+def test_describe_probes_nothing(monkeypatch, fresh_probe) -> None:
+    sandbox_memory.cgroup_parent.cache_clear()  # as in a fresh process: nothing probed yet
+    monkeypatch.setattr(sandbox_memory, "_usable", lambda *a: pytest.fail("describe() probed a cgroup"))
+    monkeypatch.setattr(sandbox, "_start", lambda *a, **k: pytest.fail("describe() started a sandbox"))
+    described = sandbox.describe()
+    assert described["sandbox"] == "not probed yet" and "cgroup: not probed yet" in described["memory"]
+    assert sandbox.isolation.cache_info().currsize == 0 and sandbox_memory.cgroup_parent.cache_info().currsize == 0

@@ -7,12 +7,17 @@ exception must not decide a verdict whatever the test does with it.
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
+import time
+import uuid
 
+import psutil
 import pytest
 
-from frontier.eval import sandbox_memory
+from frontier.eval import sandbox, sandbox_memory
 from frontier.eval.sandbox import SandboxLimits, isolation, run_check, run_program
+from frontier.eval.sandbox_memory import MemoryCgroup
 
 needs_sandbox = pytest.mark.skipif(
     not isolation()["sandbox"], reason=f"no sandbox on this machine: {isolation().get('why')}"
@@ -170,3 +175,46 @@ def test_a_program_within_the_cap_still_runs() -> None:
         os.wait()
     """).lstrip(), SMALL)  # fmt: skip
     assert result.passed, result.detail
+
+
+# --- processes that outrun a kill loop ----------------------------------------------------------------------
+
+# Each process forks, leaves its child in a new session (out of the sandbox's process group) and exits: the
+# pid a kill loop reads is gone by the time it is killed. Ends itself after 15 s whatever happens.
+CHAIN = "import os, time\nend = time.monotonic() + 15\nwhile time.monotonic() < end:\n    if os.fork():\n        os._exit(0)\n    os.setsid()\n"  # fmt: skip
+
+
+def _tagged(tag: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if tag in (p.info.get("cmdline") or [])]
+
+
+@pytest.mark.skipif(
+    sandbox_memory.cgroup_parent() is None
+    or (sandbox_memory.cgroup_parent()[0] == "v1" and sandbox_memory._freezer_parent() is None),
+    reason="no cgroup here that kills all at once (v2 cgroup.kill, or a v1 freezer)",
+)
+def test_a_fork_chain_that_left_the_process_group_dies_with_its_cgroup(monkeypatch) -> None:
+    # Without bwrap (unsafe mode) no PID namespace ends the chain: only the cgroup's kill-all can.
+    monkeypatch.setattr(sandbox, "isolation", lambda: {"sandbox": None, "why": "testing the cgroup alone"})
+    tag = uuid.uuid4().hex
+    source = f"import os, sys\nos.execv(sys.executable, [sys.executable, '-c', {CHAIN!r}, {tag!r}])\n"
+    try:
+        result = run_program(source, SandboxLimits(timeout_s=1.0, cpu_s=10, unsafe_no_sandbox=True))
+        assert result.passed, result.detail  # the first link exits 0 at once
+        deadline = time.monotonic() + 2
+        while _tagged(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _tagged(tag), "the fork chain outlived its cgroup"
+    finally:
+        for proc in _tagged(tag):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def test_v2_close_writes_cgroup_kill_instead_of_killing_pid_by_pid(tmp_path, monkeypatch) -> None:
+    group = MemoryCgroup("v2", tmp_path)
+    (tmp_path / "cgroup.kill").write_text("0")
+    (tmp_path / "cgroup.procs").write_text("123\n456\n")
+    monkeypatch.setattr(sandbox_memory.os, "kill", lambda pid, sig: pytest.fail(f"killed {pid} one at a time"))
+    group._kill_at_once(time.monotonic() + 1)
+    assert (tmp_path / "cgroup.kill").read_text() == "1"
