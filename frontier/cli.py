@@ -12,7 +12,6 @@ import errno
 import importlib
 import logging
 import os
-import pickle
 import re
 import resource
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from frontier.errors import FrontierError, ResourceError, out_of_memory
+from frontier.errors import FrontierError, ResourceError, exception_chain, first_line, out_of_memory
 from frontier.train.launch import die_with_launcher, report_rank_error
 
 if TYPE_CHECKING:
@@ -160,6 +159,15 @@ def cmd_dvc_yaml(ns: argparse.Namespace) -> Any:
     return None
 
 
+# Address space (MiB) below which a command cannot even start here (each subparser's
+# address_floor_mib): importing torch (every stage records its version) maps ~680 MiB, DeepSpeed and
+# its gloo threads ~1 GiB more. Below these, failures come as aborts (std::bad_alloc terminating the
+# process), ImportErrors of libtorch or OpenBLAS giving up: refuse up front instead. Tools that
+# import no torch (check, dvc-yaml) have None: they are not checked.
+_TORCH_FLOOR_MIB = 768
+_DEEPSPEED_FLOOR_MIB = 1024
+
+
 def _count(text: str) -> int:
     """argparse type: a whole number >= 0."""
     try:
@@ -191,9 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"frontier {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def stage(name: str, fn: Callable[[argparse.Namespace], Any], help: str, **paths: str) -> None:
+    def stage(
+        name: str,
+        fn: Callable[[argparse.Namespace], Any],
+        help: str,
+        *,
+        address_floor_mib: int | None = _TORCH_FLOOR_MIB,
+        **paths: str,
+    ) -> None:
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(fn=fn)
+        p.set_defaults(fn=fn, address_floor_mib=address_floor_mib)
         _add_params(p)
         for flag, text in paths.items():
             optional = text.startswith("?")
@@ -222,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         cmd_train,
         "train a causal LM with DeepSpeed",
+        address_floor_mib=_DEEPSPEED_FLOOR_MIB,
         data="tokens directory",
         tokenizer="tokenizer directory",
         out="output run directory",
@@ -247,13 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         cmd_finetune,
         "LoRA fine-tune a model on prompt/response pairs",
+        address_floor_mib=_DEEPSPEED_FLOOR_MIB,
         model="base Hugging Face model directory",
         data="fine-tune data directory",
         out="output directory",
         checkpoints="checkpoint directory (kept between runs for resume)",
     )
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
-    p.set_defaults(fn=cmd_merge)
+    p.set_defaults(fn=cmd_merge, address_floor_mib=_TORCH_FLOOR_MIB)
     p.add_argument("--adapter", required=True, help="adapter directory")
     p.add_argument("--out", required=True, help="output model directory")
     stage(
@@ -277,11 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("train", "finetune"):
         # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
         sub.choices[name].add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    stage("check", cmd_check, "validate params and print the resolved values")
+    stage("check", cmd_check, "validate params and print the resolved values", address_floor_mib=None)
     p = sub.add_parser("env", help="versions, extension ops, GPU and its peak figures")
-    p.set_defaults(fn=cmd_env)
+    p.set_defaults(fn=cmd_env, address_floor_mib=_TORCH_FLOOR_MIB)
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from frontier/pipeline.py")
-    p.set_defaults(fn=cmd_dvc_yaml)
+    p.set_defaults(fn=cmd_dvc_yaml, address_floor_mib=None)
     p.add_argument("--path", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     return parser
@@ -310,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(ns: argparse.Namespace) -> int:
     """Run the stage; an error a user can cause ends as one line on stderr (and to a launcher) and an exit code."""
     try:
-        check_address_space(ns.command)
+        check_address_space(ns.command, ns.address_floor_mib)
         ns.fn(ns)
     except KeyboardInterrupt:
         sys.stderr.write(f"frontier {ns.command}: interrupted\n")
@@ -333,7 +350,7 @@ def _explain(exc: BaseException, ns: argparse.Namespace) -> tuple[str, int] | No
     if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         # A path the user gave is wrong; name it without a traceback.
         return f"{exc.strerror}: {exc.filename or ''}", 2
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     disk = _disk_error(chain)
     if disk is not None:
         # A write failed for lack of room or a read-only mount: the atomic output left nothing half-written.
@@ -343,9 +360,6 @@ def _explain(exc: BaseException, ns: argparse.Namespace) -> tuple[str, int] | No
     torch_write = next((e for e in chain if any(t in str(e) for t in _TORCH_WRITE_TEXTS)), None)
     if torch_write is not None:
         return _torch_write_failed(torch_write, _output(chain, ns)), 2
-    unpickling = next((e for e in chain if isinstance(e, pickle.UnpicklingError)), None)
-    if unpickling is not None:
-        return _refused_pickle(unpickling, ns), 2
     if out_of_memory(exc) or (_address_space_limit() and any("temporarily unavailable" in str(e) for e in chain)):
         # (EAGAIN creating a thread under `ulimit -v`: its stack could not be mapped)
         return _out_of_memory_line(exc), 2
@@ -363,16 +377,6 @@ _OS_ERROR_NUMBER = re.compile(r"\(os error (\d+)\)")
 _DISK_TEXTS = {os.strerror(code): code for code in _DISK_ERRORS}
 # torch.save to a path writes through a C++ stream that drops errno: these are all it says.
 _TORCH_WRITE_TEXTS = ("PytorchStreamWriter failed", "iostream error", "inline_container.cc")
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and the exceptions it was raised from or during (a library often re-raises the real cause)."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and all(cur is not e for e in out):
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
 
 
 def _disk_error(chain: list[BaseException]) -> tuple[int, str | None] | None:
@@ -402,12 +406,6 @@ def _output(chain: list[BaseException], ns: argparse.Namespace) -> str:
     return getattr(ns, "out", None) or checkpoints or "the output"
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = lines[0] if lines else exc.__class__.__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _torch_write_failed(exc: BaseException, where: str) -> str:
     """torch lost errno; the file system says which of the usual causes it was."""
     probe = Path(where).absolute()
@@ -417,7 +415,7 @@ def _torch_write_failed(exc: BaseException, where: str) -> str:
         fs = os.statvfs(probe)
     except OSError:
         fs = None
-    torch_said = f"torch: {_first_line(exc, 100)}"
+    torch_said = f"torch: {first_line(exc, 100)}"
     if fs is not None and fs.f_flag & os.ST_RDONLY:
         return f"{os.strerror(errno.EROFS)} while writing {where} ({torch_said}); {_DISK_ERRORS[errno.EROFS]}"
     free = None if fs is None else fs.f_bavail * fs.f_frsize
@@ -429,15 +427,8 @@ def _torch_write_failed(exc: BaseException, where: str) -> str:
     )
 
 
-def _refused_pickle(exc: BaseException, ns: argparse.Namespace) -> str:
-    """A pickle refused where no loader of ours caught it (peft's adapter load in merge): name the directory."""
-    from frontier.eval.model_io import refused_pickle
-
-    return str(refused_pickle(Path(getattr(ns, "adapter", None) or getattr(ns, "model", None) or "."), exc))
-
-
 def _out_of_memory_line(exc: BaseException) -> str:
-    detail = "" if isinstance(exc, MemoryError) and not str(exc) else f" ({_first_line(exc)})"
+    detail = "" if isinstance(exc, MemoryError) and not str(exc) else f" ({first_line(exc, 160)})"
     limit = _address_space_limit()
     if limit:
         return (
@@ -456,27 +447,18 @@ def _address_space_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-# Address space (MiB) below which a stage cannot even start here: importing torch (every stage
-# records its version) maps ~680 MiB, DeepSpeed and its gloo threads ~1 GiB more. Below these,
-# failures come as aborts (std::bad_alloc terminating the process), ImportErrors of libtorch or
-# OpenBLAS giving up: refuse up front instead. Tools that start no stage are not checked.
-_ADDRESS_SPACE_FLOOR_MIB = {"train": 1024, "finetune": 1024}
-_ADDRESS_SPACE_FLOOR_DEFAULT_MIB = 768
-_UNCHECKED = ("check", "env", "dvc-yaml")
-
-
-def check_address_space(command: str) -> None:
-    """ResourceError when `ulimit -v` leaves this stage less address space than torch needs to start."""
+def check_address_space(command: str, floor_mib: int | None) -> None:
+    """ResourceError when `ulimit -v` leaves `command` less than its `floor_mib` (its subparser's
+    address_floor_mib; None: it starts no stage) of address space: too little for torch to start."""
     limit = _address_space_limit()
-    if limit is None or command in _UNCHECKED:
+    if limit is None or floor_mib is None or limit >= floor_mib * 2**20:
         return
-    floor = _ADDRESS_SPACE_FLOOR_MIB.get(command, _ADDRESS_SPACE_FLOOR_DEFAULT_MIB)
-    if limit < floor * 2**20:
-        raise ResourceError(
-            f"the address-space limit RLIMIT_AS (ulimit -v) is {limit // 1024} KiB; frontier {command} needs at "
-            f"least {floor * 1024} KiB ({floor} MiB) for torch{' and DeepSpeed' if command in _ADDRESS_SPACE_FLOOR_MIB else ''} "
-            "to start: raise it (ulimit -v unlimited, or the job's virtual-memory limit)"
-        )
+    raise ResourceError(
+        f"the address-space limit RLIMIT_AS (ulimit -v) is {limit // 1024} KiB; frontier {command} needs at "
+        f"least {floor_mib * 1024} KiB ({floor_mib} MiB) for torch"
+        f"{' and DeepSpeed' if floor_mib >= _DEEPSPEED_FLOOR_MIB else ''} "
+        "to start: raise it (ulimit -v unlimited, or the job's virtual-memory limit)"
+    )
 
 
 if __name__ == "__main__":

@@ -47,13 +47,27 @@ OUT_OF_MEMORY_TEXTS = (
 )
 
 
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it was raised from or during, as its traceback shows them: ``__cause__``, else
+    ``__context__`` unless suppressed (``raise ... from None``, or ``from`` another exception)."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not e for e in out):
+        out.append(cur)
+        cur = cur.__cause__ if cur.__cause__ is not None else None if cur.__suppress_context__ else cur.__context__
+    return out
+
+
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` (or an exception it was raised from) is an allocation failure."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, MemoryError) or any(t in str(cur).lower() for t in OUT_OF_MEMORY_TEXTS):
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any(
+        isinstance(e, MemoryError) or any(t in str(e).lower() for t in OUT_OF_MEMORY_TEXTS)
+        for e in exception_chain(exc)
+    )
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-blank line of `exc`'s message (its class name when it has none), cut to `limit` characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else exc.__class__.__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."

@@ -52,3 +52,13 @@ def test_logs_get_plain_lines_with_rate_and_eta_not_bar_frames(tmp_path: Path) -
     assert "\r" not in proc.stderr, "progress-bar frames in a log"
     done = [line for line in proc.stderr.splitlines() if "prepare c:" in line and "(done)" in line]
     assert done and re.search(r"MiB/s, 30 docs \(.*/s\), ETA ", done[0]), proc.stderr
+
+
+def test_every_command_carries_its_address_space_floor() -> None:
+    """The floor lives on each subparser (no list of names kept apart from the parser): commands that
+    import torch have one (DeepSpeed's stages a higher one); check and dvc-yaml import no torch."""
+    commands = build_parser()._subparsers._group_actions[0].choices
+    floors = {name: sub._defaults["address_floor_mib"] for name, sub in commands.items()}
+    assert floors.pop("check") is None and floors.pop("dvc-yaml") is None
+    assert floors.pop("train") == floors.pop("finetune") == 1024
+    assert floors and set(floors.values()) == {768} and "env" in floors, floors

@@ -110,10 +110,12 @@ def _limit_address_space(kib: int):
     return preexec
 
 
-@pytest.mark.parametrize("stage", ["train", "tokenize"])
+@pytest.mark.parametrize("stage", ["train", "tokenize", "env"])
 def test_address_space_limit_too_low_to_start(tmp_path: Path, inputs: dict[str, Path], stage: str) -> None:
     # 400 MiB: importing torch fails (an ImportError, or a std::bad_alloc that aborts the process)
-    if stage == "train":
+    if stage == "env":  # imports torch too
+        args = ["env"]
+    elif stage == "train":
         args = ["train", "--data", str(inputs["tokens"]), "--tokenizer", str(inputs["tokenizer"]),
                 "--out", str(tmp_path / "run"), "--checkpoints", str(tmp_path / "ckpt"), *(f"--set={o}" for o in TRAIN)]  # fmt: skip
     else:
@@ -133,19 +135,26 @@ def test_address_space_limit_aborting_a_model_load(tmp_path: Path) -> None:
     assert not (tmp_path / "eval").exists()
 
 
-def _pickled_model(path: Path) -> Path:
-    """A model directory whose pytorch_model.bin would call print() when unpickled without weights_only."""
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _as_bin(path: Path, name: str = "model", **extra) -> Path:
+    """`path`'s {name}.safetensors turned into a pickled {bin name} holding its tensors and `extra`."""
     from safetensors.torch import load_file
 
+    state = load_file(path / f"{name}.safetensors")
+    (path / f"{name}.safetensors").unlink()
+    target = path / ("pytorch_model.bin" if name == "model" else f"{name}.bin")
+    torch.save({**state, **extra}, target)
+    return target
+
+
+def _pickled_model(path: Path) -> Path:
+    """A model directory whose pytorch_model.bin would call print() when unpickled without weights_only."""
     save_model_dir(path)
-    state = load_file(path / "model.safetensors")
-    (path / "model.safetensors").unlink()
-
-    class Payload:
-        def __reduce__(self):
-            return (print, ("pwned",))
-
-    torch.save({**state, "payload": Payload()}, path / "pytorch_model.bin")
+    _as_bin(path, payload=_Payload())
     return path
 
 
@@ -161,7 +170,7 @@ def test_pickled_weights_are_refused_in_one_line(tmp_path: Path, inputs: dict[st
     if stage == "finetune":
         args += ["--checkpoints", str(tmp_path / "ckpt")]
     proc = _frontier(args, tmp_path)
-    _one_line(proc, str(model), "pytorch_model.bin", "print", "safetensors")
+    _one_line(proc, f"{model}: refused to load the pickle pytorch_model.bin", "it would call print", "safetensors")
     assert "pwned" not in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -194,3 +203,160 @@ def test_library_errors_are_recognised_through_their_causes(capsys: pytest.Captu
         assert cli.main(["tokenizer", "--data", "d", "--out", "o"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"), [("garbage", "Unsupported operand"), ("empty", "ends too soon"), ("half", "")]
+)
+def test_a_damaged_bin_is_called_corrupt_not_refused(tmp_path: Path, damage: str, said: str) -> None:
+    """A download cut short or not a torch file at all is not a security refusal (was: "refused ...
+    it holds more than plain tensors"; an empty file raised EOFError with a traceback)."""
+    from frontier.errors import CheckpointError
+    from frontier.eval.model_io import load_model
+
+    model = save_model_dir(tmp_path / "model")
+    data = _as_bin(model).read_bytes()
+    damaged = {"garbage": b"not a torch file\n" * 64, "empty": b"", "half": data[: len(data) // 2]}[damage]
+    (model / "pytorch_model.bin").write_bytes(damaged)
+    with pytest.raises(CheckpointError) as caught:
+        load_model(model, torch.device("cpu"))
+    message = str(caught.value)
+    assert message.startswith(str(model)) and "refused" not in message and said in message, message
+    if damage != "half":  # a cut zip archive fails in torch's reader: the model load's own line names it
+        assert "pytorch_model.bin: corrupt or not a torch file" in message, message
+
+
+def _adapter(tmp_path: Path, base: Path, **extra) -> Path:
+    """A LoRA adapter for the tiny model in `base`, pickled as adapter_model.bin (with `extra` in it)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    lm = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    get_peft_model(lm, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(adapter)
+    _as_bin(adapter, "adapter_model", **extra)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    return adapter
+
+
+@pytest.mark.parametrize("refused", ["base", "adapter"])
+def test_merge_names_the_directory_whose_pickle_was_refused(tmp_path: Path, capsys, refused: str) -> None:
+    """Was: the base model's refusal escaped merge and frontier.cli guessed the directory (--adapter)."""
+    from frontier import cli
+
+    base = save_model_dir(tmp_path / "base")
+    adapter = _adapter(tmp_path, base, **({"payload": _Payload()} if refused == "adapter" else {}))
+    if refused == "base":
+        _as_bin(base, payload=_Payload())
+    capsys.readouterr()
+    assert cli.main(["merge", "--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 2
+    err = capsys.readouterr().err
+    named = {"base": base, "adapter": adapter}[refused]
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith(f"frontier merge: error: {named}: refused to load the pickle")
+    assert "would call print" in last, last
+    assert not (tmp_path / "merged").exists()
+
+
+def test_init_from_a_refused_pickle_is_a_config_error(tmp_path: Path) -> None:
+    from frontier.errors import ConfigError
+    from frontier.model.build import load_pretrained
+
+    model = _pickled_model(tmp_path / "model")
+    with pytest.raises(ConfigError, match=f"{model}: refused to load the pickle pytorch_model.bin: it would call"):
+        load_pretrained(model, 10)
+
+
+@pytest.mark.parametrize("site", ["evaluate", "finetune", "merge", "init_from"])
+def test_out_of_memory_in_any_model_load_is_not_called_a_bad_model(tmp_path: Path, monkeypatch, site: str) -> None:
+    """Every from_pretrained site lets an allocation failure through for frontier.cli's out-of-memory
+    line (was: merge and model.init_from called it a bad adapter / a bad init_from)."""
+    from transformers import AutoModelForCausalLM
+
+    def allocating(*_a, **_k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model)}))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", allocating)
+    if site == "evaluate":
+        from frontier.eval.model_io import load_model as load
+
+        call = functools.partial(load, model, torch.device("cpu"))
+    elif site == "finetune":
+        from frontier.finetune.adapter import load_base
+
+        call = functools.partial(load_base, model, "none", 0, torch.device("cpu"))
+    elif site == "merge":
+        from frontier.finetune.lora import merge
+
+        call = functools.partial(merge, tmp_path / "adapter", tmp_path / "merged")
+    else:
+        from frontier.model.build import load_pretrained
+
+        call = functools.partial(load_pretrained, model, 10)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        call()
+
+
+@pytest.mark.parametrize("during", [OSError(28, "No space left on device"), MemoryError()])
+def test_a_bug_raised_from_none_while_handling_a_resource_error_keeps_its_traceback(
+    monkeypatch, capsys, during: BaseException
+) -> None:
+    """`raise ... from None` hides the full disk / failed allocation: what is left is a bug (was: one line
+    "No space left on device" / "out of memory", exit code 2, no traceback)."""
+    from frontier import cli
+
+    def stage(*_a, **_k):
+        try:
+            raise during
+        except (OSError, MemoryError):
+            raise KeyError("a bug") from None
+
+    monkeypatch.setattr("frontier.data.tokenizer.train_tokenizer", stage)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["tokenizer", "--data", "d", "--out", "o"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_exception_chain_follows_what_a_traceback_shows() -> None:
+    from frontier.errors import exception_chain
+
+    def raised(fn):
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001
+            return exc
+        raise AssertionError("nothing raised")
+
+    root = OSError(28, "No space left on device")
+
+    def implicit():
+        try:
+            raise root
+        except OSError:
+            raise RuntimeError("while saving")  # noqa: B904
+
+    def explicit():
+        try:
+            raise root
+        except OSError as exc:
+            raise RuntimeError("while saving") from exc
+
+    def hidden():
+        try:
+            raise root
+        except OSError:
+            raise RuntimeError("while saving") from None
+
+    assert [type(e) for e in exception_chain(raised(implicit))] == [RuntimeError, OSError]
+    assert exception_chain(raised(explicit))[1] is root
+    assert [type(e) for e in exception_chain(raised(hidden))] == [RuntimeError]
+    loop = RuntimeError("a")
+    loop.__context__ = RuntimeError("b")
+    loop.__context__.__context__ = loop
+    assert len(exception_chain(loop)) == 2

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from frontier.errors import CheckpointError, ConfigError, out_of_memory
+from frontier.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from frontier.finetune.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else exc.__class__.__name__
 
 
 def quantization_config(quantize: str, zero_stage: int) -> Any:
@@ -54,6 +48,8 @@ def load_base(model_dir: Path, quantize: str, zero_stage: int, device: torch.dev
     """The base causal LM from a local HF directory: fp32, or quantized (frozen) for QLoRA."""
     from transformers import AutoModelForCausalLM
 
+    from frontier.eval.model_io import from_pretrained_checked
+
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{model_dir}: not a Hugging Face model directory (config.json missing)")
@@ -62,16 +58,9 @@ def load_base(model_dir: Path, quantize: str, zero_stage: int, device: torch.dev
         kwargs["quantization_config"] = quantization_config(quantize, zero_stage)
         kwargs["device_map"] = {"": device}
         kwargs.pop("dtype")
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    except pickle.UnpicklingError as exc:
-        from frontier.eval.model_io import refused_pickle
-
-        raise refused_pickle(model_dir, exc) from None
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        if out_of_memory(exc):  # the machine's limit, not a bad model: frontier.cli says so in one line
-            raise
-        raise CheckpointError(f"{model_dir}: cannot load the base model: {_first_line(exc)}") from None
+    lm = from_pretrained_checked(
+        AutoModelForCausalLM.from_pretrained, model_dir, f"{model_dir}: cannot load the base model", **kwargs
+    )
     if quantize != "none":
         from peft import prepare_model_for_kbit_training
 

@@ -215,6 +215,7 @@ def merge(adapter_dir: Path, out_dir: Path) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from frontier.eval.model_io import from_pretrained_checked
     from frontier.provenance import write_provenance
     from frontier.utils.atomic import atomic_dir
 
@@ -231,12 +232,16 @@ def merge(adapter_dir: Path, out_dir: Path) -> Path:
         raise CheckpointError(f"{config_path}: no base_model_name_or_path naming the base model directory") from None
     if not (base_dir / "config.json").is_file():
         raise CheckpointError(f"{config_path}: base model {base_dir} is not a local Hugging Face model directory")
-    try:
-        base = AutoModelForCausalLM.from_pretrained(str(base_dir), local_files_only=True, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, str(adapter_dir), local_files_only=True).merge_and_unload()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise CheckpointError(f"{adapter_dir}: cannot apply the adapter to {base_dir}: {first}") from None
+    what = f"{adapter_dir}: cannot apply the adapter to {base_dir}"
+    base = from_pretrained_checked(
+        AutoModelForCausalLM.from_pretrained, base_dir, what, local_files_only=True, dtype=torch.float32
+    )
+    merged = from_pretrained_checked(
+        lambda path, **kw: PeftModel.from_pretrained(base, path, **kw).merge_and_unload(),
+        adapter_dir,
+        what,
+        local_files_only=True,
+    )
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         source = adapter_dir if (adapter_dir / "tokenizer.json").is_file() else base_dir

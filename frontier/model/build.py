@@ -92,13 +92,18 @@ def load_pretrained(path: Path, vocab_size: int) -> Any:
     """Continue from a local HF model directory; its own config decides the architecture and sizes."""
     from transformers import AutoModelForCausalLM
 
+    from frontier.eval.model_io import from_pretrained_checked
+
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.init_from: {path} is not a Hugging Face model directory (config.json missing)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ConfigError(f"model.init_from: cannot load {path}: {first}") from None
+    model = from_pretrained_checked(
+        AutoModelForCausalLM.from_pretrained,
+        path,
+        f"model.init_from: cannot load {path}",
+        ConfigError,
+        local_files_only=True,
+        dtype=torch.float32,
+    )
     rows = model.get_input_embeddings().num_embeddings
     if rows < vocab_size:
         raise ConfigError(
