@@ -27,17 +27,29 @@ locked=1
 lock_id="$FLAVOUR locked=$locked $(cat "$LOCK" "$BUILD_LOCK" | sha256sum | cut -c1-16)"
 build_id=$(cat pyproject.toml setup.py run.sh csrc/*.cpp csrc/*.h csrc/cuda/* 2>/dev/null | sha256sum | cut -c1-16)
 want="$lock_id $build_id"
-have=$(cat "$VENV/.frontier-installed" 2>/dev/null || true)
 again="bash run.sh$(printf ' %q' "$@")"
 
-# A rebuild (below) keeps the working venv at $VENV.old-PID until the new one is complete. One that
-# is still running owns $VENV; one that was killed is undone (or finished, if its venv was complete).
+# One run.sh at a time installs, swaps or checks $VENV: an exclusive flock on $VENV.lock, held from here to
+# just before the command starts (the kernel drops it when this process ends, however it ends). A second
+# run.sh waits, with a message, rather than refusing: the first's install is then the second's too, and two
+# runs started together (a pipeline and a test run) both go ahead. The command itself runs unlocked.
+if command -v flock >/dev/null; then
+    mkdir -p "$(dirname "$VENV")"
+    exec 9>"$VENV.lock"
+    if ! flock -n 9; then
+        echo "run.sh: another run.sh is installing or checking $VENV; waiting for it" >&2
+        flock 9
+    fi
+else
+    echo "run.sh: WARNING: no flock(1) (util-linux): not guarded against a concurrent run.sh" >&2
+fi
+have=$(cat "$VENV/.frontier-installed" 2>/dev/null || true)
+
+# A rebuild (below) keeps the working venv at $VENV.old-PID until the new one is complete and checked. With
+# the lock held, no rebuild is running: one found was interrupted (killed, the machine lost), and is
+# finished if its new venv was complete (installed and marked), undone otherwise.
 for old in "$VENV".old-*; do
     [ -d "$old" ] || continue
-    if kill -0 "${old##*.old-}" 2>/dev/null; then
-        echo "run.sh: another run.sh (pid ${old##*.old-}) is rebuilding $VENV; run again when it is done" >&2
-        exit 1
-    fi
     if [ -n "$have" ]; then
         rm -rf "$old"
     else
@@ -48,7 +60,7 @@ for old in "$VENV".old-*; do
 done
 
 # The install, into $VENV (a new venv, or one whose lock is unchanged: pip then installs only what differs).
-# Its last steps check the result against the lock and mark it installed.
+# Its last step marks it installed; the check below, before the command, compares it with the lock.
 install() {
     [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
     echo "run.sh: installing Frontier into $VENV ($([ $locked = 1 ] && echo "locked: $LOCK" || echo UNLOCKED))" >&2
@@ -77,7 +89,6 @@ install() {
     if [ $locked = 1 ]; then
         # the marker, and each installed file's stat once it is found equal to its RECORD hash
         "$VENV/bin/python" -m frontier.utils.lock record "$LOCK" "$FLAVOUR" >/dev/null
-        "$VENV/bin/python" -m frontier.utils.lock check  # the environment equals the lock, or say how not
     else
         rm -f "$VENV/frontier-lock.json" "$VENV/frontier-verified.marshal"
     fi
@@ -105,25 +116,37 @@ if [ "$have" != "$want" ] || [ -n "${FRONTIER_REINSTALL:-}" ]; then
             echo "run.sh: installing $LOCK into a new $VENV failed (exit $rc, above); $VENV is unchanged" >&2
             exit $rc
         fi
-        trap - INT TERM
-        rm -rf "$old"
+        rebuilt=$old  # removed once the new venv passes the check below; put back if it does not
     else
         install  # a first install, or new build inputs with the same lock
     fi
 fi
 
 # Every run, before the command: the venv still equals the lock (each package at its pinned version,
-# each installed file as its RECORD hashes it; ~0.3 s for the whole venv, as unchanged files are not
-# re-read). Drift is refused, not repaired: a reinstall takes minutes and the network, and an automatic
-# one would silently throw away what made the venv differ, which is either someone's deliberate edit
-# (a print in transformers while debugging) or something to look at before trusting any result from it.
+# each installed file as its RECORD hashes it, no file that no package installed; ~1 s for the whole venv,
+# as unchanged files are not re-read). Drift is refused, not repaired: a reinstall takes minutes and the
+# network, and an automatic one would silently throw away what made the venv differ, which is either
+# someone's deliberate edit (a print in transformers while debugging) or something to look at before
+# trusting any result from it. Right after an install this is the install's own check (the only one).
 # `python -S`: nothing from the venv's site-packages (a .pth file) runs before it is checked.
 if [ $locked = 1 ] && ! diffs=$("$VENV/bin/python" -S -E -m frontier.utils.lock check "$VENV" 2>&1); then
+    if [ -n "${rebuilt:-}" ]; then
+        rm -rf "$VENV" && mv "$rebuilt" "$VENV"
+        echo "run.sh: the new $VENV, installed from $LOCK, differs from it:" >&2
+        sed 's/^lock: /  /' <<<"$diffs" >&2
+        echo "run.sh: $VENV is unchanged (the one from before); the lock needs fixing" >&2
+        exit 1
+    fi
     echo "run.sh: $VENV differs from $LOCK, the lock it was installed from:" >&2
     sed 's/^lock: /  /' <<<"$diffs" >&2
     echo "run.sh: not running in it; to reinstall it from the lock: FRONTIER_REINSTALL=1 $again" >&2
     exit 1
 fi
+if [ -n "${rebuilt:-}" ]; then
+    trap - INT TERM
+    rm -rf "$rebuilt"
+fi
+exec 9>&-  # the lock, released: the command (a pipeline that runs for hours) must not hold it
 export PATH="$PWD/$VENV/bin:$PATH" VIRTUAL_ENV="$PWD/$VENV"
 [ $# -gt 0 ] || exit 0
 exec "$@"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
+import marshal
 import os
+import py_compile
 import re
 import sysconfig
 from pathlib import Path
@@ -151,3 +154,84 @@ def test_file_differences_name_each_edited_missing_or_unowned_file(
     record = site / "beta-1.0.dist-info" / "RECORD"
     record.write_text(record.read_text() + "beta/new.py,,\n")
     assert f"beta 1.0: {rel}/beta-1.0.dist-info/RECORD rewritten since install" in file_differences(tmp_path)
+
+
+def _site(prefix: Path) -> Path:
+    return Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
+
+
+def test_files_dropped_inside_an_installed_package_are_reported(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    rel = site.relative_to(tmp_path)
+    _install(site, "alpha", {"alpha/__init__.py": "A = 1\n", "alpha/sub/__init__.py": ""})
+    assert file_differences(tmp_path, fresh=True) == []
+    (site / "alpha" / "evil.py").write_text("import os\n")
+    (site / "alpha" / "sub" / "deeper").mkdir()
+    (site / "alpha" / "sub" / "deeper" / "x.so").write_bytes(b"\x7fELF")
+    (site / "alpha-1.0.dist-info" / "entry_points.txt").write_text("[console_scripts]\nx = os:system\n")
+    assert file_differences(tmp_path) == [
+        f"{rel}/alpha/evil.py: installed by no package",
+        f"{rel}/alpha/sub/deeper/x.so: installed by no package",
+        f"{rel}/alpha-1.0.dist-info/entry_points.txt: installed by no package",
+    ]
+    for i in range(7):
+        (site / "alpha" / f"m{i}.py").write_text("")
+    lines = file_differences(tmp_path, per_package=2)
+    assert lines[1:3] == [
+        f"{rel}/alpha/m0.py: installed by no package",
+        f"{rel}/alpha: and 7 more files no package installed",
+    ]
+
+
+def test_a_pyc_is_held_to_what_its_source_compiles_to(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    rel = site.relative_to(tmp_path)
+    _install(site, "alpha", {"alpha/__init__.py": "A = 1\n"})
+    source = site / "alpha" / "__init__.py"
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    py_compile.compile(str(source), cfile=str(pyc), doraise=True)  # as pip does at install
+    assert file_differences(tmp_path, fresh=True) == []
+
+    header = pyc.read_bytes()[:16]  # the source's mtime and size: Python runs this .pyc in its place
+    pyc.write_bytes(header + marshal.dumps(compile("import os; A = 1\n", "x", "exec")))
+    assert file_differences(tmp_path) == [
+        f"alpha 1.0: {pyc.relative_to(tmp_path)} changed (not what its source compiles to)"
+    ]
+    pyc.unlink()  # Python compiles the source again: the new .pyc is what the source compiles to
+    assert file_differences(tmp_path) == []
+    py_compile.compile(str(source), cfile=str(pyc), doraise=True)
+    optimized = Path(importlib.util.cache_from_source(str(source), optimization=1))
+    py_compile.compile(str(source), cfile=str(optimized), doraise=True, optimize=1)  # python -O's
+    assert file_differences(tmp_path) == []
+
+    orphan = pyc.with_name("gone.cpython-311.pyc")  # the bytecode of a module no package installed
+    orphan.write_bytes(pyc.read_bytes())
+    assert file_differences(tmp_path) == [f"{orphan.relative_to(tmp_path)}: installed by no package"]
+    assert str(rel) in str(orphan.relative_to(tmp_path))
+
+
+def test_the_cache_is_written_through_no_planted_link_and_leaves_no_temporary(tmp_path: Path) -> None:
+    prefix = tmp_path / "venv"
+    site = _site(prefix)
+    _install(site, "alpha", {"alpha/__init__.py": "A = 1\n"})
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (prefix / f"{lock_module.VERIFIED}.{os.getpid()}.tmp").symlink_to(victim)  # the old, predictable name
+    stale = prefix / f".{lock_module.VERIFIED}.tmp-999999999-0badcafe"  # a writer killed mid-write
+    stale.write_bytes(b"half")
+    assert file_differences(prefix, fresh=True) == []
+    assert victim.read_text() == "precious\n"
+    assert not stale.exists() and lock_module._read_cache(prefix)["files"]
+
+
+def test_the_params_guard_pth_is_written_through_no_planted_link(tmp_path: Path) -> None:
+    from frontier.utils.params_guard import install
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / PTH_NAME).symlink_to(victim)
+    path = install(site)
+    assert victim.read_text() == "precious\n"
+    assert not path.is_symlink() and path.read_text() == PTH_LINE

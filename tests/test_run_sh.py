@@ -6,6 +6,7 @@ whose lock pins one hand-made pure-Python wheel (tinypkg), installed from a loca
 from __future__ import annotations
 
 import importlib.util
+import marshal
 import os
 import platform
 import shutil
@@ -58,10 +59,14 @@ def build_editable(wheel_directory, config_settings=None, metadata_directory=Non
 """
 
 
-def run_sh(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_sh_env(repo: Path, **env: str) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("FRONTIER_", "PIP_", "VIRTUAL_ENV"))}
-    environ |= {"PYTHON": PYTHON, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(repo.parent / "wheels"),
-                "PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1", **env}  # fmt: skip
+    return environ | {"PYTHON": PYTHON, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(repo.parent / "wheels"),
+                      "PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1", **env}  # fmt: skip
+
+
+def run_sh(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = run_sh_env(repo, **env)
     return subprocess.run(["bash", "run.sh", *args], cwd=repo, env=environ, capture_output=True, text=True, timeout=300)
 
 
@@ -90,7 +95,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (repo / "requirements").mkdir()
     wheels.mkdir()
     shutil.copy(REPO / "run.sh", repo / "run.sh")
-    for name in ("lock.py", "hashing.py", "params_guard.py"):
+    for name in ("lock.py", "hashing.py", "params_guard.py", "atomic.py"):
         shutil.copy(REPO / "frontier" / "utils" / name, repo / "frontier" / "utils" / name)
     for name in ("frontier/__init__.py", "frontier/utils/__init__.py", "csrc/x.cpp", "csrc/x.h", "csrc/cuda/x.cu"):
         (repo / name).write_text("")
@@ -209,7 +214,7 @@ def test_a_tampered_hash_in_the_lock_leaves_the_working_venv_as_it_was(repo: Pat
     assert "THESE PACKAGES DO NOT MATCH THE HASHES" in result.stderr, result.stderr
     assert "failed" in result.stderr.splitlines()[-1] and ".venv is unchanged" in result.stderr.splitlines()[-1]
     assert snapshot() == before
-    assert not list(repo.glob(".venv.*")), "a temporary venv was left behind"
+    assert not list(repo.glob(".venv.old-*")), "a temporary venv was left behind"
     assert venv_python(repo, "-c", "import tinypkg").returncode == 0
     for name in ("cpu.txt", "cpu-build.txt"):
         (repo / "requirements" / name).write_text(good)
@@ -225,7 +230,7 @@ def test_a_changed_lock_builds_a_new_venv_and_swaps_it_in(repo: Path) -> None:
     result = run_sh(repo, "python", "-c", PROBE)
     assert result.returncode == 0, result.stderr
     assert (repo / "ran").read_text() == "2.0"
-    assert not list(repo.glob(".venv.*")) and (repo / ".venv" / "bin" / "pip").read_text().startswith(
+    assert not list(repo.glob(".venv.old-*")) and (repo / ".venv" / "bin" / "pip").read_text().startswith(
         f"#!{repo}/.venv/"
     )
 
@@ -236,4 +241,56 @@ def test_an_interrupted_rebuild_is_undone(repo: Path) -> None:
     result = run_sh(repo, "python", "-c", PROBE)
     assert result.returncode == 0, result.stderr
     assert "restoring .venv" in result.stderr and (repo / "ran").read_text() == "1.0"
-    assert not list(repo.glob(".venv.*"))
+    assert not list(repo.glob(".venv.old-*"))
+
+
+def test_an_interrupted_rebuild_is_undone_though_its_pid_now_names_another_process(repo: Path) -> None:
+    # The pid in the name is no evidence of a running rebuild (pids are reused): the lock is.
+    with subprocess.Popen(["sleep", "60"]) as unrelated:
+        try:
+            (repo / ".venv").rename(repo / f".venv.old-{unrelated.pid}")
+            (repo / ".venv" / "bin").mkdir(parents=True)
+            result = run_sh(repo, "python", "-c", PROBE)
+        finally:
+            unrelated.kill()
+    assert result.returncode == 0, result.stderr
+    assert "restoring .venv" in result.stderr and (repo / "ran").read_text() == "1.0"
+    assert not list(repo.glob(".venv.old-*"))
+
+
+def test_a_module_dropped_inside_an_installed_package_is_refused(repo: Path) -> None:
+    (repo / ".venv" / SITE / "tinypkg" / "evil.py").write_text("import os\n")
+    refused(repo, f"{SITE}/tinypkg/evil.py: installed by no package")
+
+
+def test_an_edited_pyc_whose_header_still_matches_its_source_is_refused(repo: Path) -> None:
+    compiled = venv_python(
+        repo, "-c", "import tinypkg, importlib.util as u; print(u.cache_from_source(tinypkg.__file__))"
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    pyc = Path(compiled.stdout.strip())
+    header = pyc.read_bytes()[:16]  # the source's mtime and size: Python will run this .pyc for it
+    code = compile("import pathlib; pathlib.Path('ran').write_text('pwned')\nVERSION = '1.0'\n", "x", "exec")
+    pyc.write_bytes(header + marshal.dumps(code))
+    refused(repo, f"{pyc.relative_to(repo / '.venv')} changed")
+
+
+@pytest.mark.slow  # a new venv (ensurepip): ~5 s
+def test_two_run_sh_started_together_on_a_fresh_clone_install_once_and_both_run(repo: Path) -> None:
+    shutil.rmtree(repo / ".venv")
+    procs = [
+        subprocess.Popen(
+            ["bash", "run.sh", "python", "-c", PROBE.replace("'ran'", f"'ran{i}'")],
+            cwd=repo,
+            env=run_sh_env(repo),
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in (1, 2)
+    ]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    for proc, stderr in zip(procs, errors, strict=True):
+        assert proc.returncode == 0, stderr
+    assert [(repo / f"ran{i}").read_text() for i in (1, 2)] == ["1.0", "1.0"]
+    assert sum("installing Frontier into .venv" in stderr for stderr in errors) == 1, errors
+    assert venv_python(repo, "-c", "import tinypkg").returncode == 0

@@ -4,15 +4,21 @@ run.sh installs a lock with pip's hash checking, then calls ``python -m frontier
 which writes ``<venv>/frontier-lock.json`` (flavour, file, sha256, pins). Before every command run.sh calls
 ``python -m frontier.utils.lock check VENV``: the installed versions against those pins, and every installed
 file against the sha256 its distribution's RECORD lists (a file missing or edited since install, a RECORD
-rewritten, a module or .pth dropped into site-packages by no distribution). Provenance records the marker's
-identity and whether the environment still equals it; tests/test_lock.py fails when it does not.
+rewritten, a file no RECORD lists anywhere in site-packages: a .pth or module dropped at its top level or
+a module dropped inside an installed package, ``transformers/evil.py``). Compiled bytecode, which RECORD lists
+without a hash, is checked too: a ``.pyc`` in ``__pycache__`` must be the cache of a module a RECORD hashes,
+and must hold what that module compiles to (Python runs a .pyc whose header matches its source, whatever
+its code). Provenance records the marker's identity and whether the environment still equals it;
+tests/test_lock.py fails when it does not.
 
 Hashing every installed file (torch alone is ~1 GB) takes seconds, so ``<venv>/frontier-verified.marshal`` keeps,
 per file, the stat (size, mtime, ctime, inode) it had when last found equal to its RECORD hash; a file with
 that same stat is not read again. Any write to a file changes its ctime, which no user can set back, so an
-edit is always re-hashed. The cache is only an accelerator: without it every file is hashed (and it is
-rebuilt). What this guards against is drift (a package replaced, removed, edited in place); someone who can
-rewrite a file, its RECORD and the cache together is not stopped by any check run from inside the venv.
+edit is always re-hashed. A .pyc is kept with the sha256 it had when found good (at install: as pip wrote
+it); one that differs from it, or that appears later, is compiled from its source and compared. The cache is
+only an accelerator: without it every file is hashed (and it is rebuilt), and each .pyc is taken as found.
+What this guards against is drift (a package replaced, removed, edited in place); someone who can rewrite a
+file, its RECORD and the cache together is not stopped by any check run from inside the venv.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ NOT_LOCKED = frozenset({"pip", "frontier"})
 # The editable install of the project: its files are the working tree (and its compiled extension).
 NOT_VERIFIED = frozenset({"frontier"})
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: with the .pyc files
 
 
 class Dist(NamedTuple):
@@ -167,13 +173,33 @@ def _read_cache(prefix: Path) -> dict[str, Any]:
 
 
 def _write_cache(prefix: Path, cache: dict[str, Any]) -> None:
-    """Atomically (a reader never sees half a file); a read-only venv just stays uncached."""
-    tmp = prefix / f"{VERIFIED}.{os.getpid()}.tmp"
+    """Atomically (a reader never sees half a file; a planted link is never followed); a read-only venv just
+    stays uncached. No fsync: a cache lost in a crash is rebuilt."""
+    from frontier.utils.atomic import atomic_file  # stdlib only: fine under python -S
+
     try:
-        tmp.write_bytes(marshal.dumps(cache))
-        os.replace(tmp, prefix / VERIFIED)
+        with atomic_file(prefix / VERIFIED, "wb", fsync=False) as f:
+            f.write(marshal.dumps(cache))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
+
+
+def _sha256(path: str) -> str:
+    return "sha256=" + _record_hash(path, "sha256")
+
+
+def _pyc_compiles_from(pyc: str, source: str) -> bool:
+    """Whether a .pyc holds the code its source compiles to (code objects compare by their bytecode, constants,
+    names and line tables, not by the file name or the .pyc's header)."""
+    name = os.path.basename(pyc)
+    optimize = int(name[-5]) if name[-10:-5] == ".opt-" and name[-5].isdigit() else 0
+    try:
+        with open(pyc, "rb") as f:
+            code = marshal.loads(f.read()[16:])
+        with open(source, "rb") as f:
+            return code == compile(f.read(), source, "exec", dont_inherit=True, optimize=optimize)
+    except (OSError, ValueError, EOFError, TypeError, SyntaxError, MemoryError):
+        return False
 
 
 def _own_pth(path: str) -> bool:
@@ -188,14 +214,48 @@ def _own_pth(path: str) -> bool:
         return False
 
 
+def _unlisted(root: str, site: str, top: str, listed: set[str], pycs: dict[str, str]) -> list[str]:
+    """The files under ``site/top`` (an installed package's directory, relative to ``root``) that no RECORD lists.
+
+    A file in a __pycache__ is not reported when it is the .pyc of a module some RECORD lists: it goes into
+    ``pycs`` ({.pyc: its source}, relative to ``root``) to be checked against that source.
+    """
+    out = []
+    todo = [f"{site}/{top}"]
+    while todo:
+        directory = todo.pop()
+        try:
+            entries = os.scandir(f"{root}/{directory}")
+        except OSError:
+            continue
+        prefix, cache = f"{directory}/", directory.endswith("/__pycache__")
+        with entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if rel in listed and not cache:  # (most files: one lookup, as this runs ~55,000 times)
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(rel)
+                elif cache and entry.name.endswith(".pyc"):
+                    source = f"{directory[:-12]}/{entry.name.split('.', 1)[0]}.py"
+                    if source in listed:
+                        pycs[rel] = source
+                    elif rel not in listed:
+                        out.append(rel)
+                elif rel not in listed:
+                    out.append(rel)
+    return sorted(out)
+
+
 def file_differences(prefix: str | Path | None = None, *, fresh: bool = False, per_package: int = 5) -> list[str]:
     """One line per installed file that differs from its distribution's RECORD (empty: none does).
 
-    At most ``per_package`` lines a package, then a count. A file two distributions install (py-cpuinfo and
-    py-cpuinfo2 both write cpuinfo/) may equal either's hash. Skipped: files RECORD lists without a hash
-    (RECORD itself, REQUESTED, the .pyc files pip compiles), anything under __pycache__, and the editable
-    project (NOT_VERIFIED). ``fresh`` takes each RECORD's digest anew as the one to expect (at install time:
-    ``record``); otherwise a RECORD that differs from the digest taken then is reported.
+    At most ``per_package`` lines a package (or a top-level directory's unlisted files), then a count. A file
+    two distributions install (py-cpuinfo and py-cpuinfo2 both write cpuinfo/) may equal either's hash. Not
+    hashed from RECORD: files it lists without a hash (RECORD itself, REQUESTED) and the editable project
+    (NOT_VERIFIED); the .pyc files are held to their sources instead (the module docstring). ``fresh`` takes
+    each RECORD's digest, and each .pyc, anew as the one to expect (at install time: ``record``); otherwise a
+    RECORD that differs from the digest taken then is reported.
     """
     root = Path(prefix or sys.prefix).absolute()
     base = str(root)
@@ -203,6 +263,7 @@ def file_differences(prefix: str | Path | None = None, *, fresh: bool = False, p
     old_files, old_records = old.get("files", {}), {} if fresh else old.get("records", {})
     records = dict(old_records)
     owned: set[tuple[str, str]] = set()  # (site dir, top-level name) some RECORD installed
+    listed: set[str] = set()  # every file (relative to the venv) some RECORD lists, hashed or not
     expected: dict[str, list[str]] = {}  # file (relative to the venv) -> the "sha256=..." its RECORDs list
     owner: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
@@ -228,13 +289,16 @@ def file_differences(prefix: str | Path | None = None, *, fresh: bool = False, p
         site = os.path.relpath(dist.site, base)
         for row in csv.reader(text.decode("utf-8", "replace").splitlines()):
             name = row[0] if row else ""
-            top = name.split("/", 1)[0]
-            if top and top != "..":
-                owned.add((dist.site, top))
-            if not verify or len(row) < 2 or "=" not in row[1] or "__pycache__" in name or name.endswith(".pyc"):
+            if not name:
                 continue
-            # (string joins: this loop runs once a file, ~35,000 times for the cpu lock)
+            # (string joins: this loop runs once a file, ~55,000 times for the cpu lock)
             rel = os.path.normpath(os.path.join(site, name)) if ".." in name or name[0] == "/" else f"{site}/{name}"
+            listed.add(rel)
+            top = name.split("/", 1)[0]
+            if top != "..":
+                owned.add((dist.site, top))
+            if not verify or len(row) < 2 or "=" not in row[1] or name.endswith(".pyc"):
+                continue
             expected.setdefault(rel, []).append(row[1])
             owner.setdefault(rel, label)
     files: dict[str, list[Any]] = {}
@@ -261,16 +325,62 @@ def file_differences(prefix: str | Path | None = None, *, fresh: bool = False, p
                 break
         else:
             problems[owner[rel]].append(f"{owner[rel]}: {rel} changed")
+    unlisted: list[str] = []
+    pycs: dict[str, str] = {}
+    for site in site_dirs(root):
+        site_rel = os.path.relpath(site, root)
+        try:
+            entries = sorted(os.scandir(site), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name == "__pycache__":
+                continue  # site-packages' own: the caches of its top-level modules (below, as unlisted files)
+            if (site, entry.name) not in owned:
+                if not _own_pth(entry.path):
+                    unlisted.append(f"{site_rel}/{entry.name}: installed by no package")
+            elif entry.is_dir(follow_symlinks=False):
+                lines = [
+                    f"{rel}: installed by no package" for rel in _unlisted(base, site_rel, entry.name, listed, pycs)
+                ]
+                unlisted += lines[:per_package]
+                if len(lines) > per_package:
+                    unlisted.append(
+                        f"{site_rel}/{entry.name}: and {len(lines) - per_package} more files no package installed"
+                    )
+        cache_dir = f"{site_rel}/__pycache__"
+        for rel in (
+            _unlisted(base, site_rel, "__pycache__", listed, pycs) if os.path.isdir(f"{base}/{cache_dir}") else ()
+        ):
+            unlisted.append(f"{rel}: installed by no package")
+    # A .pyc: as found when nothing was cached (at install, or the cache lost); otherwise the sha256 it had when
+    # last found good, else (a .pyc written since, or rewritten) what its source compiles to.
+    for rel, source in pycs.items():
+        if source not in expected:
+            continue  # the editable project's, or one whose RECORD gives its source no hash
+        path = f"{base}/{rel}"
+        try:
+            key = _stat_key(os.stat(path))
+        except OSError:
+            continue  # Python compiles the source anew
+        cached = old_files.get(rel)
+        if cached and cached[:-1] == key:
+            files[rel] = cached
+            continue
+        try:
+            digest = _sha256(path)
+        except OSError:
+            continue
+        if fresh or not old or (cached and cached[-1] == digest) or _pyc_compiles_from(path, f"{base}/{source}"):
+            files[rel] = [*key, digest]
+        else:
+            problems[owner[source]].append(f"{owner[source]}: {rel} changed (not what its source compiles to)")
     out = []
     for label, lines in problems.items():
         out += lines[:per_package]
         if len(lines) > per_package:
             out.append(f"{label}: and {len(lines) - per_package} more files missing or changed")
-    for site in site_dirs(root):
-        for entry in sorted(os.listdir(site)) if os.path.isdir(site) else ():
-            path = os.path.join(site, entry)
-            if entry != "__pycache__" and (site, entry) not in owned and not _own_pth(path):
-                out.append(f"{os.path.relpath(path, root)}: installed by no package")
+    out += unlisted
     if files != old_files or records != old_records:
         _write_cache(root, {"format": _CACHE_FORMAT, "files": files, "records": records})
     return out

@@ -118,6 +118,9 @@ def install(site_packages: str | Path | None = None) -> Path:
     """Write the .pth that arms the guard at every interpreter start of this environment."""
     directory = Path(site_packages or sysconfig.get_paths()["purelib"])
     path = directory / PTH_NAME
-    if not path.is_file() or path.read_text() != PTH_LINE:
-        path.write_text(PTH_LINE)
+    if not path.is_file() or path.read_text(encoding="utf-8") != PTH_LINE:
+        from frontier.utils.atomic import atomic_file
+
+        with atomic_file(path) as f:  # never half a .pth (site.py would run what it holds), nor through a link
+            f.write(PTH_LINE)
     return path
