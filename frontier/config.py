@@ -38,7 +38,7 @@ from frontier.optim.config import OptimizerConfig
 from frontier.params_files import check_resolved
 from frontier.report.config import ReportConfig
 from frontier.train.config import LaunchConfig, ScheduleConfig, TrainConfig
-from frontier.utils.strict_yaml import MAX_PARAMS_BYTES, YamlRefused, strict_load
+from frontier.utils.strict_yaml import MAX_PARAMS_BYTES, YamlRefused, load_plain, strict_load
 
 _MISSING = dataclasses.MISSING
 
@@ -240,16 +240,9 @@ def _read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
         check_resolved(path, text)
-        return strict_load(text)
+        return load_plain(text)
     except YamlRefused as exc:
         raise ConfigError(f"{path}: {exc.key}: {exc.message}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a parameter file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as exc:

@@ -70,6 +70,22 @@ def test_yte_refuses_a_template_and_passes_plain_yaml(tmp_path: Path, kind: str)
     assert yte.process_yaml(io.StringIO(BASE), require_use_yte=True) == yaml.safe_load(BASE)
 
 
+def test_the_guard_loads_strictly(tmp_path: Path) -> None:
+    """What Snakemake loads through the guard gets Frontier's strict loader: a duplicate key (the second would
+    silently win) and an alias bomb are refused with the file's name, as params.yaml's are."""
+    import yte
+    from snakemake_interface_common.exceptions import WorkflowError
+
+    for text, why in [
+        ("seed: 1\nseed: 2\n", "duplicate key 'seed'"),
+        ("a: &a [1]\nb: [" + "*a, " * 200 + "]\n", "aliases"),
+    ]:
+        stream = io.StringIO(text)
+        stream.name = "theirs.yaml"
+        with pytest.raises(WorkflowError, match=f"theirs.yaml: .*{why}"):
+            yte.process_yaml(stream, require_use_yte=True)
+
+
 def test_no_evaluation_even_without_the_switch_key(tmp_path: Path) -> None:
     """A caller asking yte to template unconditionally still evaluates nothing."""
     import yte

@@ -57,31 +57,23 @@ class _RefusingCodeHandler:
         raise _error(f"refused to run {source[:60]!r}: {REFUSAL}")
 
 
-def plain_yaml_problem(text: str) -> str | None:
-    """Why a YAML document is not plain data for a parameter file (a template, a Python tag), or None."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load(text)
-    except RecursionError:
-        return "nested too deeply to be a parameter file"
-    except yaml.YAMLError as exc:  # e.g. a !!python/object tag, which only an unsafe loader would construct
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        return f"{where}not plain YAML data ({getattr(exc, 'problem', None) or exc.__class__.__name__})"
-    if isinstance(doc, dict) and "__use_yte__" in doc:
-        return REFUSAL
-    return None
-
-
 def _guarded(original: Any) -> Any:
     def process_yaml(file: Any, *args: Any, **kwargs: Any) -> Any:
+        from frontier.utils.strict_yaml import YamlRefused, load_plain
+
         text = file if isinstance(file, str) else file.read()
-        problem = plain_yaml_problem(text)
-        if problem is not None:
-            raise _error(f"{getattr(file, 'name', 'a YAML document')}: {problem}")
+        name = getattr(file, "name", "a YAML document")
+        try:  # Frontier's strict loader: safe tags only, no duplicate keys, no alias bombs
+            doc = load_plain(text)
+        except YamlRefused as exc:
+            raise _error(f"{name}: {exc.key}: {exc.message}") from None
+        if isinstance(doc, dict) and "__use_yte__" in doc:
+            raise _error(f"{name}: {REFUSAL}")
+        if kwargs.get("require_use_yte"):
+            return doc  # what yte returns for a document that asks for no templating, without a second parse
+        # A caller templating unconditionally (a rule's yte template): yte runs, evaluating nothing.
         kwargs["code_handler"] = _RefusingCodeHandler()
-        return original(io.StringIO(text) if not isinstance(file, str) else text, *args, **kwargs)
+        return original(text if isinstance(file, str) else io.StringIO(text), *args, **kwargs)
 
     process_yaml.__wrapped__ = original  # type: ignore[attr-defined]
     return process_yaml

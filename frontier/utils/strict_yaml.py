@@ -108,3 +108,15 @@ def strict_load(text: str) -> Any:
         return loader.load()
     finally:
         loader.dispose()
+
+
+def load_plain(text: str) -> Any:
+    """strict_load with every way a document fails as one YamlRefused (where, why), ready for one line."""
+    try:
+        return strict_load(text)
+    except yaml.YAMLError as exc:  # a syntax error, or a tag (!!python/...) only an unsafe loader constructs
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
+        raise YamlRefused(where, f"not valid YAML: {getattr(exc, 'problem', None) or exc.__class__.__name__}") from None
+    except RecursionError:
+        raise YamlRefused("document", "nested too deeply to be a parameter file") from None
