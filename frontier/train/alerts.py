@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from frontier.train.config import AlertsConfig
+from frontier.utils.atomic import open_append_nofollow
 
 log = logging.getLogger("frontier.train")
 
@@ -55,7 +56,7 @@ class Alerts:
             self.fired.append(record)
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
+                with open_append_nofollow(self.path) as f:  # never through a link planted mid-run
                     f.write(json.dumps(record, sort_keys=True) + "\n")
         log.warning("ALERT %s at step %d: %s", rule, step, message)
 

@@ -12,7 +12,8 @@ filesystem, as DeepSpeed's own checkpoints assume)::
     .reshard/step_.../       a ZeRO checkpoint converted for another rank count while it is loaded (reshard)
     .step_00000100.deleting/ a pruned checkpoint being deleted (ignored)
     logs/                    live logs of the run (frontier.train.monitor)
-    archived/<time>/         an earlier run's checkpoints and logs, moved aside by train.resume=none
+    archived/<time>/         an earlier run's checkpoints and logs, moved aside by train.resume=none (or
+                             another run's checkpoint at a step this run saves)
     .lock                    held (flock) by the run using this directory; names its host and pid
 
 A save writes into the temporary directory, fsyncs it, then renames it into place, so a crash
@@ -30,7 +31,8 @@ rolled back onto.
 Hostile world (frontier.train.checkpoint_guard): no write follows a link planted in the directory or
 leaves it. Run identity before step: train.resume=auto picks the newest checkpoint made with this
 run's params (``run_params``, recorded in every manifest); another run's checkpoint, however new, is
-ignored with a warning, never resumed and never the cause of this run's own being archived. What a
+ignored with a warning, never resumed, never deleted (one named like a step this run saves is moved to
+archived/ first) and never the cause of this run's own being archived. What a
 checkpoint holds is validated before any of it reaches the live run (trainer state field by field,
 RNG states, optimizer state shapes and finiteness); one that fails is skipped with a warning for the
 previous verified one, and a run with checkpoints but none usable stops with one CheckpointError line.
@@ -38,14 +40,10 @@ previous verified one, and a run with checkpoints but none usable stops with one
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
-import pickle
 import re
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -54,27 +52,23 @@ from typing import Any
 from frontier.errors import CheckpointError
 from frontier.train import manifest, reshard
 from frontier.train.checkpoint_guard import (
-    against_manifest,
-    check_inside,
     drop_planted_link,
+    hold_lock,
     identity,
     loaded_state_problem,
-    open_lock,
     real_dir,
-    remove_entry,
     scrub_tree,
 )
 from frontier.train.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object
-from frontier.train.engine import local_state_finite, weights_only_loads
+from frontier.train.engine import local_state_finite
 from frontier.train.reshard import DS_DIR, DS_TAG
 from frontier.train.state import TrainerState, read_rng, restore_rng, write_rng
-from frontier.utils.atomic import atomic_file, fsync_dir, fsync_tree
+from frontier.utils.atomic import atomic_file, fsync_dir, fsync_tree, remove_entry
 
 log = logging.getLogger("frontier.train")
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 STATE_FILE = "trainer_state.json"
-_HELD: dict[str, int] = {}  # lock file -> fd: the checkpoint directories this process holds
 
 
 def step_dir_name(step: int) -> str:
@@ -139,35 +133,19 @@ class CheckpointStore:
         """Whether a checkpoint's manifest names this run's params (any complete one, when they are not known)."""
         return self.run_params is None or meta.get("run_params") == self.run_params
 
-    def of_run(self, run_id: str) -> list[Path]:
-        """This run's checkpoints (by the run id in their manifest), oldest first; not yet verified."""
-        return [p for p in self.checkpoints() if (m := self._meta(p)) is not None and m.get("run_id") == run_id]
+    def _scan(self) -> list[tuple[Path, dict[str, Any] | None]]:
+        """Each complete-looking checkpoint with its manifest (None: not a complete Frontier checkpoint),
+        newest first: one read of each manifest, for all the decisions taken on it at once."""
+        return [(p, self._meta(p)) for p in reversed(self.checkpoints())]
+
+    def _of_run(self, run_id: str) -> list[tuple[Path, dict[str, Any]]]:
+        """This run's checkpoints (by the run id in their manifest) with their manifests, oldest first; not verified."""
+        return [(p, m) for p, m in reversed(self._scan()) if m is not None and m.get("run_id") == run_id]
 
     def lock(self) -> None:
         """Hold ``root/.lock`` for this process's lifetime; another run on this directory stops with one line."""
-        if not self.info.is_main or self._lock_fd is not None:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / ".lock"
-        key = os.path.join(os.path.realpath(self.root), ".lock")
-        if key in _HELD:  # an earlier stage of this same process (stages run one after another)
-            with contextlib.suppress(OSError):
-                os.close(_HELD.pop(key))
-        fd = open_lock(path)  # never through a planted link: it is truncated and rewritten below
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise CheckpointError(
-                f"{self.root} is in use by {holder} (lock {path}); wait for that run to end or give this one "
-                "another checkpoints directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0
-        )
-        self._lock_fd = _HELD[key] = fd  # released by the kernel when the process ends, however it ends
+        if self.info.is_main and self._lock_fd is None:
+            self._lock_fd = hold_lock(self.root)
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -187,10 +165,8 @@ class CheckpointStore:
         made: tuple[int, int] | None = None
         if self.info.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
-            drop_planted_link(tmp, "a save's temporary directory")  # else every rerun fails at this step
-            remove_entry(tmp)
-            tmp.mkdir()  # exclusive, and never through a link
-            check_inside(tmp, self.root)
+            remove_entry(tmp, "a save's temporary directory")  # a planted link: else every rerun fails at this step
+            tmp.mkdir()  # exclusive, never through a link: a new directory inside the root
             made = identity(tmp)
         barrier(self.info)
         engine.save_checkpoint(str(tmp / DS_DIR), tag=DS_TAG, save_latest=False)
@@ -209,19 +185,36 @@ class CheckpointStore:
                 meta["run_params"] = self.run_params
             manifest.write_manifest(tmp, meta)
             fsync_tree(tmp)
-            drop_planted_link(final, "a checkpoint directory of this run")  # renaming onto a link would fail
-            if os.path.lexists(final):  # the same step saved again (after a rollback): replace it
-                old = self.root / f".{final.name}.old"
+            old = self._make_way(final, state.run_id)
+            tmp.rename(final)
+            if old is not None:
                 remove_entry(old)
-                final.rename(old)
-                tmp.rename(final)
-                remove_entry(old)
-            else:
-                tmp.rename(final)
             fsync_dir(self.root)
             self._trusted.add(final)
         barrier(self.info)
         return final
+
+    def _make_way(self, final: Path, run_id: str) -> Path | None:
+        """Free the name `final` for this run's save (rank 0). A planted link there is removed; another run's
+        checkpoint is archived, never deleted; this run's own (the step saved again after a rollback) or one
+        without a readable manifest is renamed aside and returned, to be removed once the new one is in place."""
+        if final.is_symlink():  # renaming onto a link would fail
+            remove_entry(final, "a checkpoint directory of this run")
+        if not os.path.lexists(final):
+            return None
+        try:
+            meta: dict[str, Any] | None = manifest.read_manifest(final)
+        except ValueError:
+            meta = None  # no readable manifest: an interrupted or stray directory, replaced
+        if meta is not None and not (meta.get("run_id") == run_id and self._own(meta)):
+            dest = self._archive([final])
+            log.warning("%s is another run's checkpoint (run id %r): moved it to %s instead of replacing it with "
+                        "this run's", final, meta.get("run_id"), dest)  # fmt: skip
+            return None
+        old = self.root / f".{final.name}.old"
+        remove_entry(old)
+        final.rename(old)
+        return old
 
     def prune(self, keep_last: int, keep_best: bool, run_id: str) -> list[Path]:
         """Delete this run's checkpoints but its newest `keep_last` valid ones (and its best); rank 0 only.
@@ -233,18 +226,18 @@ class CheckpointStore:
             return []
         for leftover in self.root.glob(".step_*.deleting"):  # from a run killed while pruning
             remove_entry(leftover)
-        ours = self.of_run(run_id)
+        ours = self._of_run(run_id)
         keep: list[Path] = []
-        for path in reversed(ours):
+        for path, _ in reversed(ours):
             if len(keep) == keep_last:
                 break
             if self._valid(path):
                 keep.append(path)
         if not keep:
             return []
-        if keep_best and (best := self.best(run_id)) is not None:
+        if keep_best and (best := self.best(run_id, ours)) is not None:
             keep.append(best)
-        removed = [p for p in ours if p not in keep]
+        removed = [p for p, _ in ours if p not in keep]
         for path in removed:  # renamed first: a crash mid-delete leaves no half checkpoint under a step name
             doomed = path.with_name(f".{path.name}.deleting")
             remove_entry(doomed)  # a planted link of that name would make the rename fail
@@ -253,26 +246,26 @@ class CheckpointStore:
             self._trusted.discard(path)
         return removed
 
-    def best(self, run_id: str) -> Path | None:
-        """This run's valid checkpoint with the lowest val loss measured at its own step."""
+    def best(self, run_id: str, ours: list[tuple[Path, dict[str, Any]]] | None = None) -> Path | None:
+        """This run's valid checkpoint with the lowest val loss measured at its own step (`ours`: _of_run's)."""
         scored = []
-        for path in self.of_run(run_id):
-            val = (self._meta(path) or {}).get("val_loss")
+        for path, meta in self._of_run(run_id) if ours is None else ours:
+            val = meta.get("val_loss")
             if isinstance(val, (int, float)) and val == val and self._valid(path):
                 scored.append((val, path))
         return min(scored, key=lambda t: t[0])[1] if scored else None
 
     # -- finding and loading -----------------------------------------------------------------
 
-    def newest_valid(self, run_id: str | None = None) -> Path | None:
+    def newest_valid(self, run_id: str | None = None, scan: list[tuple[Path, Any]] | None = None) -> Path | None:
         """Newest complete checkpoint that verifies, of run `run_id` when given, else of this run's params
-        (rank 0 checks, every rank gets the answer); each one skipped is reported with a warning."""
+        (rank 0 checks, from `scan` when given, every rank gets the answer); each one skipped is reported
+        with a warning."""
         chosen: Path | None = None
         if self.info.is_main:
-            for path in reversed(self.checkpoints()):
+            for path, meta in self._scan() if scan is None else scan:
                 if path in self._unusable:  # verified, but its content failed validation on load
                     continue
-                meta = self._meta(path)
                 if meta is None:
                     log.warning("checkpoint %s skipped: not a complete Frontier checkpoint (no trainer state or run "
                                 "params in its manifest)", path)  # fmt: skip
@@ -294,49 +287,46 @@ class CheckpointStore:
     def _report_foreign(self, path: Path, meta: dict[str, Any]) -> None:
         if path not in self._foreign:  # one line per checkpoint, however often the directory is searched
             self._foreign.add(path)
-            then = meta.get("run_params")
-            diff = ", ".join(_diff_keys(then, self.run_params)[:5]) if isinstance(then, dict) else "none recorded"
             log.warning("checkpoint %s ignored: made by another run (params differ: %s); it is never resumed, and "
-                        "never displaces this run's own", path, diff)  # fmt: skip
+                        "never displaces this run's own", path, self._changed(meta))  # fmt: skip
 
-    def resolve(self, resume: str) -> Path | None:
-        """The checkpoint to start from for train.resume = auto | none | a directory (locks the directory).
+    def _changed(self, meta: dict[str, Any]) -> str:
+        """The params (dotted keys, the first five) in which a complete checkpoint's run differs from this one."""
+        return ", ".join(_diff_keys(meta["run_params"], self.run_params)[:5])
 
-        auto: the newest verified checkpoint of this run's params; a directory that holds only other runs'
-        checkpoints (params changed) has them archived, and the run starts fresh.
+    def _resolve(self, resume: str) -> tuple[Path | None, list[tuple[Path, Any]]]:
+        """The checkpoint to start from for train.resume = auto | none | a directory (locks the directory),
+        and (rank 0, under auto) the one scan of the directory's manifests it was chosen from.
+
+        auto: the newest verified checkpoint of this run's params; a directory whose complete checkpoints are
+        all other runs' (params changed) has them archived, with one line, and the run starts fresh.
         """
         self.lock()
         self._guard_layout()
         if resume == "none":
             self._archive_previous_run()
-            return None
+            return None, []
         if resume == "auto":
-            newest = self.newest_valid()
-            if newest is None and self.run_params is not None:
-                foreign = broadcast_object(self._only_foreign() if self.info.is_main else None, self.info)
-                if foreign:  # nothing of this run's params is here: the params changed since those were made
-                    log.warning("checkpoint %s was made with other params (%s): starting a fresh run", *foreign)
-                    self._archive_previous_run()
-            return newest
+            scan = self._scan() if self.info.is_main else []
+            foreign = broadcast_object(self._only_foreign(scan) if self.info.is_main else None, self.info)
+            if foreign:  # nothing of this run's params is here: the params changed since those were made
+                log.warning("checkpoint %s was made with other params (%s): starting a fresh run", *foreign)
+                self._archive_previous_run()
+                return None, []
+            return self.newest_valid(scan=scan), scan
         path = Path(os.path.realpath(resume))  # the user's own link to a checkpoint is theirs to follow
         problem = manifest.verify(path) if self.info.is_main else None
         problem = broadcast_object(problem, self.info)
         if problem is not None:
             raise CheckpointError(f"train.resume: {path}: {problem}")
-        return path
+        return path, []
 
-    def _count_own(self) -> int:
-        """How many complete checkpoints of this run's params are here (verified or not)."""
-        return sum(1 for p in self.checkpoints() if (m := self._meta(p)) is not None and self._own(m))
-
-    def _only_foreign(self) -> tuple[str, str] | None:
-        """(newest, its changed keys) when every complete checkpoint here is another run's; else None."""
-        metas = [(p, m) for p in reversed(self.checkpoints()) if (m := self._meta(p)) is not None]
-        if not metas or any(self._own(m) for _, m in metas):
+    def _only_foreign(self, scan: list[tuple[Path, Any]]) -> tuple[str, str] | None:
+        """(newest, its changed keys) when every complete checkpoint in `scan` is another run's; else None."""
+        complete = [(p, m) for p, m in scan if m is not None]
+        if not complete or any(self._own(m) for _, m in complete):
             return None  # this run's own are here, only none verifies: never archived for another run's
-        path, meta = metas[0]
-        then = meta.get("run_params")
-        return str(path), ", ".join(_diff_keys(then, self.run_params)[:5]) if isinstance(then, dict) else "?"
+        return str(complete[0][0]), self._changed(complete[0][1])
 
     def begin(self, resume: str, engine: Any, fresh: TrainerState) -> tuple[TrainerState, Path | None]:
         """Lock the directory, resolve train.resume and load it; a run started afresh gets a new run id.
@@ -344,7 +334,7 @@ class CheckpointStore:
         Under auto, a checkpoint whose content fails validation is skipped for the previous verified one
         (one warning each); when this run has checkpoints but none loads, one CheckpointError.
         """
-        start = self.resolve(resume)
+        start, scan = self._resolve(resume)
         skipped: list[str] = []
         while start is not None:
             try:
@@ -355,9 +345,10 @@ class CheckpointStore:
                     raise
                 log.warning("checkpoint %s skipped: %s; trying an older one", start, exc)
                 skipped.append(str(exc))
-                start = self.newest_valid()
+                start = self.newest_valid(scan=scan)
         else:
-            own = broadcast_object(self._count_own() if self.info.is_main else 0, self.info) if resume == "auto" else 0
+            own = sum(1 for _, m in scan if m is not None and self._own(m))  # verified or not
+            own = broadcast_object(own, self.info) if resume == "auto" else 0
             if skipped or own:  # damaged, all of them: a fresh start would silently throw their steps away
                 last = skipped[-1] if skipped else self._last_problem
                 raise CheckpointError(
@@ -370,11 +361,10 @@ class CheckpointStore:
         return state, start
 
     def _guard_layout(self) -> None:
-        """Rank 0, with the lock held: the run's own subdirectories are real directories inside the root and
-        hold no link out of it (frontier.train.checkpoint_guard)."""
+        """Rank 0, with the lock held: logs/ is a real directory holding no link (frontier.train.checkpoint_guard;
+        archived/ is checked where it is used)."""
         if self.info.is_main:
-            for name in ("logs", "archived"):
-                drop_planted_link(self.root / name, f"{name}/, a directory inside {self.root}")
+            drop_planted_link(self.root / "logs", f"logs/, a directory inside {self.root}")
             scrub_tree(self.root / "logs")
             for leftover in self.root.glob(".step_*.tmp"):  # from a killed save; links are never followed
                 drop_planted_link(leftover, "a save's temporary directory")
@@ -386,13 +376,25 @@ class CheckpointStore:
         if self.info.is_main:
             old = [*self.checkpoints(), *([self.root / "logs"] if (self.root / "logs").exists() else [])]
             if old:
-                dest = real_dir(self.root / "archived", self.root, "archived/") / time.strftime("%Y%m%d-%H%M%S")
-                dest.mkdir(exist_ok=True)
-                check_inside(dest, self.root)
-                for path in old:
-                    path.rename(dest / path.name)
-                log.warning("train.resume=none: the previous run's checkpoints and logs moved to %s", dest)
+                log.warning(
+                    "train.resume=none: the previous run's checkpoints and logs moved to %s", self._archive(old)
+                )
         barrier(self.info)
+
+    def _archive(self, paths: list[Path]) -> Path:
+        """Move `paths` into a new directory archived/<time>/ (rank 0), returned; nothing is deleted."""
+        base, n = real_dir(self.root / "archived", self.root, "archived/"), 1
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        while True:
+            dest = base / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                dest.mkdir()  # exclusive: a new directory inside archived/, never through a link
+                break
+            except FileExistsError:
+                n += 1
+        for path in paths:
+            path.rename(dest / path.name)
+        return dest
 
     def load(self, engine: Any, path: Path) -> TrainerState:
         """Restore model, optimizer, loss scaler (DeepSpeed), RNG and trainer state from verified `path`.
@@ -401,10 +403,11 @@ class CheckpointStore:
         after its load (shapes, finiteness), before the run takes a step. UnusableCheckpoint, on every rank,
         when any of it fails (a different model: a plain CheckpointError).
         """
-        problem, state = None, None
+        problem, state, meta = None, None, {}
         try:
+            meta = manifest.read_manifest(path)
             state = TrainerState.from_json((path / STATE_FILE).read_text(encoding="utf-8"))
-            problem = against_manifest(state, path)
+            problem = _against_manifest(state, path, meta)
         except (OSError, ValueError, TypeError) as exc:
             problem = f"{path / STATE_FILE}: unusable trainer state ({exc})"
         rng = None
@@ -422,14 +425,14 @@ class CheckpointStore:
                 f"{path}: written for a different model ({k}={state.model[k]!r} there, {self.model[k]!r} now); "
                 f"set train.resume=none or use another checkpoints directory than {self.root}"
             )
-        universal = self._plan(engine, path)
+        universal = self._plan(engine, path, meta)
         if universal:
             log.info("%s: converting its ZeRO partitions to a universal checkpoint for %d rank(s)", path,
                      self.info.world_size)  # fmt: skip
             with reshard.universal_copy(self.root, path, self.info) as ds_dir:
-                problem = self._load_ds(engine, path, ds_dir, universal=True)
+                problem = reshard.load_state(engine, path, ds_dir, universal=True)
         else:
-            problem = self._load_ds(engine, path, path / DS_DIR, universal=False)
+            problem = reshard.load_state(engine, path, path / DS_DIR, universal=False)
         self._agree(path, problem or loaded_state_problem(engine, path))
         if rng is None:  # a rank the checkpoint's run did not have (resumed on more ranks)
             log.warning("%s: no RNG state for rank %d (written by %d rank(s)); its random streams (dropout) start "
@@ -446,14 +449,14 @@ class CheckpointStore:
             self._unusable.add(path)
             raise UnusableCheckpoint(problem or f"{path}: unusable on {int(failed)} other rank(s); see their logs")
 
-    def _plan(self, engine: Any, path: Path) -> bool:
-        """Whether `path` loads through a universal conversion (rank 0 decides from the manifest, every rank
-        gets the answer); CheckpointError, on every rank, when its layout cannot be loaded here."""
+    def _plan(self, engine: Any, path: Path, meta: dict[str, Any]) -> bool:
+        """Whether `path` loads through a universal conversion (rank 0 decides from its manifest `meta`, every
+        rank gets the answer); CheckpointError, on every rank, when its layout cannot be loaded here."""
         problem, universal = None, False
         if self.info.is_main:
             now = reshard.engine_layout(engine, self.info.world_size)
             try:
-                saved = reshard.saved_layout(manifest.read_manifest(path), now)
+                saved = reshard.saved_layout(meta, now)
                 universal = reshard.needs_universal(saved, now)
             except (CheckpointError, ValueError) as exc:
                 problem = f"{path}: {exc}"
@@ -462,25 +465,15 @@ class CheckpointStore:
             raise CheckpointError(problem)
         return bool(universal)
 
-    def _load_ds(self, engine: Any, path: Path, ds_dir: Path, *, universal: bool) -> str | None:
-        """Load DeepSpeed's state from `ds_dir` (weights-only reads); the problem in one line, or None."""
-        try:
-            if universal:
-                loaded = reshard.load_universal(engine, ds_dir)
-            else:
-                with weights_only_loads():
-                    loaded, _ = engine.load_checkpoint(
-                        str(ds_dir), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
-                    )
-        except pickle.UnpicklingError as exc:
-            first = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "unsafe pickle")
-            return f"{path}: refused to load a file that is not plain tensors/data: {first}"
-        except reshard.DEEPSPEED_ERRORS as exc:
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-            return f"{path}: DeepSpeed state does not fit this model/config: {first}"
-        if loaded is None:
-            return f"{path}: DeepSpeed found no model state under {DS_DIR}/{DS_TAG}"
-        return None
+
+def _against_manifest(state: TrainerState, path: Path, meta: dict[str, Any]) -> str | None:
+    """A trainer state that contradicts its own checkpoint's manifest or name (step, run): a problem line, else None."""
+    named = int(m.group(1)) if (m := _STEP_DIR.match(path.name)) else state.step  # train.resume names any directory
+    if meta.get("step") != state.step or named != state.step:
+        return f"{path / STATE_FILE}: step={state.step}, but the checkpoint is of step {meta.get('step')} ({path.name})"
+    if meta.get("run_id", state.run_id) != state.run_id:
+        return f"{path / STATE_FILE}: run_id={state.run_id!r}, but the manifest names {meta.get('run_id')!r}"
+    return None
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

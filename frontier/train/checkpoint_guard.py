@@ -11,36 +11,42 @@ rerun), a hard link from ``logs/train.csv`` to a file of the user's (truncated i
 - a directory the run writes into (``logs``, ``archived``, a save's temporary directory) is a real
   directory under the store's root: a planted link there is removed (again: the link, never its
   target) and the work goes on; anything else in the way is a CheckpointError naming the path;
-- inside ``logs/``, links are removed and hard-linked files get a copy of their own, so a later
-  write (the monitor opens its files by name) cannot reach a file outside.
+- the run's own log writes check at the write itself, so a name planted after start-up is caught
+  too: whole files are replaced through utils.atomic.atomic_file, appends (train.csv, val.csv,
+  alerts.jsonl) go through utils.atomic.open_append_nofollow, which refuses a link, a special file
+  or a hard-linked file (nothing written);
+- for what other libraries open by name inside ``logs/`` (TensorBoard, MLflow's file store, the
+  profiler's traces), start-up removes links there and gives hard-linked files a copy of their own.
 
 Each replaced link is reported with one warning line naming it and what was expected instead.
 
 Content is checked too, since a manifest proves only that the files are the ones written (or rewritten
-along with it): the trainer state against its manifest (against_manifest), and what DeepSpeed loaded
-against the model before a step runs on it (loaded_state_problem).
+along with it): what DeepSpeed loaded against the model before a step runs on it (loaded_state_problem).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import shutil
+import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from frontier.errors import CheckpointError
-from frontier.train import manifest
-from frontier.train.engine import local_state_finite
-from frontier.train.state import TrainerState
+from frontier.train.engine import local_state_finite, optimizer_chain
+from frontier.utils.atomic import remove_entry
 
 log = logging.getLogger("frontier.train")
 
+_HELD: dict[str, int] = {}  # lock file -> fd: the checkpoint directories this process holds
 # no link is followed, a FIFO or device planted as the lock does not block the open, no terminal is adopted
 _LOCK_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -52,27 +58,11 @@ def _describe(path: Path) -> str:
         return "not a plain file or directory"
 
 
-def remove_entry(path: Path) -> None:
-    """Remove `path` whatever it is, never following a link: a link or file is unlinked, a real
-    directory deleted with its content (shutil.rmtree refuses links, and walks none inside)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
 def drop_planted_link(path: Path, expected: str) -> bool:
     """Unlink `path` if it is a symbolic link (dangling or not), with one warning line; True if it was."""
     if not path.is_symlink():
         return False
-    log.warning("%s was %s; removed the link (not its target): expected %s", path, _describe(path), expected)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    remove_entry(path, expected)
     return True
 
 
@@ -98,6 +88,33 @@ def real_dir(path: Path, root: Path, what: str) -> Path:
         raise CheckpointError(f"{path} is {_describe(path)}; expected {what}, a directory inside {root}")
     check_inside(path, root)
     return path
+
+
+def hold_lock(root: Path) -> int:
+    """Create `root` if missing and hold ``root/.lock`` (flock) for this process's lifetime, its pid and host
+    written into it; the fd. Another process holding it: one CheckpointError line naming that holder."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    key = os.path.join(os.path.realpath(root), ".lock")
+    if key in _HELD:  # an earlier stage of this same process (stages run one after another)
+        with contextlib.suppress(OSError):
+            os.close(_HELD.pop(key))
+    fd = open_lock(path)  # never through a planted link: it is truncated and rewritten below
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise CheckpointError(
+            f"{root} is in use by {holder} (lock {path}); wait for that run to end or give this one "
+            "another checkpoints directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(
+        fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0
+    )
+    _HELD[key] = fd  # released by the kernel when the process ends, however it ends
+    return fd
 
 
 def open_lock(path: Path) -> int:
@@ -136,8 +153,8 @@ def _replace(path: Path, problem: str) -> None:
 def scrub_tree(directory: Path) -> None:
     """Inside `directory` (not following links): remove links, give hard-linked files a copy of their own.
 
-    The monitor, the trackers and the batch-size record open their files by name and write through
-    them; after this, each such name is a plain file of this directory alone.
+    For the libraries that open their files in the run's logs by name and write through them (TensorBoard,
+    MLflow's file store, the profiler): after this, each such name is a plain file of this directory alone.
     """
     if directory.is_symlink() or not directory.is_dir():
         return
@@ -146,9 +163,7 @@ def scrub_tree(directory: Path) -> None:
             path = Path(dirpath, name)
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                log.warning("%s was %s; removed the link (not its target): the run's logs hold plain files only",
-                            path, _describe(path))  # fmt: skip
-                os.unlink(path)
+                remove_entry(path, "a plain file or directory (the run's logs hold no links)")
             elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 log.warning("%s had %d names (hard links); gave it a copy of its own so that writes to it stay "
                             "in %s", path, st.st_nlink, directory)  # fmt: skip
@@ -173,23 +188,10 @@ def identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if not os.path.islink(path) else None
 
 
-def against_manifest(state: TrainerState, path: Path) -> str | None:
-    """A trainer state that contradicts its own checkpoint (step, run): a problem line, else None."""
-    meta, where = manifest.read_manifest(path), path / "trainer_state.json"
-    named = int(path.name[5:]) if path.name.startswith("step_") and path.name[5:].isdigit() else state.step
-    if meta.get("step") != state.step or named != state.step:
-        return f"{where}: step={state.step}, but the checkpoint is of step {meta.get('step')} ({path.name})"
-    if meta.get("run_id", state.run_id) != state.run_id:
-        return f"{where}: run_id={state.run_id!r}, but the manifest names {meta.get('run_id')!r}"
-    return None
-
-
 def loaded_state_problem(engine: Any, path: Path) -> str | None:
     """What DeepSpeed loaded but cannot train on: an optimizer state whose tensors do not have their
     parameter's shape (torch's load_state_dict does not check; the first step would fail), or NaN/inf."""
-    opt, seen = getattr(engine, "optimizer", None), set()
-    while opt is not None and id(opt) not in seen:  # DeepSpeed's wrapper chain down to the torch optimizer
-        seen.add(id(opt))
+    for opt in optimizer_chain(engine):
         state, groups = getattr(opt, "state", None), getattr(opt, "param_groups", None)
         if isinstance(state, dict) and isinstance(groups, list):
             for group in groups:
@@ -198,7 +200,6 @@ def loaded_state_problem(engine: Any, path: Path) -> str | None:
                         if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
                             return (f"{path}: optimizer state {key!r} has shape {tuple(value.shape)} for a parameter "
                                     f"of shape {tuple(p.shape)}")  # fmt: skip
-        opt = getattr(opt, "optimizer", None)
     if not local_state_finite(engine):
         return f"{path}: the loaded weights or optimizer state hold NaN/inf"
     return None

@@ -206,6 +206,15 @@ def gathered_params(engine: Any) -> Iterator[None]:
         yield
 
 
+def optimizer_chain(engine: Any) -> Iterator[Any]:
+    """The engine's optimizer and each one it wraps (DeepSpeed's wrapper chain down to the torch optimizer)."""
+    opt, seen = getattr(engine, "optimizer", None), set()
+    while opt is not None and id(opt) not in seen:
+        seen.add(id(opt))
+        yield opt
+        opt = getattr(opt, "optimizer", None)
+
+
 def local_state_finite(engine: Any) -> bool:
     """True when this rank's weights and optimizer state hold no NaN/inf (under ZeRO: its partitions).
 
@@ -213,9 +222,7 @@ def local_state_finite(engine: Any) -> bool:
     optimizer in DeepSpeed's wrapper chain, and ZeRO's fp32 master partitions.
     """
     tensors: list[torch.Tensor] = [getattr(p, "ds_tensor", p) for p in engine.module.parameters()]
-    opt, seen = getattr(engine, "optimizer", None), set()
-    while opt is not None and id(opt) not in seen:
-        seen.add(id(opt))
+    for opt in optimizer_chain(engine):
         state = getattr(opt, "state", None)
         if isinstance(state, dict):
             for entry in state.values():
@@ -225,7 +232,6 @@ def local_state_finite(engine: Any) -> bool:
             groups = getattr(opt, name, None)
             if isinstance(groups, (list, tuple)):
                 tensors += [t for t in groups if torch.is_tensor(t)]
-        opt = getattr(opt, "optimizer", None)
     flags: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         if t.is_floating_point() and t.numel():

@@ -21,17 +21,28 @@ MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-def _files(directory: Path) -> list[str]:
-    return sorted(
-        p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST
-    )
+def _walk(directory: Path) -> tuple[list[str], str | None]:
+    """Every plain file under `directory` but the manifest (relative, sorted), and the first symbolic link at or
+    under it ("." for the directory itself), or None: one walk, entering no link."""
+    if directory.is_symlink():
+        return [], "."
+    files, link = [], None
+    for dirpath, dirnames, filenames in os.walk(directory):  # links to directories are listed, not entered
+        for name in sorted([*dirnames, *filenames]):
+            path = os.path.join(dirpath, name)
+            rel = Path(path).relative_to(directory).as_posix()
+            if os.path.islink(path):
+                link = link or rel
+            elif name in filenames and os.path.isfile(path) and name != MANIFEST:
+                files.append(rel)
+    return sorted(files), link
 
 
 def write_manifest(directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Hash every file under `directory` and write manifest.json (atomically) beside them."""
     files = {
         rel: {"sha256": sha256_file(directory / rel), "bytes": (directory / rel).stat().st_size}
-        for rel in _files(directory)
+        for rel in _walk(directory)[0]
     }
     manifest = {"format": FORMAT, **meta, "files": files}
     with atomic_file(directory / MANIFEST) as f:
@@ -62,20 +73,9 @@ def digest(directory: Path) -> str:
     return sha256_file(directory / MANIFEST)
 
 
-def _first_link(directory: Path) -> str | None:
-    """The first symbolic link at or under `directory` (relative, "." for the directory itself), or None."""
-    if directory.is_symlink():
-        return "."
-    for dirpath, dirnames, filenames in os.walk(directory):  # links to directories are listed, not entered
-        for name in sorted([*dirnames, *filenames]):
-            if os.path.islink(os.path.join(dirpath, name)):
-                return Path(dirpath, name).relative_to(directory).as_posix()
-    return None
-
-
 def verify(directory: Path) -> str | None:
     """None when the checkpoint matches its manifest, else the first problem found."""
-    link = _first_link(directory)
+    present, link = _walk(directory)
     if link is not None:
         return f"{link} is a symbolic link (a checkpoint holds plain files only)"
     try:
@@ -91,7 +91,7 @@ def verify(directory: Path) -> str | None:
             return f"{rel} has {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
         if sha256_file(path) != entry.get("sha256"):
             return f"{rel} does not match its sha256 in the manifest (corrupt)"
-    extra = [rel for rel in _files(directory) if rel not in listed]
+    extra = [rel for rel in present if rel not in listed]
     if extra:
         return f"{extra[0]} is not listed in the manifest"
     return None

@@ -26,6 +26,7 @@ from frontier.train.distributed import DistInfo
 from frontier.train.state import TrainerState
 from frontier.train.system import SystemMonitor
 from frontier.train.trackers import open_trackers
+from frontier.utils.atomic import atomic_file, open_append_nofollow
 
 log = logging.getLogger("frontier.train")
 
@@ -34,8 +35,11 @@ VAL_FIELDS = ("step", "val_loss")
 
 
 def write_csv(path: Path, fields: tuple[str, ...], rows: list[dict[str, Any]], mode: str = "w") -> None:
+    """A whole CSV file with its header (mode "w": atomically, replacing the name), or rows appended (mode "a":
+    never through a link or a hard-linked file, frontier.utils.atomic.open_append_nofollow)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, mode, newline="", encoding="utf-8") as f:
+    opened = atomic_file(path, newline="") if mode == "w" else open_append_nofollow(path, newline="")
+    with opened as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if mode == "w":
             writer.writeheader()

@@ -261,6 +261,28 @@ def load_universal(engine: Any, ds_dir: Path) -> Any:
     return loaded
 
 
+def load_state(engine: Any, path: Path, ds_dir: Path, *, universal: bool) -> str | None:
+    """Load DeepSpeed's state of checkpoint `path` from `ds_dir` (its own, or a universal copy: `universal`) with
+    weights-only reads; the problem in one line, or None."""
+    try:
+        if universal:
+            loaded = load_universal(engine, ds_dir)
+        else:
+            with weights_only_loads():
+                loaded, _ = engine.load_checkpoint(
+                    str(ds_dir), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
+    except pickle.UnpicklingError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "unsafe pickle")
+        return f"{path}: refused to load a file that is not plain tensors/data: {first}"
+    except DEEPSPEED_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        return f"{path}: DeepSpeed state does not fit this model/config: {first}"
+    if loaded is None:
+        return f"{path}: DeepSpeed found no model state under {DS_DIR}/{DS_TAG}"
+    return None
+
+
 @contextlib.contextmanager
 def _quiet(name: str) -> Iterator[None]:
     """Only errors from logger `name` inside the block."""

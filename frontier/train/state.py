@@ -16,6 +16,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from frontier.utils.atomic import atomic_file
+
+log = logging.getLogger("frontier.train")
 
 
 @dataclass
@@ -179,10 +182,8 @@ def validate_rng(state: Any) -> None:
             if not isinstance(cuda, list):
                 raise ValueError("cuda: expected a list of states")
             blobs = [_bytes_tensor(s) for s in cuda]
-            if torch.cuda.is_available():
-                if len(blobs) > torch.cuda.device_count():
-                    raise ValueError(f"cuda: {len(blobs)} device states for {torch.cuda.device_count()} device(s)")
-                for i, blob in enumerate(blobs):
+            if torch.cuda.is_available():  # states for devices not visible here are not restored (restore_rng)
+                for i, blob in enumerate(blobs[: torch.cuda.device_count()]):
                     if blob.numel() != torch.cuda.get_rng_state(i).numel():
                         raise ValueError(f"cuda: device {i}'s state has {blob.numel()} bytes")
     except ValueError:
@@ -193,14 +194,20 @@ def validate_rng(state: Any) -> None:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    validate_rng(state)  # before any generator is touched: all of them restored, or none
+    """Set this process's generators from `state` as read_rng returns it (validated there, before anything
+    of its checkpoint was applied). CUDA states beyond the devices visible here are left out with a warning
+    (resumed with fewer GPUs per process); devices beyond the states keep their generators."""
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(_bytes_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in state["cuda"]])
+        cuda, visible = state["cuda"], torch.cuda.device_count()
+        if len(cuda) > visible:
+            log.warning("RNG state holds %d CUDA generator(s), %d device(s) are visible here: restored the first %d",
+                        len(cuda), visible, visible)  # fmt: skip
+        torch.cuda.set_rng_state_all([_bytes_tensor(s) for s in cuda[:visible]])
 
 
 def rng_file(directory: Path, rank: int) -> Path:
@@ -214,7 +221,8 @@ def write_rng(directory: Path, rank: int) -> None:
 
 
 def read_rng(directory: Path, rank: int) -> dict[str, Any] | None:
-    """This rank's validated RNG state from `directory`; None when it has none; ValueError when it is damaged."""
+    """This rank's RNG state from `directory`, validated (the one place it is: restore_rng trusts it); None
+    when it has none; ValueError when it is damaged."""
     path = rng_file(directory, rank)
     if not path.is_file():
         return None

@@ -40,18 +40,17 @@ def _require(name: str) -> Any:
 
 
 def contained_dir(configured: str, key: str) -> Path:
-    """`configured` as a tracker directory that no planted link leads out of: a relative one must stay
-    inside the workspace (the working directory), an absolute one must not be a link itself; and nothing
-    inside it may be a link (the tracker rewrites its files by name). ConfigError naming the key if not."""
+    """`configured` (relative: MonitorConfig.validate refuses an absolute path and '..') as a tracker directory
+    that no planted link leads out of the workspace (the working directory), holding no link inside (the
+    tracker rewrites its files by name). ConfigError naming the key if not."""
     directory = Path(configured)
     if directory.is_symlink():
         raise ConfigError(f"{key}: {directory} is a link to {os.readlink(directory)}; expected a directory "
                           "(remove the link, or name the directory itself)")  # fmt: skip
-    if not directory.is_absolute():
-        real, base = os.path.realpath(directory), os.path.realpath(os.getcwd())
-        if os.path.commonpath([real, base]) != base:
-            raise ConfigError(f"{key}: {directory} resolves to {real}, outside the workspace {base} (a link on "
-                              "the way); expected a directory inside it")  # fmt: skip
+    real, base = os.path.realpath(directory), os.path.realpath(os.getcwd())
+    if os.path.commonpath([real, base]) != base:
+        raise ConfigError(f"{key}: {directory} resolves to {real}, outside the workspace {base} (a link on the way); "
+                          "expected a directory inside it")  # fmt: skip
     if directory.is_dir():
         for dirpath, dirnames, filenames in os.walk(directory):  # links are listed, never entered
             for name in [*dirnames, *filenames]:

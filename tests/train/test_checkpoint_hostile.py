@@ -43,6 +43,18 @@ def saved(tmp_path_factory, corpus) -> Path:
     return root / "ckpt"
 
 
+@pytest.fixture(scope="module")
+def other(tmp_path_factory, corpus) -> Path:
+    """Another run's checkpoints directory (other params, 8 steps): steps 4, 6 and 8."""
+    root = tmp_path_factory.mktemp("other")
+    _run(corpus, root / "out", root / "ckpt", "optimizer.lr=0.002", "train.max_steps=8")
+    return root / "ckpt"
+
+
+def _run_id(checkpoint: Path) -> str:
+    return json.loads((checkpoint / manifest.MANIFEST).read_text())["run_id"]
+
+
 def _copy(saved: Path, tmp_path: Path) -> Path:
     ckpt = tmp_path / "ckpt"
     shutil.copytree(saved, ckpt, symlinks=True)
@@ -229,6 +241,39 @@ def test_atomic_file_never_opens_a_planted_temporary(tmp_path, monkeypatch, kind
     assert link.is_symlink()  # not ours to remove: the writer made no such name
 
 
+@pytest.mark.parametrize("kind", ["file", "dangling", "hardlink"])
+def test_a_link_planted_in_the_logs_mid_run_is_never_written_through(tmp_path, kind):
+    """After start-up (its checks done), between two log writes: the appending writers open by name again."""
+    from frontier.train.alerts import Alerts
+    from frontier.train.config import AlertsConfig
+    from frontier.train.monitor import TRAIN_FIELDS, write_csv
+
+    logs, outside = tmp_path / "logs", tmp_path / "outside"
+    row = {"step": 1, "loss": 2.0, "lr": 0.1, "grad_norm": 1.0, "tokens_per_s": 10.0}
+    write_csv(logs / "train.csv", TRAIN_FIELDS, [row])
+    alerts = Alerts(AlertsConfig(), logs / "alerts.jsonl")
+    alerts.check_step(1, float("nan"), None)
+    for name in ("train.csv", "alerts.jsonl"):
+        (logs / name).unlink()
+        if kind == "hardlink":
+            outside.mkdir(exist_ok=True)
+            (outside / "victim.txt").write_text(VICTIM)
+            os.link(outside / "victim.txt", logs / name)
+        else:
+            (outside / "victim.txt").unlink(missing_ok=True)
+            _plant(logs / name, kind, outside)
+        with pytest.raises(OSError, match="refusing"):
+            if name == "train.csv":
+                write_csv(logs / name, TRAIN_FIELDS, [row | {"step": 2}], mode="a")
+            else:
+                alerts.check_step(2, float("inf"), None)
+        _untouched(outside)
+        assert not (outside / "nowhere").exists()
+    write_csv(logs / "train.csv", TRAIN_FIELDS, [row])  # a whole file replaces the name, never writes through it
+    assert not (logs / "train.csv").is_symlink() and os.stat(logs / "train.csv").st_nlink == 1
+    _untouched(outside)
+
+
 @pytest.mark.parametrize("where", ["dvclive", "sub/dvclive"])
 def test_a_dvclive_link_out_of_the_workspace_is_refused(tmp_path, monkeypatch, where):
     from frontier.train.config import MonitorConfig
@@ -246,10 +291,8 @@ def test_a_dvclive_link_out_of_the_workspace_is_refused(tmp_path, monkeypatch, w
 # -- B. a foreign checkpoint never displaces this run's own --------------------------------------
 
 
-def test_a_foreign_newer_checkpoint_neither_wins_nor_archives_ours(tmp_path, saved, corpus, caplog):
+def test_a_foreign_newer_checkpoint_neither_wins_nor_archives_ours(tmp_path, saved, other, corpus, caplog):
     ckpt = _copy(saved, tmp_path)
-    other = tmp_path / "other"
-    _run(corpus, tmp_path / "other_out", other, "optimizer.lr=0.002", "train.max_steps=8")
     shutil.copytree(other / step_dir_name(8), ckpt / step_dir_name(8))  # complete, verifies, higher step
     with caplog.at_level(logging.INFO, logger="frontier.train"):
         metrics = _run(corpus, tmp_path / "out", ckpt)
@@ -259,8 +302,36 @@ def test_a_foreign_newer_checkpoint_neither_wins_nor_archives_ours(tmp_path, sav
     ignored = [r.message for r in caplog.records if "ignored: made by another run" in r.message]
     assert len(ignored) == 1 and "optimizer.lr" in ignored[0]
     assert manifest.verify(ckpt / step_dir_name(8)) is None  # theirs untouched, not pruned either
-    ours = json.loads((ckpt / step_dir_name(6) / manifest.MANIFEST).read_text())["run_id"]
-    assert json.loads((ckpt / step_dir_name(8) / manifest.MANIFEST).read_text())["run_id"] != ours
+    assert _run_id(ckpt / step_dir_name(8)) != _run_id(ckpt / step_dir_name(6))
+
+
+def test_a_save_onto_another_runs_step_archives_it_instead_of_deleting_it(tmp_path, saved, other, corpus, caplog):
+    """This run resumes at step 2 and saves step 4, where another run's step 4 sits: moved aside, not deleted."""
+    ckpt = _copy(saved, tmp_path)
+    for step in (4, 6):
+        shutil.rmtree(ckpt / step_dir_name(step))
+    shutil.copytree(other / step_dir_name(4), ckpt / step_dir_name(4))
+    theirs, ours = _run_id(ckpt / step_dir_name(4)), _run_id(ckpt / step_dir_name(2))
+    with caplog.at_level(logging.INFO, logger="frontier.train"):
+        assert _run(corpus, tmp_path / "out", ckpt)["steps"] == 6
+    assert f"resumed from {ckpt / step_dir_name(2)} at step 2" in caplog.text
+    (archived,) = (ckpt / "archived").iterdir()
+    assert [p.name for p in archived.iterdir()] == [step_dir_name(4)]
+    assert manifest.verify(archived / step_dir_name(4)) is None and _run_id(archived / step_dir_name(4)) == theirs
+    assert [_run_id(p) for p in CheckpointStore(ckpt, init_distributed()).checkpoints()] == [ours] * 3
+    moved = [r.message for r in caplog.records if "another run's checkpoint" in r.message]
+    assert len(moved) == 1 and str(archived) in moved[0], caplog.text
+
+
+def test_a_directory_of_only_another_runs_checkpoints_is_reported_once(tmp_path, other, corpus, caplog):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(other, ckpt, symlinks=True)
+    with caplog.at_level(logging.INFO, logger="frontier.train"):
+        assert _run(corpus, tmp_path / "out", ckpt)["steps"] == 6
+    about = [r.message for r in caplog.records if r.levelno >= logging.WARNING and step_dir_name(8) in r.message]
+    assert len(about) == 1 and "made with other params (optimizer.lr" in about[0], about
+    (archived,) = (ckpt / "archived").iterdir()
+    assert {p.name for p in archived.iterdir()} >= {step_dir_name(s) for s in (4, 6, 8)}
 
 
 # -- C. every field of what is resumed is validated; damage falls back -----------------------------
@@ -378,3 +449,25 @@ def test_an_explicitly_named_damaged_checkpoint_is_an_error_not_a_fallback(tmp_p
     _rewrite_manifest(newest)
     with pytest.raises(CheckpointError, match=r"trainer_state.json: unusable trainer state \(lr_scale=nan is not"):
         _run(corpus, tmp_path / "out", ckpt, f"train.resume={newest}")
+
+
+def test_more_cuda_rng_states_than_visible_devices_restore_the_first_ones(tmp_path, monkeypatch, caplog):
+    """Resumed with fewer GPUs visible per process: not damage (that would mark every checkpoint unusable)."""
+    import base64
+
+    from frontier.train import state as state_module
+
+    blob = torch.arange(16, dtype=torch.uint8)
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda i=0: blob.clone())
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [blob.clone()] * 2)  # as the saving run had
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state_module.write_rng(tmp_path, 0)
+    rng = json.loads(state_module.rng_file(tmp_path, 0).read_text())
+    assert len(rng["cuda"]) == 2 and base64.b64decode(rng["cuda"][1]) == bytes(range(16))
+    with caplog.at_level(logging.WARNING, logger="frontier.train"):
+        state_module.restore_rng(state_module.read_rng(tmp_path, 0))
+    assert [[bytes(t.tolist()) for t in states] for states in restored] == [[bytes(range(16))]]
+    assert "2 CUDA generator(s), 1 device(s) are visible here: restored the first 1" in caplog.text
