@@ -30,7 +30,8 @@ import pytest
 import yaml
 
 from tests.train.helpers import read_rows
-from tests.workflow.test_end_to_end import REPO, TINY, _env, _merge, _project, _run
+from tests.workflow.helpers import stage_env
+from tests.workflow.test_end_to_end import REPO, TINY, _merge, _project, _run
 
 pytestmark = pytest.mark.slow
 
@@ -246,7 +247,7 @@ def test_train_runs_as_a_two_task_slurm_job(tmp_path: Path, slurm_cluster: Clust
     proc = subprocess.run(
         [sys.executable, "-m", "frontier", "train", "--params", "reference.yaml", "--data", "data/tokens",
          "--tokenizer", "data/tokenizer", "--out", "reference/train", "--checkpoints", "reference/ckpt"],
-        cwd=root, env={**_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
+        cwd=root, env={**stage_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -257,7 +258,7 @@ def test_train_runs_as_a_two_task_slurm_job(tmp_path: Path, slurm_cluster: Clust
          # a small test cluster: quick polls, no accounting (squeue answers), no account to charge
          "--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks",
          "2", "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs"],
-        cwd=root, env=_env(), capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S,
+        cwd=root, env=stage_env(), capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S,
     )  # fmt: skip
     print(f"snakemake --executor slurm train: {time.monotonic() - started:.0f} s")
     if proc.returncode != 0:
