@@ -5,7 +5,7 @@
 
 Both sides train the model that params.yaml's model section describes (built by frontier.model.build,
 the same seed, fp32) on the same token windows in the same order: Frontier's own sampler
-(frontier.train.data.TrainBatches) over the tokens that Frontier's tokenize stage wrote is what both
+(frontier.train.batches.data.TrainBatches) over the tokens that Frontier's tokenize stage wrote is what both
 consume, step by step. The figure is tokens/s over the `--steps` steps that follow `--warmup` steps,
 timed from the end of step `warmup` to the end of step `warmup + steps` (whatever each loop does
 between optimizer steps counts: fetching data, its logging, its bookkeeping). One more step follows
@@ -211,7 +211,7 @@ def hf_row(
     from frontier.data.tokens import TokenShards
     from frontier.model.build import build_model
     from frontier.model.presets import resolve
-    from frontier.train.data import Layout, TrainBatches, WindowSampler
+    from frontier.train.batches.data import Layout, TrainBatches, WindowSampler
     from frontier.train.wiring import seed_all
 
     params = _load(params_path, [*overrides, f"train.max_steps={warmup + steps + profile_steps + 1}"])

@@ -101,15 +101,15 @@ def bare_variant(case: Case, batches: list[list[Any]]) -> Variant:
 
 def frontier_variant(case: Case, batches: list[list[Any]], *, torch_optimizer: bool) -> Variant:
     """Frontier's engine + step, driven as frontier.train.loop.Trainer._loop / train_one_step / settle do."""
-    from frontier.train.distributed import init_distributed
-    from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import make_engine
-    from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.prefetch import load_step
-    from frontier.train.schedule import LRSchedule
-    from frontier.train.stability import NanGuard, StepGate
-    from frontier.train.state import TrainerState
-    from frontier.train.step import StepLog, run_step
+    from frontier.train.batches.prefetch import load_step
+    from frontier.train.checkpoint.state import TrainerState
+    from frontier.train.engine.ds_config import build_ds_config
+    from frontier.train.engine.engine import make_engine
+    from frontier.train.engine.optimizer import build_client_optimizer
+    from frontier.train.engine.schedule import LRSchedule
+    from frontier.train.engine.stability import NanGuard, StepGate
+    from frontier.train.engine.step import StepLog, run_step
+    from frontier.train.launch.distributed import init_distributed
 
     info = init_distributed()  # idempotent: one in-memory gloo group of one rank
     cfg = case.params.train

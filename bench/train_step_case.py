@@ -69,7 +69,7 @@ def load_case(name: str, overrides: Sequence[str] = ()) -> Case:
 
 def make_batches(case: Case, count: int, seed: int = 0) -> list[list[Any]]:
     """`count` global batches (each a list of grad_accum micro-batches) of random tokens, no padding."""
-    from frontier.train.data import Batch
+    from frontier.train.batches.data import Batch
 
     gen = torch.Generator().manual_seed(seed)
     out = []
@@ -103,7 +103,7 @@ def _module(case: Case) -> torch.nn.Module:
 
 def _torch_adamw(module: torch.nn.Module, case: Case) -> torch.optim.Optimizer:
     """torch's AdamW over frontier's param groups (same decay split), fused where torch has it."""
-    from frontier.train.optimizer import param_groups
+    from frontier.train.engine.optimizer import param_groups
 
     o = case.params.optimizer
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(module, o)]

@@ -118,11 +118,11 @@ def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dic
     """
     from deepspeed.runtime.utils import clip_grad_norm_ as ds_clip_grad_norm_
 
-    from frontier.train.distributed import init_distributed
-    from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import clip_whole_grads, make_engine, whole_grads
-    from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.step import StepLog, StepResult
+    from frontier.train.engine.ds_config import build_ds_config
+    from frontier.train.engine.engine import clip_whole_grads, make_engine, whole_grads
+    from frontier.train.engine.optimizer import build_client_optimizer
+    from frontier.train.engine.step import StepLog, StepResult
+    from frontier.train.launch.distributed import init_distributed
 
     info = init_distributed()
     module = _module(case)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frontier.errors import FrontierError, ResourceError, exception_chain, first_line, out_of_memory
-from frontier.train.launch import die_with_launcher, report_rank_error
+from frontier.train.launch.launch import die_with_launcher, report_rank_error
 
 if TYPE_CHECKING:
     from frontier.config import Params
@@ -57,7 +57,7 @@ def cmd_tokenize(ns: argparse.Namespace) -> Any:
 
 def _launched(ns: argparse.Namespace, params: Params) -> bool:
     """Start this stage's ranks (launch: section) when it needs several and no launcher started it yet."""
-    from frontier.train.launch import check_outer_launcher, launch_ranks, should_launch
+    from frontier.train.launch.launch import check_outer_launcher, launch_ranks, should_launch
 
     if not should_launch(params.launch):
         check_outer_launcher(params.launch, ns.command)
@@ -400,7 +400,7 @@ def _output(chain: list[BaseException], ns: argparse.Namespace) -> str:
     for e in chain:
         tb = e.__traceback__
         while checkpoints and tb is not None:
-            if Path(tb.tb_frame.f_code.co_filename).parts[-2:] == ("train", "checkpoint.py"):
+            if Path(tb.tb_frame.f_code.co_filename).parts[-2:] == ("checkpoint", "checkpoint.py"):
                 return checkpoints
             tb = tb.tb_next
     return getattr(ns, "out", None) or checkpoints or "the output"

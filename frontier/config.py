@@ -37,7 +37,9 @@ from frontier.model.config import ModelConfig
 from frontier.optim.config import OptimizerConfig
 from frontier.params_files import check_resolved
 from frontier.report.config import ReportConfig
-from frontier.train.config import LaunchConfig, ScheduleConfig, TrainConfig
+from frontier.train.config import TrainConfig
+from frontier.train.engine.config import ScheduleConfig
+from frontier.train.launch.config import LaunchConfig
 from frontier.utils.strict_yaml import MAX_PARAMS_BYTES, YamlRefused, load_plain, strict_load
 
 _MISSING = dataclasses.MISSING

@@ -18,7 +18,7 @@ Ceilings: the ones measured in the same run (tests/bench/conftest.py's device_li
 benchmark's rate and fraction) and, for comparison, an H200's measured on this workplace's machines
 (/work/.library/device/KINDS.md): 4.3 TB/s device-to-device copy (bytes read + written) and 790 TFLOP/s
 dense bf16 (8192^3 matmul). speed.json's MFU uses frontier's datasheet peak (989 TFLOP/s bf16 for an
-H200, frontier/train/metrics.py); the summary adds the MFU against the measured 790.
+H200, frontier/train/monitor/metrics.py); the summary adds the MFU against the measured 790.
 
 The full summary is printed, ending with a short headline table.
 """

@@ -115,7 +115,7 @@ def generation_samples(model: torch.nn.Module, tokenizer: Any, cfg: Any, seed: i
 def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prepared_dir: Path | None = None) -> dict:
     """Stage: write metrics.json (+ run.json), samples.jsonl and params.resolved.yaml into `out_dir`."""
     from frontier.provenance import record_stage
-    from frontier.train.metrics import write_metrics
+    from frontier.train.monitor.metrics import write_metrics
     from frontier.utils.atomic import atomic_dir
 
     cfg = params.evaluate

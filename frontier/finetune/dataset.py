@@ -8,7 +8,7 @@ tokenizer's chat template (or a plain "### Role:" template when it has none), th
 An example is ``prompt ids + response ids + EOS``; targets are the next tokens, with
 IGNORE_INDEX wherever the next token is still part of the prompt, so only response tokens (and
 the closing EOS) are learned and scored. Batches follow the trainer's contract
-(frontier.train.data): samples are a pure function of (seed, global sample index).
+(frontier.train.batches.data): samples are a pure function of (seed, global sample index).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from frontier.errors import DataError
 from frontier.model.loss import IGNORE_INDEX
-from frontier.train.data import Batch, Layout
+from frontier.train.batches.data import Batch, Layout
 from frontier.utils.jsonl import iter_jsonl
 
 
@@ -111,7 +111,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> Batch:
 class ExampleSampler:
     """Global sample g -> example ``perm_e[g mod n]`` of epoch ``e = g div n`` (perm_e from (seed, e)).
 
-    The interface of frontier.train.data.WindowSampler that TrainBatches drives.
+    The interface of frontier.train.batches.data.WindowSampler that TrainBatches drives.
     """
 
     def __init__(self, examples: Sequence[Example], seed: int, pad_id: int) -> None:

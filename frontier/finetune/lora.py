@@ -84,10 +84,10 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records
     from frontier.model.flops import model_flops_per_token
     from frontier.model.loss import CausalLMWithLoss
-    from frontier.train.data import TrainBatches
+    from frontier.train.batches.data import TrainBatches
+    from frontier.train.engine.schedule import LRSchedule
+    from frontier.train.engine.step import evaluate
     from frontier.train.run import run_params
-    from frontier.train.schedule import LRSchedule
-    from frontier.train.step import evaluate
     from frontier.train.wiring import assemble, prepare_model, seed_all, start_ranks
 
     ft = params.finetune
@@ -175,10 +175,10 @@ def _export(
 ) -> None:
     """Collective (ZeRO-3 gathers the adapter on every rank); rank 0 writes `out_dir` atomically."""
     from frontier.provenance import record_stage
-    from frontier.train.distributed import barrier
-    from frontier.train.engine import gathered_params
-    from frontier.train.metrics import write_metrics
-    from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
+    from frontier.train.engine.engine import gathered_params
+    from frontier.train.launch.distributed import barrier
+    from frontier.train.monitor.metrics import write_metrics
+    from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
     from frontier.utils.atomic import atomic_dir
 
     with gathered_params(engine):

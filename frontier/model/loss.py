@@ -1,7 +1,7 @@
 """The module the trainer hands to DeepSpeed: a causal LM whose forward returns the SUMMED token loss.
 
 Returning a sum (not a mean) lets the trainer normalise a whole global batch by its own token
-count (frontier.train.step); a per-micro-batch mean would weight short, padded micro-batches
+count (frontier.train.engine.step); a per-micro-batch mean would weight short, padded micro-batches
 like full ones. The loss goes through frontier.kernels: the fused linear + cross-entropy (no
 (N, V) logits) when ``kernels.fused_linear_cross_entropy`` is on, else the lm_head then
 ``cross_entropy``. Targets equal to IGNORE_INDEX (padding) contribute nothing.
@@ -9,7 +9,7 @@ like full ones. The loss goes through frontier.kernels: the fused linear + cross
 Packed documents: ``position_ids`` (B, T) restarting at 0 at each document start go to the LM
 unchanged; the attention then keeps each document to itself (frontier.model.kernels for Llama,
 transformers' own packed-sequence mask for its sdpa/eager attention), and the data pipeline sets
-the target of each document's last token to IGNORE_INDEX (frontier.train.data).
+the target of each document's last token to IGNORE_INDEX (frontier.train.batches.data).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Build the optimizer a config asks for: FusedAdamW, torch.optim.AdamW or DeepSpeed's Adam.
 
-Param groups (which params decay) are made by frontier.train.optimizer.param_groups.
+Param groups (which params decay) are made by frontier.train.engine.optimizer.param_groups.
 """
 
 from __future__ import annotations

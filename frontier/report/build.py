@@ -18,7 +18,7 @@ from frontier.errors import DataError
 from frontier.report.html import Raw, esc, fmt, image, kv_table, page, pre, table
 from frontier.report.plots import Series, dynamics_figure, loss_figure, read_csv
 from frontier.report.sysinfo import system_info
-from frontier.train.metrics import read_metrics
+from frontier.train.monitor.metrics import read_metrics
 
 if TYPE_CHECKING:
     from frontier.config import Params

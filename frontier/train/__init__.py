@@ -1,22 +1,19 @@
 """The train stage: DeepSpeed training of a causal LM from packed token shards.
 
 Entry point: ``frontier.train.run.train(params, tokens_dir, tokenizer_dir, out_dir, checkpoints_dir)``
-(also ``python -m frontier.train``). Modules, one job each:
+(also ``python -m frontier.train``). On top, what assembles a run:
 
-  run          the stage: model, batches, run identity, micro-batch, export
-  wiring       the one assembly of a run (engine, gate, checkpoint store, monitor, loop), shared with finetune
-  loop         steps, evaluation, checkpoints, signals, NaN rollback, early stopping
-  step         one optimizer step with the global-batch loss normalisation; evaluation pass
-  data         batches as a pure function of (seed, step, rank)
-  schedule     learning-rate schedules
-  optimizer    weight-decay parameter groups, the client optimizer
-  ds_config    the DeepSpeed config from params (+ a user JSON, conflicts reported)
-  engine       deepspeed.initialize; weights-only checkpoint loads
-  checkpoint   atomic, verified, pruned checkpoints; manifest: their sha256 manifest
-  state        trainer state and RNG capture/restore (JSON)
-  stability    step gate, NaN guard, early stopping
-  signals      SIGTERM/SIGINT/SIGUSR1/SIGHUP -> save and exit with code 3
-  distributed  process group from any launcher's environment
-  monitor      progress bar, log lines, TensorBoard, live CSVs, profiler; system: CPU/RAM/disk/GPU thread
-  alerts       alert rules -> alerts.jsonl; metrics: MFU and device peaks; export: the out_dir
+  run      the stage: model, batches, run identity, micro-batch, export
+  wiring   the one assembly of a run (engine, gate, checkpoint store, monitor, loop), shared with finetune
+  loop     steps, evaluation, checkpoints, signals, NaN rollback, early stopping
+  export   the finished run's out_dir (HF model, metrics, curves)
+  config   the train: section (the run's budget)
+
+Below it, one room per concern; a room imports only from the rooms listed after it:
+
+  monitor/     progress, TensorBoard, trackers, alerts, system sampling, MFU and metrics files
+  engine/      the DeepSpeed engine, its config, the optimizer, one step, the LR schedule, NaN gating
+  checkpoint/  atomic, verified, resharded checkpoints, their manifest and the trainer state
+  batches/     batches as a pure function of (seed, step, rank), prefetch, the micro-batch choice
+  launch/      starting ranks, the process group, the launcher's environment, stop signals
 """

@@ -26,11 +26,11 @@ from frontier.config import Params
 from frontier.errors import TrainingError
 from frontier.model.loss import CausalLMWithLoss
 from frontier.provenance import PROVENANCE_FILE, record_stage
-from frontier.train.distributed import DistInfo, barrier, broadcast_object
-from frontier.train.engine import gathered_params
-from frontier.train.metrics import write_metrics
-from frontier.train.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
-from frontier.train.state import TrainerState
+from frontier.train.checkpoint.state import TrainerState
+from frontier.train.engine.engine import gathered_params
+from frontier.train.launch.distributed import DistInfo, barrier, broadcast_object
+from frontier.train.monitor.metrics import write_metrics
+from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
 from frontier.utils.atomic import atomic_dir
 
 

@@ -4,14 +4,14 @@ Everything that must agree across ranks (stop by signal, time limits, time-based
 is decided by one small all-reduce at the top of each step, so ranks never diverge in which
 collectives they run (on one rank nothing is reduced).
 
-Host syncs. A step leaves its figures on the device (frontier.train.step.StepLog); the loop
+Host syncs. A step leaves its figures on the device (frontier.train.engine.step.StepLog); the loop
 reads all of them at once at a sync point: a log step, an eval or checkpoint step, the last
 step, or before a save for a signal or a time limit. There the NaN guard, the alerts, the
 progress bar, the token counts and the log rows (a non-finite step's row too) go through the
 steps one by one, as they would have after each step, so what is counted, alerted and written
 is unchanged; it is only written later, and a NaN streak is rolled back at the next sync point
 rather than at once (the skipped steps in between changed nothing; only their compute is lost).
-The next step's batches are built by a background thread (frontier.train.prefetch).
+The next step's batches are built by a background thread (frontier.train.batches.prefetch).
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ import torch
 import torch.distributed as dist
 
 from frontier.errors import TrainingError
-from frontier.train.checkpoint import CheckpointStore
+from frontier.train.batches.data import Batch, TrainBatches
+from frontier.train.batches.prefetch import Prefetcher
+from frontier.train.checkpoint.checkpoint import CheckpointStore
+from frontier.train.checkpoint.state import TrainerState
 from frontier.train.config import TrainConfig
-from frontier.train.data import Batch, TrainBatches
-from frontier.train.distributed import DistInfo, peer_errors
-from frontier.train.engine import loss_scale
-from frontier.train.metrics import mfu
-from frontier.train.monitor import RunMonitor
-from frontier.train.prefetch import Prefetcher
-from frontier.train.schedule import LRSchedule
-from frontier.train.signals import StopRequest, TrainingInterrupted
-from frontier.train.stability import EarlyStopping, NanGuard, StepGate
-from frontier.train.state import TrainerState
-from frontier.train.step import StepLog, evaluate, run_step
+from frontier.train.engine.engine import loss_scale
+from frontier.train.engine.schedule import LRSchedule
+from frontier.train.engine.stability import EarlyStopping, NanGuard, StepGate
+from frontier.train.engine.step import StepLog, evaluate, run_step
+from frontier.train.launch.distributed import DistInfo, peer_errors
+from frontier.train.launch.signals import StopRequest, TrainingInterrupted
+from frontier.train.monitor.metrics import mfu
+from frontier.train.monitor.monitor import RunMonitor
 
 log = logging.getLogger("frontier.train")
 

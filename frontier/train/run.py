@@ -2,7 +2,7 @@
 
 ``train(params, tokens_dir, tokenizer_dir, out_dir, checkpoints_dir)`` is what the CLI,
 Snakemake and DVC call, once per rank under a launcher (deepspeed / torchrun / srun / mpirun;
-frontier.train.distributed reads the rank from the environment). It resumes from
+frontier.train.launch.distributed reads the rank from the environment). It resumes from
 checkpoints_dir by default (train.resume: auto), trains, and writes out_dir atomically
 (frontier.train.export). A stop signal saves a checkpoint and raises TrainingInterrupted
 (exit code 3); rerunning the same command resumes. What is the train stage's own is here (the model
@@ -26,7 +26,7 @@ from frontier.model.build import build_model, shape_signature
 from frontier.model.flops import matmul_parameters, model_flops_per_token
 from frontier.model.loss import CausalLMWithLoss
 from frontier.model.presets import resolve
-from frontier.train.batch_size import global_batch
+from frontier.train.batches.batch_size import global_batch
 from frontier.train.wiring import seed_all
 from frontier.utils.hashing import sha256_file
 
@@ -90,9 +90,9 @@ def _check(params: Params, seq_len: int, max_seq_len: int, device: torch.device)
 def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
     """Train per params; returns the final metrics (also in out_dir/metrics.json)."""
     from frontier.provenance import collect_provenance
-    from frontier.train.data import TrainBatches, WindowSampler, val_batches
+    from frontier.train.batches.data import TrainBatches, WindowSampler, val_batches
+    from frontier.train.engine.schedule import LRSchedule
     from frontier.train.export import export_run
-    from frontier.train.schedule import LRSchedule
     from frontier.train.wiring import assemble, prepare_model, start_ranks
 
     tokens_dir, tokenizer_dir = Path(tokens_dir), Path(tokenizer_dir)
@@ -125,7 +125,7 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     begun = wiring.begin(checkpoints_dir, identity, seed=params.seed, model=shape_signature(lm))
     state, start = begun.state, begun.start
     if params.train.micro_batch_size == "auto" and info.is_main:  # after begin: a fresh run's archiving is done
-        from frontier.train.batch_size import record_key, write_record
+        from frontier.train.batches.batch_size import record_key, write_record
 
         write_record(checkpoints_dir / "logs", record_key(identity, info.world_size), split)
     if start is not None:
@@ -163,8 +163,8 @@ def split_batch(
     cfg: Any, optimizer_cfg: Any, module: Any, seq_len: int, info: Any, logs_dir: Path, identity: dict[str, Any]
 ) -> Any:
     """The run's micro-batch and accumulation: from params, or chosen for micro_batch_size auto (recorded in
-    `logs_dir` for a resume, frontier.train.batch_size)."""
-    from frontier.train import batch_size as bs
+    `logs_dir` for a resume, frontier.train.batches.batch_size)."""
+    from frontier.train.batches import batch_size as bs
 
     size = global_batch(cfg, info.world_size)
     if cfg.micro_batch_size != "auto":
@@ -193,7 +193,7 @@ def split_batch(
 
 
 def final_metrics(state: Any, stop_reason: str, parts: Any, *, n_params: int, matmul_params: int) -> dict[str, Any]:
-    from frontier.train.metrics import mfu
+    from frontier.train.monitor.metrics import mfu
 
     finite = [r["loss"] for r in state.train_rows if r["loss"] == r["loss"] and abs(r["loss"]) != float("inf")]
     tps = state.tokens / state.wall_seconds if state.wall_seconds > 0 else 0.0

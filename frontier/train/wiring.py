@@ -34,14 +34,14 @@ if TYPE_CHECKING:
     from frontier.config import Params
     from frontier.model.loss import CausalLMWithLoss
     from frontier.optim.config import OptimizerConfig
-    from frontier.train.checkpoint import CheckpointStore
+    from frontier.train.batches.data import Batch, Layout, TrainBatches
+    from frontier.train.checkpoint.checkpoint import CheckpointStore
+    from frontier.train.checkpoint.state import TrainerState
     from frontier.train.config import TrainConfig
-    from frontier.train.data import Batch, Layout, TrainBatches
-    from frontier.train.distributed import DistInfo
+    from frontier.train.engine.schedule import LRSchedule
+    from frontier.train.engine.stability import StepGate
+    from frontier.train.launch.distributed import DistInfo
     from frontier.train.loop import Trainer
-    from frontier.train.schedule import LRSchedule
-    from frontier.train.stability import StepGate
-    from frontier.train.state import TrainerState
 
 
 def setup_logging(rank: int) -> None:
@@ -64,7 +64,7 @@ def seed_all(seed: int) -> None:
 
 def start_ranks() -> DistInfo:
     """This process's place among the ranks (read from the launcher's environment) and its log lines."""
-    from frontier.train.distributed import init_distributed
+    from frontier.train.launch.distributed import init_distributed
 
     info = init_distributed()
     setup_logging(info.rank)
@@ -111,7 +111,7 @@ class Wiring:
     @property
     def layout(self) -> Layout:
         """How this rank's share of each step is cut (micro-batches x accumulation x ranks)."""
-        from frontier.train.data import Layout
+        from frontier.train.batches.data import Layout
 
         return Layout(self.cfg.micro_batch_size, self.cfg.grad_accum_steps, self.info.world_size, self.info.rank)
 
@@ -120,8 +120,8 @@ class Wiring:
     ) -> Begun:
         """Open the checkpoint store and resume per cfg.resume: a checkpoint of the same `run_params` (and
         model shape `model`, where given) is loaded into the engine; otherwise the run starts fresh."""
-        from frontier.train.checkpoint import CheckpointStore
-        from frontier.train.state import TrainerState
+        from frontier.train.checkpoint.checkpoint import CheckpointStore
+        from frontier.train.checkpoint.state import TrainerState
 
         store = CheckpointStore(checkpoints_dir, self.info, model=model, run_params=run_params)
         fresh = TrainerState(seed=seed, world_size=self.info.world_size, model=store.model)
@@ -140,8 +140,8 @@ class Wiring:
     ) -> Trainer:
         """Train from `begun` to cfg.max_steps (or a stop); the finished Trainer holds the state and why it stopped."""
         from frontier.train.loop import LoopParts, Trainer
-        from frontier.train.metrics import device_peak_flops
-        from frontier.train.monitor import RunMonitor
+        from frontier.train.monitor.metrics import device_peak_flops
+        from frontier.train.monitor.monitor import RunMonitor
 
         cfg, info = self.cfg, self.info
         peak_tflops = cfg.monitor.peak_tflops
@@ -170,10 +170,10 @@ def assemble(
 ) -> Wiring:
     """Put `module` on a DeepSpeed engine with the client optimizer over its trainable parameters (a frozen
     base stays out of it), the NaN gate, and compile per cfg; then seed each rank's own dropout stream."""
-    from frontier.train.ds_config import build_ds_config
-    from frontier.train.engine import make_engine
-    from frontier.train.optimizer import build_client_optimizer
-    from frontier.train.stability import StepGate
+    from frontier.train.engine.ds_config import build_ds_config
+    from frontier.train.engine.engine import make_engine
+    from frontier.train.engine.optimizer import build_client_optimizer
+    from frontier.train.engine.stability import StepGate
 
     optimizer = build_client_optimizer(module, optimizer_cfg)
     gate = StepGate(optimizer)

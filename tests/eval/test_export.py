@@ -34,7 +34,7 @@ def _checkpoint_model(run: dict) -> torch.nn.Module:
     """The trained weights as the final DeepSpeed checkpoint holds them, in a model built from config.json."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from frontier.train.engine import weights_only_loads
+    from frontier.train.checkpoint.engine_io import weights_only_loads
 
     final = sorted(p for p in run["ckpt"].iterdir() if p.name.startswith("step_"))[-1]
     with weights_only_loads():

@@ -18,8 +18,8 @@ from frontier.finetune.dataset import ExampleSampler, encode, eval_batches, read
 from frontier.finetune.lora import finetune, merge
 from frontier.finetune.sft_data import build_sft_pairs
 from frontier.model.loss import IGNORE_INDEX
-from frontier.train.data import Layout
-from frontier.train.metrics import read_metrics
+from frontier.train.batches.data import Layout
+from frontier.train.monitor.metrics import read_metrics
 from tests.eval.tiny import TRAIN_OVERRIDES, corpus_texts, make_tokenizer, trained_run
 from tests.finetune.test_sft_data import MODULES, prepared_dir
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def dist_info():
-    from frontier.train.distributed import init_distributed
+    from frontier.train.launch.distributed import init_distributed
 
     return init_distributed()
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from frontier.train.engine import weights_only_loads
-from frontier.train.manifest import read_manifest
-from frontier.train.reshard import DS_DIR, DS_TAG
+from frontier.train.checkpoint.engine_io import weights_only_loads
+from frontier.train.checkpoint.manifest import read_manifest
+from frontier.train.checkpoint.reshard import DS_DIR, DS_TAG
 from frontier.train.run import train
 from tests.train.helpers import losses, params, weights
 

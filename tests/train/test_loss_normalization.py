@@ -8,7 +8,7 @@ from frontier.data.tokens import TokenShards
 from frontier.model.build import build_model
 from frontier.model.kernels import apply_kernels
 from frontier.model.loss import CausalLMWithLoss
-from frontier.train.data import Layout, TrainBatches, WindowSampler
+from frontier.train.batches.data import Layout, TrainBatches, WindowSampler
 from frontier.train.run import train
 from frontier.train.wiring import seed_all
 from tests.train.helpers import assert_same_run, losses, params, weights

@@ -14,8 +14,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from frontier.model.loss import CausalLMWithLoss
-from frontier.train.engine import weights_only_loads
-from frontier.train.metrics import METRIC_FILES, SPEED_KEYS
+from frontier.train.checkpoint.engine_io import weights_only_loads
+from frontier.train.monitor.metrics import METRIC_FILES, SPEED_KEYS
 from frontier.train.run import train
 from tests.train.helpers import params, read_rows
 

@@ -21,7 +21,7 @@ from frontier.model.build import build_model
 from frontier.model.config import ModelConfig
 from frontier.model.kernels import apply_kernels
 from frontier.model.loss import IGNORE_INDEX, CausalLMWithLoss
-from frontier.train.data import WindowSampler
+from frontier.train.batches.data import WindowSampler
 
 SEQ = 8
 VOCAB = 50

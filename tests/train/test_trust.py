@@ -17,10 +17,10 @@ import torch
 
 from frontier.errors import CheckpointError, TrainingError
 from frontier.model.loss import CausalLMWithLoss
-from frontier.train import manifest
-from frontier.train.checkpoint import CheckpointStore, step_dir_name
-from frontier.train.distributed import init_distributed
-from frontier.train.engine import weights_only_loads
+from frontier.train.checkpoint import manifest
+from frontier.train.checkpoint.checkpoint import CheckpointStore, step_dir_name
+from frontier.train.checkpoint.engine_io import weights_only_loads
+from frontier.train.launch.distributed import init_distributed
 from frontier.train.run import train
 from tests.train.helpers import REPO, params
 
@@ -127,8 +127,8 @@ def test_prune_never_deletes_the_only_valid_checkpoint(tmp_path, corpus):
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path, corpus):
     ckpt = tmp_path / "ckpt"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from frontier.train.checkpoint import CheckpointStore; "
-         "from frontier.train.distributed import init_distributed; "
+        [sys.executable, "-c", "import sys, time; from frontier.train.checkpoint.checkpoint import CheckpointStore; "
+         "from frontier.train.launch.distributed import init_distributed; "
          "CheckpointStore(sys.argv[1], init_distributed()).lock(); print('locked', flush=True); time.sleep(60)",
          str(ckpt)],
         cwd=REPO, stdout=subprocess.PIPE, text=True,

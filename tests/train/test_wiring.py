@@ -16,8 +16,8 @@ import frontier.train.wiring
 from frontier.data.tokens import TokenShards
 from frontier.model.build import build_model
 from frontier.model.loss import CausalLMWithLoss
-from frontier.train.data import TrainBatches, WindowSampler
-from frontier.train.schedule import LRSchedule
+from frontier.train.batches.data import TrainBatches, WindowSampler
+from frontier.train.engine.schedule import LRSchedule
 from frontier.train.wiring import Wiring, assemble, prepare_model, seed_all, start_ranks
 from tests.train.helpers import VOCAB, Corpus, params
 
@@ -60,8 +60,8 @@ def test_the_assembly_is_named_in_the_wiring_and_in_neither_stage() -> None:
 @pytest.fixture
 def builders(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[str]]]:
     """The module each engine, checkpoint store and loop is built from, by what was built (the real ones run)."""
-    import frontier.train.checkpoint as checkpoint
-    import frontier.train.engine as engine
+    import frontier.train.checkpoint.checkpoint as checkpoint
+    import frontier.train.engine.engine as engine
     import frontier.train.loop as loop
 
     calls: dict[str, list[str]] = {"engine": [], "store": [], "trainer": []}

@@ -293,7 +293,7 @@ def test_train_runs_as_a_two_task_slurm_job(tmp_path: Path, slurm_cluster: Clust
 def test_a_batch_script_is_not_a_rank_but_sruns_tasks_are(tmp_path: Path, slurm_cluster: Cluster) -> None:
     """What frontier reads of SLURM's environment, in a real 2-task job: the batch script (where a user may
     run `frontier train` without srun) is one process of its own; srun's two tasks are ranks 0 and 1."""
-    probe = ("from frontier.train.distributed import _read_env; from frontier.train.launch import started_by_launcher; "
+    probe = ("from frontier.train.launch.distributed import _read_env; from frontier.train.launch.launch import started_by_launcher; "
              "print(*_read_env(), started_by_launcher())")  # fmt: skip
     script = tmp_path / "job.sh"
     script.write_text(

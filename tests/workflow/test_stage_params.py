@@ -66,7 +66,7 @@ def test_every_stage_declares_the_sections_it_reads(tmp_path: Path, monkeypatch:
     from frontier.finetune.lora import finetune, merge
     from frontier.finetune.sft_data import build_sft_pairs
     from frontier.report.build import build_report
-    from frontier.train.launch import should_launch
+    from frontier.train.launch.launch import should_launch
     from frontier.train.run import train
 
     p = load_params(None, TINY)

@@ -81,7 +81,7 @@ CLUSTER_CPUS = 4
 def job_ranks_per_node(launch: dict) -> int:
     """launch.nproc_per_node for a cluster job: "auto" is every GPU the job asks for on a node, else 1.
 
-    (frontier.train.launch.ranks_per_node resolves "auto" on the node itself, from the CUDA devices it sees:
+    (frontier.train.launch.launch.ranks_per_node resolves "auto" on the node itself, from the CUDA devices it sees:
     the same number once the job has its GPUs, but this one is needed before, on the submitting machine.)
     """
     if launch["nproc_per_node"] == "auto":

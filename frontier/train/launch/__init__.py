@@ -1,0 +1,6 @@
+"""Ranks: starting them (torch's elastic launcher or an outer one), the process group, stop signals.
+
+launch       `frontier train` starting its own ranks; an outer launcher's ranks checked
+distributed  the process group from any launcher's environment; collectives on host values
+signals      SIGTERM/SIGINT/SIGUSR1/SIGHUP -> save and exit with code 3
+"""
