@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from frontier.config.data import CleanConfig
 from frontier.data.clean import normalize
-from frontier.data.config import CleanConfig
 from frontier.data.dedup import MinHasher, content_id
 from frontier.data.sources import stdlib_root
 

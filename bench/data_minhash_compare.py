@@ -24,7 +24,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from data_corpus import _mutate_words, jaccard  # noqa: E402
 
-from frontier.data.config import SourceConfig  # noqa: E402
+from frontier.config.data import SourceConfig  # noqa: E402
 from frontier.data.dedup import MinHasher  # noqa: E402
 from frontier.data.sources import SourceReader  # noqa: E402
 

@@ -50,11 +50,11 @@ import torch  # noqa: E402  (after the environment switches above)
 
 def compile_unavailable() -> str | None:
     """Why Frontier's compiled row cannot run (None when train.compile exists in the schema)."""
-    from frontier.train.config import TrainConfig
+    from frontier.config.train import TrainConfig
 
     if "compile" in {f.name for f in dataclasses.fields(TrainConfig)}:
         return None
-    return "frontier/train/config.py has no train.compile key in this checkout"
+    return "frontier/config/train.py has no train.compile key in this checkout"
 
 
 def tokens_per_s(stamps: Sequence[float], warmup: int, steps: int, step_tokens: int) -> float:

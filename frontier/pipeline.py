@@ -205,17 +205,17 @@ def typed_cli_config(config: dict[str, Any]) -> dict[str, Any]:
 
     import yaml
 
-    from frontier.config import Params, _unwrap_optional
+    from frontier.config import Params, unwrap_optional
     from frontier.utils.strict_yaml import YamlRefused, strict_load
 
     def wants_text(tp: Any) -> bool:
-        tp = _unwrap_optional(tp)
+        tp = unwrap_optional(tp)
         if tp is str:
             return True
         return typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))
 
     def walk(value: Any, tp: Any) -> Any:
-        tp = _unwrap_optional(tp)
+        tp = unwrap_optional(tp)
         if isinstance(value, dict) and dataclasses.is_dataclass(tp):
             hints = typing.get_type_hints(tp)
             return {k: walk(v, hints[k]) if k in hints else v for k, v in value.items()}

@@ -222,7 +222,7 @@ phase_train_d() {
 
 # has_train_key KEY: whether this checkout's TrainConfig has the field (runs c and d need keys added in 2026-11)
 has_train_key() {
-    "$PY" -c "import dataclasses, sys; from frontier.train.config import TrainConfig; \
+    "$PY" -c "import dataclasses, sys; from frontier.config.train import TrainConfig; \
 sys.exit(0 if '$1' in {f.name for f in dataclasses.fields(TrainConfig)} else 1)"
 }
 

@@ -12,7 +12,7 @@ import unicodedata
 
 import regex
 
-from frontier.data.config import CleanConfig
+from frontier.config.data import CleanConfig
 from frontier.errors import DataError
 
 # What one drop_regex may spend on one document. Python's re has no bound, so a pattern that backtracks

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
-from frontier.data.config import SourceConfig
+from frontier.config.data import SourceConfig
 from frontier.errors import DataError
 
 _MAGIC = re.compile(r"[*?[]")

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from frontier.data.config import SourceConfig
+from frontier.config.data import SourceConfig
 from frontier.data.discover import resolve_files, stdlib_root  # noqa: F401  (stdlib_root: re-exported)
 from frontier.errors import DataError
 from frontier.utils.jsonl import BadJson, parse_json

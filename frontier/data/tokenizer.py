@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    from frontier.data.config import TokenizerConfig
+    from frontier.config.data import TokenizerConfig
 
 log = logging.getLogger("frontier.data.tokenizer")
 

@@ -12,7 +12,7 @@ from torch import nn
 from frontier.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
-    from frontier.finetune.config import FinetuneConfig
+    from frontier.config.finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
 

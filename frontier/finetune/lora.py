@@ -39,7 +39,7 @@ from frontier.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from frontier.config import Params
-    from frontier.train.config import TrainConfig
+    from frontier.config.train import TrainConfig
 
 log = logging.getLogger("frontier.finetune")
 

@@ -22,7 +22,7 @@ from frontier.errors import DataError
 
 if TYPE_CHECKING:
     from frontier.config import Params
-    from frontier.finetune.config import FinetuneConfig
+    from frontier.config.finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
 

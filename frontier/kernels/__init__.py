@@ -2,7 +2,7 @@
 
 ``from frontier.kernels import rms_norm, rope, swiglu, attention, cross_entropy`` gives the public op
 functions. Everything is imported lazily (PEP 562): ``frontier.config`` imports
-``frontier.kernels.config``, and the CLI must not pay for torch and Triton just to read a parameter file.
+``frontier.config.kernels``, and the CLI must not pay for torch and Triton just to read a parameter file.
 
 Each op lives in a submodule of the same name (``frontier.kernels.rms_norm`` defines ``rms_norm``).
 Python binds a submodule on its package when it is first imported, which would make the attribute

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from frontier.config.model import ModelConfig
 from frontier.errors import ConfigError
-from frontier.model.config import ModelConfig
 from frontier.model.presets import resolve
 
 log = logging.getLogger("frontier.model")

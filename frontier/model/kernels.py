@@ -39,8 +39,8 @@ from transformers.masking_utils import AttentionMaskInterface, find_packed_seque
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
+from frontier.config.kernels import KernelsConfig
 from frontier.errors import ConfigError
-from frontier.kernels.config import KernelsConfig
 from frontier.kernels.rms_norm import rms_norm
 from frontier.kernels.rope import rope
 from frontier.kernels.swiglu import swiglu

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from frontier.kernels.config import KernelsConfig
+from frontier.config.kernels import KernelsConfig
 from frontier.kernels.cross_entropy import cross_entropy
 from frontier.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
 from frontier.model.kernels import positions_from_caller

@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from frontier.config.model import ModelConfig
 from frontier.errors import ConfigError
-from frontier.model.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """frontier.optim: AdamW on the C++/CUDA extension (FusedAdamW) and the optimizer factory.
 
-Exports load lazily, so `frontier.optim.config` (read by the config loader) never imports torch.
+Exports load lazily, so `frontier.config.optimizer` (read by the config loader) never imports torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ _EXPORTS = {
     "FusedAdamW": "frontier.optim.fused_adamw",
     "build_optimizer": "frontier.optim.build",
     "resolve_impl": "frontier.optim.build",
-    "OptimizerConfig": "frontier.optim.config",
+    "OptimizerConfig": "frontier.config.optimizer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
+from frontier.config.optimizer import OptimizerConfig
 from frontier.errors import ConfigError
 from frontier.ext import ExtensionError
 from frontier.optim import ops
-from frontier.optim.config import OptimizerConfig
 from frontier.optim.fused_adamw import FusedAdamW
 
 log = logging.getLogger(__name__)

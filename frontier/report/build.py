@@ -22,7 +22,7 @@ from frontier.train.monitor.metrics import read_metrics
 
 if TYPE_CHECKING:
     from frontier.config import Params
-    from frontier.report.config import ReportConfig
+    from frontier.config.report import ReportConfig
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from frontier.config.train import TrainConfig
 from frontier.errors import TrainingError
 from frontier.train.batches.data import Batch, TrainBatches
 from frontier.train.batches.prefetch import Prefetcher
 from frontier.train.checkpoint.checkpoint import CheckpointStore
 from frontier.train.checkpoint.state import TrainerState
-from frontier.train.config import TrainConfig
 from frontier.train.engine.engine import loss_scale
 from frontier.train.engine.schedule import LRSchedule
 from frontier.train.engine.stability import EarlyStopping, NanGuard, StepGate

@@ -32,12 +32,12 @@ if TYPE_CHECKING:
     from torch import nn
 
     from frontier.config import Params
+    from frontier.config.optimizer import OptimizerConfig
+    from frontier.config.train import TrainConfig
     from frontier.model.loss import CausalLMWithLoss
-    from frontier.optim.config import OptimizerConfig
     from frontier.train.batches.data import Batch, Layout, TrainBatches
     from frontier.train.checkpoint.checkpoint import CheckpointStore
     from frontier.train.checkpoint.state import TrainerState
-    from frontier.train.config import TrainConfig
     from frontier.train.engine.schedule import LRSchedule
     from frontier.train.engine.stability import StepGate
     from frontier.train.launch.distributed import DistInfo

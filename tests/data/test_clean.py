@@ -7,8 +7,8 @@ import unicodedata
 import pytest
 
 from frontier.config import ConfigError
+from frontier.config.data import CleanConfig
 from frontier.data.clean import Cleaner, alnum_ratio, normalize, repeated_line_ratio
-from frontier.data.config import CleanConfig
 
 from .helpers import make_params
 

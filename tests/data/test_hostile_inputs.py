@@ -20,7 +20,7 @@ import pytest
 import yaml
 import zstandard
 
-from frontier.data.config import SourceConfig
+from frontier.config.data import SourceConfig
 from frontier.data.prepare import prepare
 from frontier.data.sources import SourceReader, zstd_truncated
 from frontier.errors import DataError
@@ -281,7 +281,7 @@ def test_glob_over_a_symlink_loop_ends_fast(tmp_path: Path) -> None:
     os.symlink(outside, root / "b" / "linked")  # a link out of the tree is still followed, once
     os.symlink(root / "a", root / "alias")  # a second way into a/: its files are listed once, by their real path
     script = (
-        "import sys; from frontier.data.config import SourceConfig; from frontier.data.sources import SourceReader\n"
+        "import sys; from frontier.config.data import SourceConfig; from frontier.data.sources import SourceReader\n"
         f"r = SourceReader(SourceConfig(name='s', kind='files', path={str(root / '**' / '*.txt')!r}),"
         " encoding_errors='replace')\nprint('\\n'.join(map(str, r.files)))"
     )

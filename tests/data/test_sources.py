@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from frontier.data.config import SourceConfig
+from frontier.config.data import SourceConfig
 from frontier.data.sources import MAX_PROBLEMS, SourceReader, stdlib_root
 from frontier.errors import DataError
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from frontier.kernels.config import KernelsConfig
+from frontier.config.kernels import KernelsConfig
 from frontier.kernels.cross_entropy import cross_entropy
 from frontier.model.kernels import apply_kernels
 from tests.model.test_apply_kernels import tiny_llama

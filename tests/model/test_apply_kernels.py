@@ -9,8 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm
 
+from frontier.config.kernels import KernelsConfig
 from frontier.errors import ConfigError
-from frontier.kernels.config import KernelsConfig
 from frontier.model.kernels import ATTENTION_NAME, FrontierMLP, FrontierRMSNorm, apply_kernels, rope_calls
 
 ALL_TRITON = KernelsConfig(attention="triton", rms_norm="triton", rope="triton", swiglu="triton")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
+from frontier.config.model import ModelConfig
 from frontier.errors import ConfigError
 from frontier.model.build import build_model
-from frontier.model.config import ModelConfig
 
 LLAMA = ModelConfig(arch="llama", hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=16,
                     rope_theta=5000.0, init_std=0.05)  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from frontier.config.model import ModelConfig
 from frontier.model.build import build_model
-from frontier.model.config import ModelConfig
 from frontier.model.flops import flops_per_token, matmul_parameters, model_flops_per_token
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frontier.kernels.config import KernelsConfig
+from frontier.config.kernels import KernelsConfig
+from frontier.config.model import ModelConfig
 from frontier.model.build import build_model
-from frontier.model.config import ModelConfig
 from frontier.model.loss import IGNORE_INDEX, CausalLMWithLoss
 
 

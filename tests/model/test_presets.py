@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from frontier.config.model import ModelConfig
 from frontier.errors import ConfigError
 from frontier.model.build import build_model
-from frontier.model.config import ModelConfig
 from frontier.model.presets import PRESETS, count_parameters, resolve, swiglu_width
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from frontier.config import load_params
+from frontier.config.optimizer import OptimizerConfig
 from frontier.errors import ConfigError
 from frontier.ext import ExtensionError
 from frontier.optim import FusedAdamW, build_optimizer, ops, resolve_impl
-from frontier.optim.config import OptimizerConfig
 
 
 def groups() -> list[dict]:

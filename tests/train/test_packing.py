@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from frontier.config.kernels import KernelsConfig
+from frontier.config.model import ModelConfig
 from frontier.data.tokens import TokenShards, write_split
 from frontier.errors import DataError
-from frontier.kernels.config import KernelsConfig
 from frontier.model.build import build_model
-from frontier.model.config import ModelConfig
 from frontier.model.kernels import apply_kernels
 from frontier.model.loss import IGNORE_INDEX, CausalLMWithLoss
 from frontier.train.batches.data import WindowSampler

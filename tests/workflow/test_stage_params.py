@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import frontier.config
+import frontier.config.load
 from frontier.config import Params, load_params
 from frontier.pipeline import STAGES
 
@@ -55,6 +56,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
     with monkeypatch.context() as m:
         m.setattr(Params, "__getattribute__", getattribute)
         m.setattr(frontier.config, "to_dict", to_dict)
+        m.setattr(frontier.config.load, "to_dict", to_dict)  # dump_resolved's own
         yield reads
 
 

@@ -42,7 +42,7 @@ from frontier.train.launch.distributed import DistInfo, all_reduce_sum, ranks_on
 from frontier.utils.atomic import write_json
 
 if TYPE_CHECKING:
-    from frontier.train.config import TrainConfig
+    from frontier.config.train import TrainConfig
 
 log = logging.getLogger("frontier.train")
 

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from frontier.config.train import TrainConfig
 from frontier.errors import ConfigError
-from frontier.train.config import TrainConfig
 
 # Blocks owned by params: the client optimizer is built from `optimizer.*` and the learning rate
 # is set every step from `schedule.*`, so a DeepSpeed optimizer/scheduler would fight them.

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from frontier.config.optimizer import OptimizerConfig
 from frontier.errors import ConfigError
-from frontier.optim.config import OptimizerConfig
 
 log = logging.getLogger("frontier.train")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from frontier.train.engine.config import ScheduleConfig
+from frontier.config.engine import ScheduleConfig
 
 
 class LRSchedule:

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from frontier.config.engine import EarlyStoppingConfig, NanGuardConfig
 from frontier.optim.fused_adamw import FusedAdamW
 from frontier.train.checkpoint.state import TrainerState
-from frontier.train.engine.config import EarlyStoppingConfig, NanGuardConfig
 
 
 class StepGate:

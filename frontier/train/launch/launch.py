@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from frontier.config.launch import LaunchConfig
 from frontier.errors import ConfigError, FrontierError
-from frontier.train.launch.config import LaunchConfig
 from frontier.train.launch.signals import (
     EXIT_INTERRUPTED,
     EXIT_PEER_LOST,

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontier.train.monitor.config import AlertsConfig
+from frontier.config.monitor import AlertsConfig
 from frontier.utils.atomic import open_append_nofollow
 
 log = logging.getLogger("frontier.train")

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from frontier.config.train import TrainConfig
 from frontier.data.progress import eta
 from frontier.train.checkpoint.state import TrainerState
-from frontier.train.config import TrainConfig
 from frontier.train.launch.distributed import DistInfo
 from frontier.train.monitor.alerts import Alerts
 from frontier.train.monitor.system import SystemMonitor

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from frontier.errors import ConfigError
 
 if TYPE_CHECKING:
-    from frontier.train.monitor.config import MonitorConfig
+    from frontier.config.monitor import MonitorConfig
 
 PACKAGES = {"dvclive": "dvclive", "mlflow": "mlflow", "wandb": "wandb"}
 

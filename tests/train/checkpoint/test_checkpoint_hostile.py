@@ -244,8 +244,8 @@ def test_atomic_file_never_opens_a_planted_temporary(tmp_path, monkeypatch, kind
 @pytest.mark.parametrize("kind", ["file", "dangling", "hardlink"])
 def test_a_link_planted_in_the_logs_mid_run_is_never_written_through(tmp_path, kind):
     """After start-up (its checks done), between two log writes: the appending writers open by name again."""
+    from frontier.config.monitor import AlertsConfig
     from frontier.train.monitor.alerts import Alerts
-    from frontier.train.monitor.config import AlertsConfig
     from frontier.train.monitor.monitor import TRAIN_FIELDS, write_csv
 
     logs, outside = tmp_path / "logs", tmp_path / "outside"
@@ -276,7 +276,7 @@ def test_a_link_planted_in_the_logs_mid_run_is_never_written_through(tmp_path, k
 
 @pytest.mark.parametrize("where", ["dvclive", "sub/dvclive"])
 def test_a_dvclive_link_out_of_the_workspace_is_refused(tmp_path, monkeypatch, where):
-    from frontier.train.monitor.config import MonitorConfig
+    from frontier.config.monitor import MonitorConfig
     from frontier.train.monitor.trackers import DVCLiveTracker
 
     workspace, outside = tmp_path / "work", tmp_path / "outside"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from frontier.config.model import ModelConfig
+from frontier.config.optimizer import OptimizerConfig
 from frontier.errors import ConfigError
 from frontier.model.build import build_model
-from frontier.model.config import ModelConfig
-from frontier.optim.config import OptimizerConfig
 from frontier.train.engine.optimizer import build_client_optimizer, param_groups
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from frontier.train.engine.config import ScheduleConfig
+from frontier.config.engine import ScheduleConfig
 from frontier.train.engine.schedule import LRSchedule
 
 PEAK, FLOOR = 1e-3, 1e-4

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
+from frontier.config.engine import EarlyStoppingConfig
 from frontier.errors import TrainingError
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.checkpoint.state import TrainerState
-from frontier.train.engine.config import EarlyStoppingConfig
 from frontier.train.engine.schedule import LRSchedule
 from frontier.train.engine.stability import EarlyStopping, StepGate
 from frontier.train.run import train

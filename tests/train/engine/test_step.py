@@ -253,8 +253,8 @@ def test_a_nan_between_log_steps_is_accounted_as_its_own_step(corpus, tmp_path, 
     """With log_every 4, a NaN at step 2 is read at step 4, then counted, alerted and written with its own step."""
     import json
 
-    from tests.train.helpers import read_rows
     from tests.train.engine.test_stability import poison
+    from tests.train.helpers import read_rows
 
     poison(monkeypatch, {1})
     out = tmp_path / "out"

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from frontier.train.launch.config import LaunchConfig
+from frontier.config.launch import LaunchConfig
 from frontier.train.launch.launch import should_launch, started_by_launcher, threads_per_rank
 from frontier.train.launch.signals import EXIT_INTERRUPTED
 from frontier.train.run import train

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+from frontier.config.monitor import AlertsConfig
 from frontier.train.monitor.alerts import Alerts
-from frontier.train.monitor.config import AlertsConfig
 from frontier.train.monitor.system import SystemMonitor
 
 

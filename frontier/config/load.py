@@ -1,7 +1,7 @@
-"""The one parameter file: load params.yaml into typed, validated dataclasses.
+"""Loading the one parameter file into typed, validated dataclasses (frontier.config.params.Params).
 
-Each stage family owns its section dataclass (frontier/<family>/config.py); this module holds
-the root `Params`, the loader and the validation machinery they share. Sections are plain
+Each section is a dataclass in this package (frontier/config/<section>.py); this module holds
+the loader and the validation machinery they share. Sections are plain
 dataclasses whose field types drive validation:
 
 - ``bool`` / ``int`` / ``float`` / ``str`` are checked strictly (an int is accepted for a float,
@@ -27,19 +27,10 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from frontier.config_fields import bounds
-from frontier.data.config import PrepareConfig, TokenizeConfig, TokenizerConfig
+from frontier.config.fields import bounds
+from frontier.config.params import Params
 from frontier.errors import ConfigError
-from frontier.eval.config import EvaluateConfig
-from frontier.finetune.config import FinetuneConfig
-from frontier.kernels.config import KernelsConfig
-from frontier.model.config import ModelConfig
-from frontier.optim.config import OptimizerConfig
 from frontier.params_files import check_resolved
-from frontier.report.config import ReportConfig
-from frontier.train.config import TrainConfig
-from frontier.train.engine.config import ScheduleConfig
-from frontier.train.launch.config import LaunchConfig
 from frontier.utils.strict_yaml import MAX_PARAMS_BYTES, YamlRefused, load_plain, strict_load
 
 _MISSING = dataclasses.MISSING
@@ -341,11 +332,11 @@ def _check_key_path(key: str) -> None:
         dotted = f"{prefix}.{part}" if prefix else part
         if part not in names:
             raise _Invalid(dotted, _unknown_key_message(part, prefix, names))
-        cls = _unwrap_optional(typing.get_type_hints(cls)[part])
+        cls = unwrap_optional(typing.get_type_hints(cls)[part])
         prefix = dotted
 
 
-def _unwrap_optional(tp: Any) -> Any:
+def unwrap_optional(tp: Any) -> Any:
     if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -365,14 +356,14 @@ def section_keys(name: str) -> list[str]:
     """
     tp: Any = Params
     for part in name.split("."):  # a dotted key names a subsection or a leaf
-        hints = typing.get_type_hints(_unwrap_optional(tp))
+        hints = typing.get_type_hints(unwrap_optional(tp))
         if part not in hints:
             raise KeyError(name)
         tp = hints[part]
     out: list[str] = []
 
     def walk(tp: Any, prefix: str) -> None:
-        tp = _unwrap_optional(tp)
+        tp = unwrap_optional(tp)
         if dataclasses.is_dataclass(tp):
             sub = typing.get_type_hints(tp)
             for f in dataclasses.fields(tp):
@@ -398,33 +389,6 @@ def dump_resolved(params: Params, directory: str | Path, sections: list[str] | N
     return path
 
 
-@dataclasses.dataclass
-class Params:
-    """Everything params.yaml may hold: a seed and one section per stage family."""
-
-    seed: int = dataclasses.field(default=1337, metadata=bounds(ge=0, le=2**32 - 1))  # numpy seeds are 32-bit
-    prepare: PrepareConfig = dataclasses.field(default_factory=PrepareConfig)
-    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
-    tokenize: TokenizeConfig = dataclasses.field(default_factory=TokenizeConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    kernels: KernelsConfig = dataclasses.field(default_factory=KernelsConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
-    evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
-    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
-    report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
-
-    def validate(self) -> None:
-        """Rules that span sections."""
-        if self.schedule.warmup_steps > self.train.max_steps:
-            raise ValueError(
-                f"schedule.warmup_steps: {self.schedule.warmup_steps} is more than train.max_steps="
-                f"{self.train.max_steps}; the learning rate would never reach optimizer.lr"
-            )
-
-
 __all__ = [
     "ConfigError",
     "Params",
@@ -435,5 +399,6 @@ __all__ = [
     "parse_override",
     "read_params_data",
     "section_keys",
+    "unwrap_optional",
     "to_dict",
 ]

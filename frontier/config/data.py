@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from frontier.config_fields import bounds
+from frontier.config.fields import bounds
 from frontier.utils.safe_regex import unsafe_regex
 
 

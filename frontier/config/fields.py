@@ -1,4 +1,4 @@
-"""Field helpers for section schemas (kept apart from frontier.config to avoid an import cycle)."""
+"""Field helpers for section schemas: numeric bounds, relative paths."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from frontier.config_fields import bounds
+from frontier.config.fields import bounds
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from frontier.config_fields import bounds
+from frontier.config.fields import bounds
 
 
 @dataclass

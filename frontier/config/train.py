@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from frontier.config_fields import bounds
-from frontier.train.checkpoint.config import CheckpointConfig
-from frontier.train.engine.config import EarlyStoppingConfig, NanGuardConfig
-from frontier.train.monitor.config import AlertsConfig, MonitorConfig, ProfileConfig
+from frontier.config.checkpoint import CheckpointConfig
+from frontier.config.engine import EarlyStoppingConfig, NanGuardConfig
+from frontier.config.fields import bounds
+from frontier.config.monitor import AlertsConfig, MonitorConfig, ProfileConfig
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from frontier.config_fields import bounds, check_relative_path
+from frontier.config.fields import bounds, check_relative_path
 
 
 @dataclass
