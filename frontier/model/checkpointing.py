@@ -1,4 +1,4 @@
-"""Activation checkpointing (train.activation_checkpointing): each decoder layer's activations are
+"""Activation checkpointing (engine.activation_checkpointing): each decoder layer's activations are
 recomputed in backward instead of stored, through transformers' own per-layer mechanism.
 
 Why transformers' mechanism and not DeepSpeed's (deepspeed.checkpointing): the decoder layers of
@@ -9,9 +9,12 @@ for the forward). DeepSpeed's API would need the model to call it layer by layer
 
 Why non-reentrant (``use_reentrant=False``): it recomputes with the RNG state of the forward (dropout
 masks are replayed exactly), needs no input that requires grad (LoRA over frozen embeddings), and
-supports keyword arguments. The recomputation runs the layer's ``forward`` again, so the submodules it
-calls, with frontier's swapped classes, forward hooks (the rope routing) and the "frontier" attention
-entry, compute the same values as the first pass: the gradients are the same as without it.
+supports keyword arguments. The recomputation runs the layer's ``forward`` again with the keywords of the
+first pass (transformers binds them into the checkpointed partial: a packed batch's ``doc_ids`` among
+them), so the submodules it calls, frontier's swapped classes and attention entry, compute the same values
+as the first pass: the gradients are the same as without it. Nothing they compute comes from outside their
+arguments (no thread-local, nothing kept on tensors), so the recomputation may run on autograd's device
+thread, after the loss module's call has returned.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def enable_activation_checkpointing(lm: Any) -> None:
     """
     if not getattr(lm, "supports_gradient_checkpointing", False):
         raise ConfigError(
-            f"train.activation_checkpointing: {type(lm).__name__} does not support activation checkpointing in "
+            f"engine.activation_checkpointing: {type(lm).__name__} does not support activation checkpointing in "
             "transformers; set it to false"
         )
     if hasattr(lm, "activation_checkpointing_enable"):  # the name since transformers 5.x

@@ -1,4 +1,4 @@
-"""train.compile: torch.compile (Inductor) of what the DeepSpeed engine runs, the model and its loss.
+"""engine.compile: torch.compile (Inductor) of what the DeepSpeed engine runs, the model and its loss.
 
 What is compiled is the *forward method* of the engine's module (frontier.model.loss.CausalLMWithLoss:
 the model, then the loss), replaced on that one module object:

@@ -6,10 +6,12 @@ like full ones. The loss goes through frontier.kernels: the fused linear + cross
 (N, V) logits) when ``kernels.fused_linear_cross_entropy`` is on, else the lm_head then
 ``cross_entropy``. Targets equal to IGNORE_INDEX (padding) contribute nothing.
 
-Packed documents: ``position_ids`` (B, T) restarting at 0 at each document start go to the LM
-unchanged; the attention then keeps each document to itself (frontier.model.kernels for Llama,
-transformers' own packed-sequence mask for its sdpa/eager attention), and the data pipeline sets
-the target of each document's last token to IGNORE_INDEX (frontier.train.batches.data).
+Packed documents: the batch's ``doc_ids`` (B, T), computed by the batch builder
+(frontier.train.batches.data), are handed to the LM explicitly (frontier.model.attention.document_inputs:
+the ``doc_ids`` forward keyword of a frontier attention, else the block-causal mask of the LM's own
+attention), so no token attends to another document; ``position_ids`` (B, T), restarting at 0 at each
+document start, feed the position embedding; and the data pipeline sets the target of each document's last
+token to IGNORE_INDEX.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import nn
 from frontier.config.kernels import KernelsConfig
 from frontier.kernels.cross_entropy import cross_entropy
 from frontier.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
-from frontier.model.kernels import positions_from_caller
+from frontier.model.attention import document_inputs
 
 IGNORE_INDEX = -100
 
@@ -42,18 +44,20 @@ class CausalLMWithLoss(nn.Module):
         return self.lm.get_output_embeddings().weight
 
     def forward(
-        self, input_ids: torch.Tensor, targets: torch.Tensor, position_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids, targets, position_ids (None: 0..T-1): (B, T) int64 -> fp32 scalar, the sum of the
-        non-ignored token losses."""
+        """input_ids, targets, position_ids (None: 0..T-1), doc_ids (None: one document per row; else
+        non-decreasing along T): (B, T) int64 -> fp32 scalar, the sum of the non-ignored token losses."""
         flat_targets = targets.reshape(-1)  # (B*T,)
-        # no cache: training never decodes, and transformers detects packed position_ids only without one
-        lm_inputs = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
-        if torch.compiler.is_compiling():  # a traced graph finds the documents itself (no device read there)
-            return self._loss(lm_inputs, flat_targets)
-        # eager: this call knows whether the rows are packed, so the attention need not read the device to ask
-        with positions_from_caller(packed=position_ids is not None):
-            return self._loss(lm_inputs, flat_targets)
+        # no cache: training never decodes
+        lm_inputs: dict[str, Any] = {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
+        if doc_ids is not None:
+            lm_inputs.update(document_inputs(self.lm, doc_ids))
+        return self._loss(lm_inputs, flat_targets)
 
     def _loss(self, lm_inputs: dict[str, Any], flat_targets: torch.Tensor) -> torch.Tensor:
         if self.fused:

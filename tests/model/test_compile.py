@@ -127,6 +127,22 @@ def test_model_and_loss_are_one_graph(overrides: tuple[str, ...]) -> None:
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("arch", ["llama", "llama-checkpointing", "gpt2"])
+def test_packed_documents_are_one_graph(arch: str) -> None:
+    """Document ids are an input of the graph like the tokens (a keyword down to the attention, or GPT-2's
+    mask built from them): no Python state to guard on, no break."""
+    torch._dynamo.reset()
+    module = _module("model.arch=gpt2") if arch == "gpt2" else _module()
+    if arch == "llama-checkpointing":
+        enable_activation_checkpointing(module.lm)
+    positions = torch.cat([torch.arange(9), torch.arange(7)]).expand(2, -1)  # (2, 16): two documents a row
+    doc_ids = (torch.arange(16) >= 9).long().expand(2, -1)  # (2, 16)
+    explained = torch._dynamo.explain(module.forward)(*_batch(1), positions, doc_ids)
+    assert [b.reason for b in explained.break_reasons] == []
+    assert explained.graph_count == 1
+    torch._dynamo.reset()
+
+
 def test_fullgraph_is_asked_for_where_the_graph_holds() -> None:
     """A graph break is an error, not a silent eager island, except under ZeRO-3 (its per-module fetch hooks);
     activation checkpointing is one graph too (see the one-graph test)."""

@@ -1,7 +1,8 @@
-"""train.activation_checkpointing: the same gradients and losses as without it, while it really recomputes.
+"""engine.activation_checkpointing: the same gradients and losses as without it, while it really recomputes.
 
 Recomputation replays each decoder layer's forward in backward, so it must go through the same patched
-modules (frontier's kernels, the rope hooks, the "frontier" attention) and the same dropout masks (the
+modules (frontier's kernels, the rope of FrontierAttention, the frontier attention entry, with the same
+keywords: document ids) and the same dropout masks (the
 non-reentrant checkpoint restores the RNG state of the forward). A switch that did nothing would pass
 the equivalence tests, so the recompute tests count what runs during backward.
 """
@@ -20,9 +21,10 @@ import torch
 import transformers.modeling_utils
 from torch import nn
 
+import frontier.model.kernels as routing
 from frontier.model.build import build_model
 from frontier.model.checkpointing import enable_activation_checkpointing
-from frontier.model.kernels import apply_kernels, rope_calls
+from frontier.model.kernels import apply_kernels
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.run import train
 from tests.train.helpers import VOCAB, losses, params, weights
@@ -95,15 +97,20 @@ def _count_forwards(modules: list[nn.Module]) -> Callable[[], int]:
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["off", "on"])
-def test_backward_recomputes_each_layer_through_the_patched_modules(checkpointing: bool) -> None:
+def test_backward_recomputes_each_layer_through_the_patched_modules(
+    checkpointing: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     module = _module((*LLAMA, *TORCH), checkpointing, torch.float32)
     layers = module.lm.model.layers
     mlp_calls = _count_forwards([layer.mlp for layer in layers])  # FrontierMLP (frontier.kernels.swiglu)
+    ropes = [0]  # frontier.kernels.rope calls of the FrontierAttention modules
+    real_rope = routing.rope
+    monkeypatch.setattr(routing, "rope", lambda *a, **kw: ropes.__setitem__(0, ropes[0] + 1) or real_rope(*a, **kw))
     loss = module(*_batch())
-    forward_mlp, forward_rope = mlp_calls(), rope_calls()
-    assert forward_mlp == len(layers)
+    forward_mlp, forward_rope = mlp_calls(), ropes[0]
+    assert (forward_mlp, forward_rope) == (len(layers), len(layers))
     loss.backward()
-    recomputed_mlp, recomputed_rope = mlp_calls() - forward_mlp, rope_calls() - forward_rope
+    recomputed_mlp, recomputed_rope = mlp_calls() - forward_mlp, ropes[0] - forward_rope
     if checkpointing:  # each layer once more, its rotary embedding routed to frontier.kernels.rope again
         assert (recomputed_mlp, recomputed_rope) == (len(layers), len(layers))
     else:
@@ -170,7 +177,7 @@ def test_train_run_has_the_same_losses(
     tmp_path: Path, corpus: Any, plain_run: Path, checkpoint_calls: Callable[[], int], caplog: pytest.LogCaptureFixture
 ) -> None:
     out, ckpt = tmp_path / "out", tmp_path / "ckpt"
-    train(params(*RUN, "train.activation_checkpointing=true"), corpus.tokens, corpus.tokenizer, out, ckpt)
+    train(params(*RUN, "engine.activation_checkpointing=true"), corpus.tokens, corpus.tokenizer, out, ckpt)
     # 6 steps x 1 micro-batch x 2 layers in training mode (the recomputation itself is not a new call)
     assert checkpoint_calls() == 6 * 2
     assert losses(out) == losses(plain_run)
@@ -194,11 +201,11 @@ def test_zero_run_has_the_same_losses(
     # ZeRO-3: every parameter partitioned (no small one stays whole), so the recomputation must gather them again
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
-    run = (*RUN, "train.max_steps=3", f"train.zero_stage={zero_stage}", f"train.deepspeed_config={ds_json}")
+    run = (*RUN, "train.max_steps=3", f"engine.zero_stage={zero_stage}", f"engine.deepspeed_config={ds_json}")
     outs = []
     for on in (False, True):
         outs.append(tmp_path / f"out{on}")
-        train(params(*run, f"train.activation_checkpointing={str(on).lower()}"), corpus.tokens, corpus.tokenizer,
+        train(params(*run, f"engine.activation_checkpointing={str(on).lower()}"), corpus.tokens, corpus.tokenizer,
               outs[-1], tmp_path / f"ckpt{on}")  # fmt: skip
     assert checkpoint_calls() == 3 * 2
     assert losses(outs[1]) == losses(outs[0])
@@ -219,7 +226,7 @@ def test_finetune_takes_the_switch_from_train(tmp_path: Path, checkpoint_calls: 
     base = trained_run()["out"] / "model"
     metrics = []
     for on in (False, True):
-        p = load_params(None, [*short, f"train.activation_checkpointing={str(on).lower()}"])
+        p = load_params(None, [*short, f"engine.activation_checkpointing={str(on).lower()}"])
         metrics.append(finetune(p, base, tmp_path / "sft", tmp_path / f"out{on}", tmp_path / f"ckpt{on}"))
     assert checkpoint_calls() == 4 * 2  # 4 steps x 1 micro-batch x 2 layers of the base
     assert losses(tmp_path / "outTrue") == losses(tmp_path / "outFalse")

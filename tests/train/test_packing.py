@@ -88,6 +88,8 @@ def test_windows_match_the_oracle_and_an_epoch_covers_every_token_once(splits, n
             inputs, targets, positions, where = _oracle(shards, start, length)
             w = sampler.sample(g)
             assert w.inputs.tolist() == inputs and w.targets.tolist() == targets and w.positions.tolist() == positions
+            # one document per run of positions from 0 (the padding is one more): ids count the restarts
+            assert w.documents.tolist() == (np.cumsum(np.asarray(positions) == 0) - 1).tolist()
             seen_inputs.update(where)
             seen_targets.update((i + 1) % n for i, t in zip(where, targets) if t != IGNORE_INDEX)
             padded += SEQ - len(where)
@@ -146,9 +148,23 @@ def test_packing_is_deterministic_and_seeded(splits):
     a = WindowSampler(shards, SEQ, 11, True).batch(range(40))
     b = WindowSampler(shards, SEQ, 11, True).batch(range(40))
     c = WindowSampler(shards, SEQ, 12, True).batch(range(40))
-    for x in ("input_ids", "targets", "position_ids"):
+    for x in ("input_ids", "targets", "position_ids", "doc_ids"):
         assert torch.equal(getattr(a, x), getattr(b, x))
     assert not torch.equal(a.input_ids, c.input_ids)
+
+
+@pytest.mark.parametrize("name", list(CORPORA))
+def test_document_ids_agree_with_transformers_rule_on_the_positions(splits, name):
+    # the batch's ids and positions are two views of the same document starts: transformers' packed-sequence
+    # rule (a new sequence wherever a position is not its left neighbour's + 1) reads the same documents
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    batch = WindowSampler(splits[name], SEQ, 7, True).batch(range(24))
+    assert batch.doc_ids.shape == batch.position_ids.shape and batch.doc_ids.dtype == torch.int64
+    assert (batch.doc_ids[:, 0] == 0).all() and (batch.doc_ids.diff(dim=-1) >= 0).all()  # what the kernel needs
+    theirs = find_packed_sequence_indices(batch.position_ids)  # None: one document in every row
+    assert torch.equal(batch.doc_ids, torch.zeros_like(batch.doc_ids) if theirs is None else theirs)
+    assert set(batch.model_inputs(torch.device("cpu"))) == {"input_ids", "targets", "position_ids", "doc_ids"}
 
 
 @pytest.mark.parametrize(
@@ -201,7 +217,7 @@ def _gpt2() -> torch.nn.Module:
 
 
 def _checkpointed(lm: torch.nn.Module) -> torch.nn.Module:
-    """Activation checkpointing: the recomputed layers must get the positions again."""
+    """Activation checkpointing: the recomputed layers must get the positions and document ids again."""
     from frontier.model.checkpointing import enable_activation_checkpointing
 
     enable_activation_checkpointing(lm)

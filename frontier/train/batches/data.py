@@ -10,8 +10,9 @@ epoch, so successive epochs see different cuts.
   offset, so one epoch's windows hold every token exactly once as an input, several consecutive
   documents per window, a long document continuing into the next windows. ``position_ids``
   restart at 0 at every document start (and at the window's start, where a continued document
-  resumes with no context from the previous window); the model derives document ids from them
-  and masks attention across documents (frontier.model.kernels). The target of a document's
+  resumes with no context from the previous window), and ``doc_ids`` number the documents of the
+  window from 0 (the same restarts): the batch hands them to the model, which masks attention
+  across documents with them (frontier.model.attention). The target of a document's
   last token (the next document's first) is IGNORE_INDEX, so no token is predicted from another
   document: a packed window's summed loss is the sum of its pieces' losses, each run alone from
   position 0. Padding (inputs pad_id, targets IGNORE_INDEX, positions restarting at 0) fills
@@ -67,6 +68,8 @@ class Batch:
     input_ids: torch.Tensor  # (micro, seq_len) int64
     targets: torch.Tensor  # (micro, seq_len) int64, IGNORE_INDEX where padded or at a document's end
     position_ids: torch.Tensor | None = None  # (micro, seq_len) int64, restarting per document; None: unpacked
+    # (micro, seq_len) int64, the document of each token (non-decreasing along a row); None: unpacked
+    doc_ids: torch.Tensor | None = None
 
     @property
     def num_targets(self) -> int:
@@ -77,16 +80,19 @@ class Batch:
         inputs = {"input_ids": self.input_ids.to(device), "targets": self.targets.to(device)}
         if self.position_ids is not None:
             inputs["position_ids"] = self.position_ids.to(device)
+        if self.doc_ids is not None:
+            inputs["doc_ids"] = self.doc_ids.to(device)
         return inputs
 
 
 @dataclass
 class Window:
-    """One sample: inputs and targets (seq_len,) int64, and positions (seq_len,) when packed."""
+    """One sample: inputs and targets (seq_len,) int64, and positions and documents (seq_len,) when packed."""
 
     inputs: np.ndarray
     targets: np.ndarray
     positions: np.ndarray | None
+    documents: np.ndarray | None = None  # the document index of each token, from 0
 
 
 class WindowSampler:
@@ -170,7 +176,8 @@ class WindowSampler:
         restart[n:] = np.arange(n, self.seq_len) == n  # the padding is one more sequence of its own
         at = np.arange(self.seq_len)
         positions = at - np.maximum.accumulate(np.where(restart, at, 0))  # (seq_len,) offset from last restart
-        return Window(inputs, targets, positions)
+        documents = np.cumsum(restart, dtype=np.int64) - 1  # (seq_len,) restarts so far: 0 from the window's start
+        return Window(inputs, targets, positions, documents)
 
     def is_doc_start(self, stream_index: np.ndarray) -> np.ndarray:
         """Bool mask, same shape: which stream indices (in [0, num_tokens)) start a document (packed only)."""
@@ -184,13 +191,15 @@ class WindowSampler:
 
     def batch(self, indices: Sequence[int]) -> Batch:
         samples = [self.sample(g) for g in indices]
-        positions = None
+        positions = documents = None
         if self.document_aware:
             positions = torch.from_numpy(np.stack([s.positions for s in samples]))  # (micro, seq_len)
+            documents = torch.from_numpy(np.stack([s.documents for s in samples]))  # (micro, seq_len)
         return Batch(
             input_ids=torch.from_numpy(np.stack([s.inputs for s in samples])),  # (micro, seq_len)
             targets=torch.from_numpy(np.stack([s.targets for s in samples])),  # (micro, seq_len)
             position_ids=positions,
+            doc_ids=documents,
         )
 
 

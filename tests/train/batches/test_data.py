@@ -98,7 +98,7 @@ def test_model_inputs_carry_positions_only_when_packed(shards):
     cpu = torch.device("cpu")
     assert plain.position_ids is None and set(plain.model_inputs(cpu)) == {"input_ids", "targets"}
     inputs = packed.model_inputs(cpu)
-    assert set(inputs) == {"input_ids", "targets", "position_ids"}
+    assert set(inputs) == {"input_ids", "targets", "position_ids", "doc_ids"}
     assert inputs["position_ids"].shape == (2, SEQ) and inputs["position_ids"].dtype == torch.int64
     assert torch.equal(inputs["position_ids"], packed.position_ids)
 
