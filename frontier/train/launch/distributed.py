@@ -2,18 +2,16 @@
 
 The same code runs under ``deepspeed --num_gpus N`` / ``--hostfile`` (multi-node), ``torchrun``,
 ``srun`` (SLURM) and ``mpirun`` (Open MPI), which all start one process per rank and describe it
-in the environment; a plain single process needs nothing. NCCL on CUDA, gloo on the CPU; the
-device follows DeepSpeed's accelerator (CUDA when present, the CPU with DS_ACCELERATOR=cpu).
+in the environment (frontier.train.launch.environment reads it); a plain single process needs
+nothing. NCCL on CUDA, gloo on the CPU; the device follows DeepSpeed's accelerator (CUDA when
+present, the CPU with DS_ACCELERATOR=cpu).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import sys
-import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -21,16 +19,10 @@ import torch
 import torch.distributed as dist
 
 from frontier.errors import ConfigError, FrontierError
+from frontier.train.launch.environment import export_rank, export_rendezvous, read_launcher_env
 from frontier.train.launch.signals import EXIT_PEER_LOST
 
 log = logging.getLogger("frontier.train")
-
-# (rank, world size, local rank) variables, in order of preference
-_ENV_SCHEMES = (
-    ("RANK", "WORLD_SIZE", "LOCAL_RANK"),  # deepspeed launcher, torchrun
-    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
-)
 
 
 @dataclass(frozen=True)
@@ -46,126 +38,10 @@ class DistInfo:
         return self.rank == 0
 
 
-# SLURM_STEP_ID of a job's batch script (SLURM_BATCH_SCRIPT): the script is not one of the job's tasks
-_SLURM_BATCH_STEP = "4294967294"
-
-
-def in_slurm_step(env: Mapping[str, str] | None = None) -> bool:
-    """True inside a task that srun started (a job step); false in an sbatch script, where SLURM_NTASKS
-    describes the job, not this process."""
-    env = os.environ if env is None else env
-    return "SLURM_PROCID" in env and env.get("SLURM_STEP_ID", _SLURM_BATCH_STEP) not in (_SLURM_BATCH_STEP, "")
-
-
-_TASKS_PART = re.compile(r"(\d+)(?:\(x(\d+)\))?")  # "2" or "2(x3)": a count, repeated over that many nodes
-
-
-def slurm_tasks_per_node(spec: str) -> list[int]:
-    """SLURM's compressed per-node task counts, one entry per node: "2(x3),1" -> [2, 2, 2, 1]; ValueError
-    for anything else."""
-    counts: list[int] = []
-    for part in spec.split(","):
-        match = _TASKS_PART.fullmatch(part.strip())
-        if match is None:
-            raise ValueError(f"not a per-node task count: {part!r}")
-        counts += [int(match[1])] * int(match[2] or 1)
-    return counts
-
-
-def ranks_on_this_node(world_size: int, env: Mapping[str, str] | None = None) -> int:
-    """How many ranks share this machine: torchrun's LOCAL_WORLD_SIZE, DeepSpeed's launcher's LOCAL_SIZE, Open
-    MPI's local size, or srun's per-node task counts at this node's index; `world_size` (every rank here)
-    when none says. ConfigError naming the variable when its value is not a count."""
-    env = os.environ if env is None else env
-    for key in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
-        if key in env:
-            return _count(key, env[key])
-    if in_slurm_step(env) and "SLURM_STEP_TASKS_PER_NODE" in env:
-        spec = env["SLURM_STEP_TASKS_PER_NODE"]
-        try:
-            per_node = slurm_tasks_per_node(spec)
-        except ValueError:
-            raise ConfigError(
-                f"environment: SLURM_STEP_TASKS_PER_NODE={spec!r} is not SLURM's per-node task list (e.g. 2(x3),1)"
-            ) from None
-        node = _count("SLURM_NODEID", env.get("SLURM_NODEID", "0"), least=0)
-        if node < len(per_node):
-            return per_node[node]
-    return world_size
-
-
-def _count(key: str, value: str, least: int = 1) -> int:
-    """The integer environment variable `key` = `value`; ConfigError naming it unless an integer >= `least`."""
-    try:
-        count: int | None = int(value)
-    except ValueError:
-        count = None
-    if count is None or count < least:
-        raise ConfigError(f"environment: {key}={value!r} is not an integer >= {least}")
-    return count
-
-
 def _read_env() -> tuple[int, int, int]:
-    for rank_key, size_key, local_key in _ENV_SCHEMES:
-        if rank_key == "SLURM_PROCID" and not in_slurm_step():
-            continue
-        if rank_key == "RANK" and "MASTER_ADDR" not in os.environ:
-            # torchrun and the deepspeed launcher always set MASTER_ADDR; RANK / WORLD_SIZE alone are what a
-            # single process leaves for DeepSpeed (init_distributed below) and its children inherit
-            continue
-        if rank_key in os.environ and size_key in os.environ:
-            try:
-                rank, size = int(os.environ[rank_key]), int(os.environ[size_key])
-                local = int(os.environ.get(local_key, rank))
-            except ValueError:
-                raise ConfigError(
-                    f"environment: {rank_key}={os.environ[rank_key]!r} / {size_key}={os.environ[size_key]!r} "
-                    "are not integers"
-                ) from None
-            if not 0 <= rank < size:
-                raise ConfigError(f"environment: {rank_key}={rank} is outside [0, {size_key}={size})")
-            return rank, size, local
-    return 0, 1, 0
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: "gpu[03-05,9],cpu1" -> "gpu03" (what `scontrol show hostnames` prints first)."""
-    head = nodelist.strip()
-    depth = 0
-    for i, ch in enumerate(head):  # the first top-level comma ends the first entry
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            head = head[:i]
-            break
-    if "[" not in head:
-        return head
-    prefix, ranges = head.split("[", 1)
-    first = ranges.rstrip("]").split(",")[0].split("-")[0]
-    return prefix + first
-
-
-def _job_port(job_id: str) -> int:
-    """A port every task of one job derives alike (no coordination), in 20000-59999."""
-    return 20000 + (int(job_id) if job_id.isdigit() else zlib.crc32(job_id.encode())) % 40000
-
-
-def rendezvous_from_scheduler(env: dict[str, str] | None = None) -> dict[str, str]:
-    """MASTER_ADDR / MASTER_PORT that SLURM (srun) or Open MPI (mpirun) imply but do not set.
-
-    SLURM: the first host of SLURM_JOB_NODELIST, a port from SLURM_JOB_ID. Open MPI on one node:
-    127.0.0.1, a port from its job id. What the environment sets already always wins.
-    """
-    env = os.environ if env is None else env
-    out: dict[str, str] = {}
-    if "SLURM_PROCID" in env and "SLURM_JOB_NODELIST" in env:
-        out = {"MASTER_ADDR": first_host(env["SLURM_JOB_NODELIST"]),
-               "MASTER_PORT": str(_job_port(env.get("SLURM_JOB_ID", "0")))}  # fmt: skip
-    elif "OMPI_COMM_WORLD_RANK" in env:
-        if env.get("OMPI_COMM_WORLD_LOCAL_SIZE") == env.get("OMPI_COMM_WORLD_SIZE"):
-            job = env.get("OMPI_MCA_ess_base_jobid") or env.get("PMIX_NAMESPACE") or "0"
-            out = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_job_port(job))}
-    return {k: v for k, v in out.items() if k not in env}
+    """(rank, world size, local rank) of this process (tests/workflow/test_slurm.py asks it inside a real job)."""
+    env = read_launcher_env()
+    return env.rank, env.world_size, env.local_rank
 
 
 def _disable_cpu_shm_build() -> None:
@@ -182,7 +58,8 @@ def init_distributed() -> DistInfo:
     Multi-process runs need MASTER_ADDR / MASTER_PORT (every launcher above sets them). A single
     process uses an in-memory store, so no port is opened.
     """
-    rank, world, local = _read_env()
+    launcher_env = read_launcher_env()
+    rank, world, local = launcher_env.rank, launcher_env.world_size, launcher_env.local_rank
     from deepspeed.accelerator import get_accelerator
 
     # follow DeepSpeed's accelerator (DS_ACCELERATOR=cpu trains on the CPU even where CUDA exists)
@@ -193,8 +70,7 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         if world > 1:
-            os.environ.update(rendezvous_from_scheduler())
-            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+            missing = export_rendezvous()
             if missing:
                 raise ConfigError(
                     f"environment: {', '.join(missing)} not set for a {world}-rank run: use a launcher (torchrun, "
@@ -203,9 +79,7 @@ def init_distributed() -> DistInfo:
             dist.init_process_group(backend, rank=rank, world_size=world)
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    # DeepSpeed reads these even for one process; launchers set them, a plain run does not.
-    for key, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", local)):
-        os.environ.setdefault(key, str(value))
+    export_rank(launcher_env)  # DeepSpeed reads RANK / WORLD_SIZE / LOCAL_RANK even for one process
     import deepspeed
     import deepspeed.comm.torch  # noqa: F401  (so the patch below finds the module)
 

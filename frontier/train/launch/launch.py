@@ -35,6 +35,7 @@ from typing import Any
 
 from frontier.config.launch import LaunchConfig
 from frontier.errors import ConfigError, FrontierError
+from frontier.train.launch.environment import read_launcher_env, resolve_nproc_per_node
 from frontier.train.launch.signals import (
     EXIT_INTERRUPTED,
     EXIT_PEER_LOST,
@@ -57,15 +58,8 @@ class RankFailed(FrontierError):
 
 
 def started_by_launcher(env: Mapping[str, str] | None = None) -> bool:
-    """True when an outer launcher started this process as one rank of several (or torchrun as one of one)."""
-    env = os.environ if env is None else env
-    if "RANK" in env and "WORLD_SIZE" in env and "MASTER_ADDR" in env:  # torchrun, deepspeed, our elastic launch
-        return True  # (RANK / WORLD_SIZE without MASTER_ADDR: what a one-process run leaves its children)
-    if "OMPI_COMM_WORLD_SIZE" in env:  # mpirun
-        return True
-    from frontier.train.launch.distributed import in_slurm_step  # (imports torch: not at the CLI's start)
-
-    return in_slurm_step(env) and env.get("SLURM_NTASKS", "1") != "1"  # srun: one task of a job step
+    """True when an outer launcher started this process as one of its ranks (LauncherEnv.started_as_rank)."""
+    return read_launcher_env(os.environ if env is None else env).started_as_rank
 
 
 def _cuda_devices() -> int:
@@ -77,10 +71,8 @@ def _cuda_devices() -> int:
 
 
 def ranks_per_node(cfg: LaunchConfig) -> int:
-    """launch.nproc_per_node resolved: auto = every visible CUDA device, 1 without CUDA."""
-    if cfg.nproc_per_node == "auto":
-        return max(1, _cuda_devices())
-    return int(cfg.nproc_per_node)
+    """launch.nproc_per_node resolved on this node: auto = every visible CUDA device, 1 without CUDA."""
+    return resolve_nproc_per_node(cfg.nproc_per_node, gpus=_cuda_devices)
 
 
 def should_launch(cfg: LaunchConfig, env: Mapping[str, str] | None = None) -> bool:
@@ -90,21 +82,15 @@ def should_launch(cfg: LaunchConfig, env: Mapping[str, str] | None = None) -> bo
     return cfg.launcher == "torchrun" or cfg.nnodes * ranks_per_node(cfg) > 1
 
 
-def outer_world_size(env: Mapping[str, str] | None = None) -> int | None:
-    """The world size an outer launcher set (torchrun / deepspeed, mpirun, srun), None without one."""
-    env = os.environ if env is None else env
-    for key in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS"):
-        if env.get(key, "").isdigit():
-            return int(env[key])
-    return None
-
-
 def check_outer_launcher(cfg: LaunchConfig, stage: str, env: Mapping[str, str] | None = None) -> None:
     """Warn when an outer launcher started another number of ranks than launch: asks for (its count wins)."""
-    if cfg.nproc_per_node == "auto" or not started_by_launcher(env):
+    if cfg.nproc_per_node == "auto":
         return
-    asked, got = cfg.nnodes * int(cfg.nproc_per_node), outer_world_size(env)
-    if got is not None and got != asked:
+    outer = read_launcher_env(os.environ if env is None else env)
+    if not outer.started_as_rank:
+        return
+    asked, got = cfg.nnodes * int(cfg.nproc_per_node), outer.world_size
+    if got != asked:
         log.warning("%s: launch: asks for %d rank(s) (nnodes x nproc_per_node) but the outer launcher started %d; "
                     "training with %d (global batch = micro x accumulation x %d)", stage, asked, got, got, got)  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""What SLURM and Open MPI imply about the rendezvous, derived without a launcher."""
+"""What SLURM and Open MPI imply about the rendezvous, and the ranks on this node, derived without a launcher."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from frontier.train.launch.distributed import (
+from frontier.train.launch.environment import (
     first_host,
     ranks_on_this_node,
     rendezvous_from_scheduler,
@@ -44,15 +44,21 @@ def test_slurm_tasks_per_node_expands_the_compressed_form(spec: str, counts: lis
     assert slurm_tasks_per_node(spec) == counts
 
 
-_STEP = {"SLURM_PROCID": "3", "SLURM_NTASKS": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_TASKS_PER_NODE": "2(x3),1"}
+_STEP = {"SLURM_PROCID": "3", "SLURM_NTASKS": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_TASKS_PER_NODE": "2(x3),1",
+         "SLURM_LOCALID": "0"}  # fmt: skip
+# torchrun inside that step (one agent per node), DeepSpeed's launcher and mpirun: each with its rank variables
+# (the local size alone, without them, is no launcher's environment)
+_TORCHRUN = {"RANK": "4", "WORLD_SIZE": "8", "LOCAL_RANK": "0", "MASTER_ADDR": "n1", "TORCHELASTIC_RUN_ID": "j"}
+_DEEPSPEED = {"RANK": "5", "WORLD_SIZE": "10", "LOCAL_RANK": "0", "MASTER_ADDR": "n1", "CROSS_RANK": "1"}
+_MPIRUN = {"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "6", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
 
 
 @pytest.mark.parametrize(
     ("env", "here"),
     [
-        ({"LOCAL_WORLD_SIZE": "4", **_STEP}, 4),  # torchrun / deepspeed inside an allocation: theirs wins
-        ({"LOCAL_SIZE": "5"}, 5),  # DeepSpeed's own launcher
-        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3"}, 3),
+        ({"LOCAL_WORLD_SIZE": "4", **_TORCHRUN, **_STEP}, 4),  # torchrun inside an allocation: its count wins
+        ({"LOCAL_SIZE": "5", **_DEEPSPEED}, 5),  # DeepSpeed's own launcher
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "3", **_MPIRUN}, 3),
         ({**_STEP, "SLURM_NODEID": "1"}, 2),
         ({**_STEP, "SLURM_NODEID": "3"}, 1),  # the last node holds one task
         ({**_STEP, "SLURM_STEP_ID": "4294967294", "SLURM_NODEID": "3"}, 7),  # an sbatch script is no task
@@ -67,10 +73,10 @@ def test_ranks_on_this_node_reads_the_launcher(env: dict[str, str], here: int) -
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"LOCAL_WORLD_SIZE": "two"}, "LOCAL_WORLD_SIZE='two'"),
-        ({"LOCAL_SIZE": "0"}, "LOCAL_SIZE='0'"),
-        ({"LOCAL_SIZE": "+-3"}, "LOCAL_SIZE='+-3'"),
-        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2.0"}, "OMPI_COMM_WORLD_LOCAL_SIZE='2.0'"),
+        ({"LOCAL_WORLD_SIZE": "two", **_TORCHRUN}, "LOCAL_WORLD_SIZE='two'"),
+        ({"LOCAL_SIZE": "0", **_DEEPSPEED}, "LOCAL_SIZE='0'"),
+        ({"LOCAL_SIZE": "+-3", **_DEEPSPEED}, "LOCAL_SIZE='+-3'"),
+        ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2.0", **_MPIRUN}, "OMPI_COMM_WORLD_LOCAL_SIZE='2.0'"),
         ({**_STEP, "SLURM_NODEID": ""}, "SLURM_NODEID=''"),
         ({**_STEP, "SLURM_STEP_TASKS_PER_NODE": "2(x"}, "SLURM_STEP_TASKS_PER_NODE='2(x'"),
         ({**_STEP, "SLURM_STEP_TASKS_PER_NODE": "(x3)"}, "SLURM_STEP_TASKS_PER_NODE='(x3)'"),

@@ -11,16 +11,14 @@ import pytest
 
 from frontier.errors import ConfigError
 from frontier.train.launch.distributed import _read_env, init_distributed
+from frontier.train.launch.environment import VARIABLES
 from frontier.train.launch.signals import EXIT_INTERRUPTED, StopRequest, TrainingInterrupted
 from tests.train.helpers import REPO
-
-_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-         "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_STEP_ID")  # fmt: skip
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for key in _KEYS:
+    for key in VARIABLES:  # every variable the launcher's environment is read from
         monkeypatch.delenv(key, raising=False)
     return monkeypatch
 
