@@ -1,24 +1,12 @@
-"""frontier.optim: AdamW on the C++/CUDA extension (FusedAdamW) and the optimizer factory.
+"""frontier.optim: AdamW on the C++/CUDA extension and the optimizer factory.
 
-Exports load lazily, so `frontier.config.optimizer` (read by the config loader) never imports torch.
+Modules (import names from the module that defines them; the package re-exports nothing, so
+importing it costs nothing):
+
+- ``frontier.optim.ops``: the ``frontier::fused_adamw_`` op of the extension (loading, per-device kernels);
+- ``frontier.optim.reference``: the bit-identical PyTorch reference of that op, and bf16 stochastic rounding;
+- ``frontier.optim.fused_adamw``: ``FusedAdamW``, a torch.optim.AdamW-compatible optimizer on the op;
+- ``frontier.optim.build``: ``build_optimizer`` / ``resolve_impl``, the optimizer a config asks for.
+
+The optimizer's config schema is ``frontier.config.optimizer.OptimizerConfig``.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-_EXPORTS = {
-    "FusedAdamW": "frontier.optim.fused_adamw",
-    "build_optimizer": "frontier.optim.build",
-    "resolve_impl": "frontier.optim.build",
-    "OptimizerConfig": "frontier.config.optimizer",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'frontier.optim' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name]), name)

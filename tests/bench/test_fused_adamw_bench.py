@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from frontier.optim import FusedAdamW
+from frontier.optim.fused_adamw import FusedAdamW
 from tests.bench.conftest import record
 
 BYTES_PER_PARAM = 28

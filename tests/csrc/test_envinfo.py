@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from frontier.utils.envinfo import collect_env, format_env, gpu_peaks
+from frontier.envinfo import collect_env, format_env, gpu_peaks
 
 
 def test_collect_env_reports_versions_and_extension_ops() -> None:
@@ -29,7 +29,7 @@ def test_format_env_shows_gpus_with_their_peaks() -> None:
             "peaks": gpu_peaks("NVIDIA H100 80GB HBM3"),
         }
     ]
-    assert "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB, 132 SMs; peak 989 bf16 TFLOP/s, 3.35 TB/s)" in format_env(info)
+    assert "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB, 132 SMs; peak 989.4 bf16 TFLOP/s, 3.35 TB/s)" in format_env(info)
 
 
 def test_gpu_peaks_prefer_the_most_specific_name() -> None:
@@ -37,3 +37,10 @@ def test_gpu_peaks_prefer_the_most_specific_name() -> None:
     assert gpu_peaks("NVIDIA GH200 480GB")["memory_tbps"] == 4.0
     assert gpu_peaks("NVIDIA H200")["memory_tbps"] == 4.8
     assert gpu_peaks("Some Unknown GPU") is None
+
+
+def test_a_gpu_without_bf16_tensor_cores_shows_its_fp16_peak() -> None:
+    info = collect_env()
+    name = "Tesla V100-SXM2-32GB"
+    info["gpus"] = [{"name": name, "capability": "7.0", "memory_gib": 31.7, "sms": 80, "peaks": gpu_peaks(name)}]
+    assert "80 SMs; peak 125 fp16 TFLOP/s, 0.9 TB/s)" in format_env(info)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frontier.optim import FusedAdamW, ops
+from frontier.optim import ops
+from frontier.optim.fused_adamw import FusedAdamW
 
 pytestmark = pytest.mark.gpu
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16

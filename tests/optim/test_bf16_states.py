@@ -8,7 +8,8 @@ import math
 import torch
 from torch import nn
 
-from frontier.optim import FusedAdamW, ops
+from frontier.optim import ops
+from frontier.optim.fused_adamw import FusedAdamW
 from frontier.optim.reference import bf16_stochastic_round
 
 ops.load_ops()

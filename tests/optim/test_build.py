@@ -9,7 +9,9 @@ from frontier.config import load_params
 from frontier.config.optimizer import OptimizerConfig
 from frontier.errors import ConfigError
 from frontier.ext import ExtensionError
-from frontier.optim import FusedAdamW, build_optimizer, ops, resolve_impl
+from frontier.optim import ops
+from frontier.optim.build import build_optimizer, resolve_impl
+from frontier.optim.fused_adamw import FusedAdamW
 
 
 def groups() -> list[dict]:

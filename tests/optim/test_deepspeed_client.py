@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from frontier.optim import FusedAdamW
+from frontier.optim.fused_adamw import FusedAdamW
 
 deepspeed = pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from frontier.optim import FusedAdamW
+from frontier.optim.fused_adamw import FusedAdamW
 
 SIZES = [(1,), (3,), (1023,), (4097,), (31, 67), (70001,)]  # odd sizes, one beyond a thread's grain
 HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}

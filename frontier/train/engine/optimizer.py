@@ -65,8 +65,8 @@ def param_groups(model: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]
 
 
 def build_client_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """frontier.optim.build_optimizer over the groups (names dropped: optimizers reject unknown keys)."""
-    from frontier.optim import build_optimizer
+    """frontier.optim.build.build_optimizer over the groups (names dropped: optimizers reject unknown keys)."""
+    from frontier.optim.build import build_optimizer
 
     groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, cfg)]
     return build_optimizer(groups, cfg)

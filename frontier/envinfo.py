@@ -4,36 +4,23 @@ Builds on the provenance record (frontier.provenance, itself on torch.utils.coll
 versions, OS, CPU, CUDA driver and cuDNN, plus what only `frontier env` needs (the extension's ops, GPU
 peaks). Collecting never builds or imports heavy optional packages: versions come from package
 metadata, and the extension is only looked for (not built just in time).
+
+It sits at the top of the package, beside frontier.provenance, because it reads both that and the
+optimizer's ops (frontier.optim.ops): frontier.utils is the bottom and imports neither.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-# Datasheet peaks of common training GPUs (dense bf16 tensor-core TFLOP/s, memory TB/s), matched by
-# a substring of torch.cuda.get_device_name(); the most specific names come first.
-GPU_PEAKS: list[tuple[str, float, float]] = [
-    ("GH200", 989.0, 4.0),  # the 96 GB HBM3 version
-    ("H200", 989.0, 4.8),
-    ("H100 NVL", 835.0, 3.9),
-    ("H100 PCIe", 756.0, 2.0),
-    ("H100", 989.0, 3.35),
-    ("H800", 989.0, 3.35),
-    ("B200", 2250.0, 8.0),
-    ("A100-SXM4-80GB", 312.0, 2.039),
-    ("A100 80GB PCIe", 312.0, 1.935),
-    ("A100", 312.0, 1.555),
-    ("L40S", 362.0, 0.864),
-    ("L4", 121.0, 0.3),
-]
+from frontier.utils.gpu_peaks import lookup_gpu
 
 
-def gpu_peaks(name: str) -> dict[str, float] | None:
-    """Datasheet peaks for a GPU name, or None when it is not in GPU_PEAKS."""
-    for key, tflops, tbps in GPU_PEAKS:
-        if key.lower() in name.lower():
-            return {"bf16_tflops": tflops, "memory_tbps": tbps}
-    return None
+def gpu_peaks(name: str) -> dict[str, Any] | None:
+    """Datasheet peaks (frontier.utils.gpu_peaks) for a GPU name as a JSON-friendly dict, or None."""
+    row = lookup_gpu(name)
+    return dataclasses.asdict(row) if row else None
 
 
 def _extension_info() -> dict[str, Any]:
@@ -98,13 +85,20 @@ def format_env(info: dict[str, Any]) -> str:
     if not info["gpus"]:
         lines.append("gpus          none")
     for i, gpu in enumerate(info["gpus"]):
-        peaks = gpu["peaks"]
-        peak = f"; peak {peaks['bf16_tflops']:g} bf16 TFLOP/s, {peaks['memory_tbps']:g} TB/s" if peaks else ""
+        peak = _peak_text(gpu["peaks"])
         lines.append(
             f"gpu {i}         {gpu['name']} (sm_{gpu['capability'].replace('.', '')}, {gpu['memory_gib']} GiB, "
             f"{gpu['sms']} SMs{peak})"
         )
     return "\n".join(lines)
+
+
+def _peak_text(peaks: dict[str, Any] | None) -> str:
+    if not peaks:
+        return ""
+    # a GPU without bf16 tensor cores (V100) shows its fp16 peak instead
+    precision = "bf16" if peaks["bf16_tflops"] else "fp16"
+    return f"; peak {peaks[precision + '_tflops']:g} {precision} TFLOP/s, {peaks['memory_tbps']:g} TB/s"
 
 
 def _lock_line(lock: dict[str, Any]) -> str:
