@@ -16,7 +16,7 @@ pinned to that many CPUs, so worker pools that size themselves from the CPUs the
   input.txt / train.bin / val.bin / meta.pkl into the checkout given. Without --nanogpt only Frontier's
   figures are measured.
 * Llama default, 2 threads: tokens/s of Frontier's train stage against transformers.Trainer on the same
-  model, tokens and batches (bench/peers_llama.py), eager and compiled (Frontier train.compile, Trainer
+  model, tokens and batches (bench/peers_llama.py), eager and compiled (Frontier engine.compile, Trainer
   torch_compile); target Frontier >= 1.3x. The tokens are made here by Frontier's prepare, tokenizer
   and tokenize stages from a small standard-library corpus (prepare.max_docs).
   Each pair runs --repeats times in alternating order (F H, H F, ...); the figure is the median.

@@ -49,12 +49,12 @@ import torch  # noqa: E402  (after the environment switches above)
 
 
 def compile_unavailable() -> str | None:
-    """Why Frontier's compiled row cannot run (None when train.compile exists in the schema)."""
-    from frontier.config.train import TrainConfig
+    """Why Frontier's compiled row cannot run (None when engine.compile exists in the schema)."""
+    from frontier.config.engine import EngineConfig
 
-    if "compile" in {f.name for f in dataclasses.fields(TrainConfig)}:
+    if "compile" in {f.name for f in dataclasses.fields(EngineConfig)}:
         return None
-    return "frontier/config/train.py has no train.compile key in this checkout"
+    return "frontier/config/engine.py has no engine.compile key in this checkout"
 
 
 def tokens_per_s(stamps: Sequence[float], warmup: int, steps: int, step_tokens: int) -> float:
@@ -146,15 +146,15 @@ def frontier_row(
         f"train.max_steps={warmup + steps + profile_steps + 1}",
         "train.eval_every=0",
         "train.resume=none",
-        "train.monitor.progress_bar=false",
-        "train.monitor.tensorboard=false",
+        "engine.monitor.progress_bar=false",
+        "engine.monitor.tensorboard=false",
         "launch.nproc_per_node=1",
     ]
     if compile:
         reason = compile_unavailable()
         if reason:
             raise SystemExit(f"--compile: {reason}")
-        sets.append("train.compile=true")
+        sets.append("engine.compile=true")
     params = _load(params_path, sets)
     stamps: list[float] = []
     profile = StepProfile(warmup + steps + 1, profile_steps)
@@ -245,7 +245,7 @@ def hf_row(
         adam_beta2=opt.beta2,
         adam_epsilon=opt.eps,
         weight_decay=opt.weight_decay,
-        max_grad_norm=cfg.grad_clip,
+        max_grad_norm=params.engine.grad_clip,
         lr_scheduler_type="cosine",
         warmup_steps=params.schedule.warmup_steps,
         optim="adamw_torch_fused",

@@ -133,7 +133,7 @@ def compare_config(recorded: Mapping[str, Any], params: Any, checkout: Path) -> 
     from frontier.model.build import hf_config
 
     c, m = recorded["config"], recorded["model_args"]
-    t, o, s, md = params.train, params.optimizer, params.schedule, params.model
+    t, e, o, s, md = params.train, params.engine, params.optimizer, params.schedule, params.model
     gpt2 = params.model.arch == "gpt2"
     act = getattr(hf_config(md, 1, bos_id=None, eos_id=None, pad_id=None), "activation_function", "silu")
     rows: list[tuple[str, Any, Any, str]] = [
@@ -155,7 +155,7 @@ def compare_config(recorded: Mapping[str, Any], params: Any, checkout: Path) -> 
         ("beta1", c["beta1"], o.beta1, ""),
         ("beta2", c["beta2"], o.beta2, ""),
         ("weight_decay", c["weight_decay"], o.weight_decay, ""),
-        ("grad_clip", c["grad_clip"], t.grad_clip, ""),
+        ("grad_clip", c["grad_clip"], e.grad_clip, ""),
         ("eval_interval / train.eval_every", c["eval_interval"], t.eval_every,
          "nanoGPT also evaluates at iter 0 (before training)"),
         ("eval_iters / train.eval_batches", c["eval_iters"], t.eval_batches,
@@ -167,14 +167,14 @@ def compare_config(recorded: Mapping[str, Any], params: Any, checkout: Path) -> 
          "gelu: the exact erf GELU (model.mlp_activation: gelu); gelu_pytorch_tanh: GPT-2's tanh approximation"),
         ("vocab_size", m["vocab_size"], "65 + 4 specials (char tokenizer)" if gpt2 else "see tokenizer",
          "Frontier's char tokenizer adds pad/bos/eos/unk (never seen in the text)"),
-        ("dtype on the CPU", f"{c['dtype']} requested; fp32 runs (train.py uses no autocast on cpu)", t.precision,
+        ("dtype on the CPU", f"{c['dtype']} requested; fp32 runs (train.py uses no autocast on cpu)", e.precision,
          ""),
-        ("compile", c["compile"], getattr(t, "compile", False), ""),
+        ("compile", c["compile"], e.compile, ""),
     ]  # fmt: skip
     out = []
     for name, nano, ours, note in rows:
         same = nano == ours if not isinstance(nano, float) else abs(nano - float(ours)) <= 1e-12 * max(1.0, abs(nano))
         if name.startswith("dtype"):
-            same = t.precision == "fp32"
+            same = e.precision == "fp32"
         out.append({"setting": name, "nanogpt": nano, "frontier": ours, "same": bool(same), "note": note})
     return out

@@ -116,9 +116,11 @@ def frontier_variant(case: Case, batches: list[list[Any]], *, torch_optimizer: b
     module = _module(case)
     optimizer = _torch_adamw(module, case) if torch_optimizer else build_client_optimizer(module, case.params.optimizer)
     gate = StepGate(optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
+    engine = make_engine(module, optimizer, build_ds_config(case.params.engine, info.world_size,
+                                                           micro_batch_size=case.micro_batch,
+                                                           grad_accum_steps=case.grad_accum))  # fmt: skip
     schedule = LRSchedule(case.params.schedule, case.params.optimizer.lr, cfg.max_steps)
-    guard = NanGuard(cfg.nan_guard)
+    guard = NanGuard(case.params.engine.nan_guard)
     state = TrainerState(seed=case.params.seed, world_size=info.world_size)
     step_tokens = case.micro_batch * case.grad_accum * info.world_size * case.seq_len
     log = StepLog(info.device)

@@ -92,7 +92,7 @@ def _module(case: Case) -> torch.nn.Module:
     seed_all(case.params.seed)  # every variant starts from the same weights
     lm = build_model(case.params.model, case.vocab_size, bos_id=_BOS, eos_id=_EOS, pad_id=_PAD)
     lm = apply_kernels(lm, case.params.kernels)
-    if getattr(case.params.train, "activation_checkpointing", False):  # as run.py does; off by default
+    if case.params.engine.activation_checkpointing:  # as frontier.train.wiring.prepare_model does; off by default
         from frontier.model.checkpointing import enable_activation_checkpointing
 
         enable_activation_checkpointing(lm)

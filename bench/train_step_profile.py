@@ -127,12 +127,14 @@ def probe_overheads(case: Case, batches: list[list[Any]], reps: int = 20) -> dic
     info = init_distributed()
     module = _module(case)
     optimizer = build_client_optimizer(module, case.params.optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(case.params.train, info.world_size))
+    ds_config = build_ds_config(case.params.engine, info.world_size, micro_batch_size=case.micro_batch,
+                                grad_accum_steps=case.grad_accum)  # fmt: skip
+    engine = make_engine(module, optimizer, ds_config)
     bare_module = _module(case)
     torch_opt = _torch_adamw(bare_module, case)
     micro = batches[0]
     whole = whole_grads(engine)
-    clip = whole.clip if whole is not None else case.params.train.grad_clip
+    clip = whole.clip if whole is not None else case.params.engine.grad_clip
 
     def grads() -> None:  # real gradients of one step on both models (no optimizer update)
         for m in (module, bare_module):

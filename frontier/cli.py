@@ -1,8 +1,9 @@
 """`frontier <stage> ...`: the command every Snakemake rule and DVC stage calls.
 
-Each subcommand is a thin wrapper: parse paths, load and validate params (with ``--set``
-overrides), call the stage's importable function. Errors a user can cause (FrontierError)
-end as one line on stderr and a non-zero exit code, never a traceback.
+A subcommand per stage of frontier/pipeline.py, built in one loop, all run by `_run_stage`: load and
+validate params (with ``--set`` overrides), start the stage's ranks where it launches them, call its
+entry function with its path flags. Errors a user can cause (FrontierError) end as one line on
+stderr and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import os
 import re
 import resource
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frontier.errors import FrontierError, ResourceError, exception_chain, first_line, out_of_memory
+from frontier.pipeline import ALL_STAGES, DEEPSPEED_FLOOR_MIB, TORCH_FLOOR_MIB, Stage
 from frontier.train.launch.launch import die_with_launcher, report_rank_error
 
 if TYPE_CHECKING:
@@ -40,21 +41,6 @@ def _params(ns: argparse.Namespace) -> Any:
     return load_params(ns.params, ns.overrides)
 
 
-def cmd_prepare(ns: argparse.Namespace) -> Any:
-    return _call("frontier.data.prepare:prepare", _params(ns), Path(ns.out))
-
-
-def cmd_tokenizer(ns: argparse.Namespace) -> Any:
-    return _call("frontier.data.tokenizer:train_tokenizer", _params(ns), Path(ns.data), Path(ns.out))
-
-
-def cmd_tokenize(ns: argparse.Namespace) -> Any:
-    # workers 0: tokenize.workers from params, else every core this process may use
-    return _call(
-        "frontier.data.pack:tokenize", _params(ns), Path(ns.data), Path(ns.tokenizer), Path(ns.out), workers=ns.workers
-    )
-
-
 def _launched(ns: argparse.Namespace, params: Params) -> bool:
     """Start this stage's ranks (launch: section) when it needs several and no launcher started it yet."""
     from frontier.train.launch.launch import check_outer_launcher, launch_ranks, should_launch
@@ -66,63 +52,22 @@ def _launched(ns: argparse.Namespace, params: Params) -> bool:
     return True
 
 
-def cmd_train(ns: argparse.Namespace) -> Any:
-    params = _params(ns)
-    if _launched(ns, params):
-        return None
-    return _call(
-        "frontier.train.run:train",
-        params,
-        Path(ns.data),
-        Path(ns.tokenizer),
-        Path(ns.out),
-        Path(ns.checkpoints),
-    )
-
-
-def cmd_evaluate(ns: argparse.Namespace) -> Any:
-    prepared = Path(ns.prepared) if ns.prepared else None
-    return _call("frontier.eval.evaluate:evaluate", _params(ns), Path(ns.model), Path(ns.data), Path(ns.out), prepared)
-
-
-def cmd_sft_data(ns: argparse.Namespace) -> Any:
-    return _call("frontier.finetune.sft_data:build_sft_pairs", _params(ns), Path(ns.data), Path(ns.out))
-
-
-def cmd_finetune(ns: argparse.Namespace) -> Any:
-    params = _params(ns)
-    if _launched(ns, params):
-        return None
-    return _call(
-        "frontier.finetune.lora:finetune",
-        params,
-        Path(ns.model),
-        Path(ns.data),
-        Path(ns.out),
-        Path(ns.checkpoints),
-    )
-
-
-def cmd_merge(ns: argparse.Namespace) -> Any:
-    return _call("frontier.finetune.lora:merge", Path(ns.adapter), Path(ns.out))
-
-
-def cmd_passk(ns: argparse.Namespace) -> Any:
-    return _call("frontier.eval.passk:run_passk", _params(ns), Path(ns.model), Path(ns.problems), Path(ns.out))
-
-
-def cmd_report(ns: argparse.Namespace) -> Any:
-    finetune = Path(ns.finetune) if ns.finetune else None
-    eval_finetuned = Path(ns.eval_finetuned) if ns.eval_finetuned else None
-    return _call(
-        "frontier.report.build:build_report",
-        _params(ns),
-        Path(ns.train),
-        Path(ns.eval),
-        Path(ns.out),
-        finetune,
-        eval_finetuned,
-    )
+def _run_stage(ns: argparse.Namespace) -> Any:
+    """Every stage's subcommand: its entry function on params (unless it reads none) and its path flags,
+    required ones first, then optional ones (None when absent), and workers= for a parallel stage."""
+    stage: Stage = ns.stage
+    args: list[Any] = []
+    if stage.params:
+        params = _params(ns)
+        if stage.launches and _launched(ns, params):
+            return None
+        args.append(params)
+    for flag in stage.cli_flags:
+        value = getattr(ns, flag.name)
+        args.append(None if value is None else Path(value))
+    # workers 0: <stage>.workers from params, else every core this process may use
+    workers = {"workers": ns.workers} if stage.parallel else {}
+    return _call(stage.entry, *args, **workers)
 
 
 def cmd_check(ns: argparse.Namespace) -> Any:
@@ -137,7 +82,7 @@ def cmd_check(ns: argparse.Namespace) -> Any:
 
 
 def cmd_env(ns: argparse.Namespace) -> Any:
-    from frontier.utils.envinfo import collect_env, format_env
+    from frontier.envinfo import collect_env, format_env
 
     sys.stdout.write(format_env(collect_env()) + "\n")
     return None
@@ -157,15 +102,6 @@ def cmd_dvc_yaml(ns: argparse.Namespace) -> Any:
     with atomic_file(ns.path) as f:
         f.write(text)
     return None
-
-
-# Address space (MiB) below which a command cannot even start here (each subparser's
-# address_floor_mib): importing torch (every stage records its version) maps ~680 MiB, DeepSpeed and
-# its gloo threads ~1 GiB more. Below these, failures come as aborts (std::bad_alloc terminating the
-# process), ImportErrors of libtorch or OpenBLAS giving up: refuse up front instead. Tools that
-# import no torch (check, dvc-yaml) have None: they are not checked.
-_TORCH_FLOOR_MIB = 768
-_DEEPSPEED_FLOOR_MIB = 1024
 
 
 def _count(text: str) -> int:
@@ -199,104 +135,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"frontier {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def stage(
-        name: str,
-        fn: Callable[[argparse.Namespace], Any],
-        help: str,
-        *,
-        address_floor_mib: int | None = _TORCH_FLOOR_MIB,
-        **paths: str,
-    ) -> None:
-        p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(fn=fn, address_floor_mib=address_floor_mib)
-        _add_params(p)
-        for flag, text in paths.items():
-            optional = text.startswith("?")
-            p.add_argument(f"--{flag.replace('_', '-')}", required=not optional, help=text.lstrip("?"))
-
-    stage("prepare", cmd_prepare, "read sources, clean, dedup, split into train/val documents", out="output directory")
-    stage(
-        "tokenizer",
-        cmd_tokenizer,
-        "train (or copy) the tokenizer",
-        data="prepared documents directory",
-        out="output tokenizer directory",
-    )
-    stage(
-        "tokenize",
-        cmd_tokenize,
-        "encode and pack documents into token shards",
-        data="prepared documents directory",
-        tokenizer="tokenizer directory",
-        out="output tokens directory",
-    )
-    sub.choices["tokenize"].add_argument(
-        "--workers", type=_count, default=0, help="worker processes (default: tokenize.workers, else all cores)"
-    )
-    stage(
-        "train",
-        cmd_train,
-        "train a causal LM with DeepSpeed",
-        address_floor_mib=_DEEPSPEED_FLOOR_MIB,
-        data="tokens directory",
-        tokenizer="tokenizer directory",
-        out="output run directory",
-        checkpoints="checkpoint directory (kept between runs for resume)",
-    )
-    stage(
-        "evaluate",
-        cmd_evaluate,
-        "val loss, perplexity, bits-per-byte, samples",
-        model="Hugging Face model directory",
-        data="tokens directory",
-        out="output directory",
-        prepared="?prepared documents directory (per-source figures)",
-    )
-    stage(
-        "sft-data",
-        cmd_sft_data,
-        "build prompt/response pairs for the fine-tune demo",
-        data="prepared documents directory",
-        out="output directory",
-    )
-    stage(
-        "finetune",
-        cmd_finetune,
-        "LoRA fine-tune a model on prompt/response pairs",
-        address_floor_mib=_DEEPSPEED_FLOOR_MIB,
-        model="base Hugging Face model directory",
-        data="fine-tune data directory",
-        out="output directory",
-        checkpoints="checkpoint directory (kept between runs for resume)",
-    )
-    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model")
-    p.set_defaults(fn=cmd_merge, address_floor_mib=_TORCH_FLOOR_MIB)
-    p.add_argument("--adapter", required=True, help="adapter directory")
-    p.add_argument("--out", required=True, help="output model directory")
-    stage(
-        "passk",
-        cmd_passk,
-        "pass@k on HumanEval-format problems in a sandbox",
-        model="Hugging Face model directory",
-        problems="problems JSONL",
-        out="output directory",
-    )
-    stage(
-        "report",
-        cmd_report,
-        "HTML report with curves, metrics, samples and config",
-        train="train run directory",
-        eval="evaluate output directory",
-        out="output directory",
-        finetune="?finetune output directory",
-        eval_finetuned="?evaluate output directory of the fine-tuned model",
-    )
-    for name in ("train", "finetune"):
-        # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
-        sub.choices[name].add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    stage("check", cmd_check, "validate params and print the resolved values", address_floor_mib=None)
+    # Each subparser carries its address_floor_mib: the address space (frontier.pipeline's floors) below
+    # which the command cannot even start, refused up front. Tools that import no torch (check, dvc-yaml)
+    # have None: they are not checked.
+    for stage in ALL_STAGES.values():
+        if stage.subcommand in sub.choices:
+            continue  # evaluate_finetuned: `frontier evaluate` on other paths (pipeline.py checks they agree)
+        p = sub.add_parser(stage.subcommand, help=stage.help, description=stage.help)
+        p.set_defaults(fn=_run_stage, stage=stage, address_floor_mib=stage.address_floor_mib)
+        if stage.params:
+            _add_params(p)
+        for flag in stage.cli_flags:
+            p.add_argument(flag.option, required=flag.required, help=flag.help)
+        if stage.parallel:
+            p.add_argument(
+                "--workers",
+                type=_count,
+                default=0,
+                help=f"worker processes (default: {stage.name}.workers, else all cores)",
+            )
+        if stage.launches:
+            # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
+            p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    check = "validate params and print the resolved values"
+    p = sub.add_parser("check", help=check, description=check)
+    p.set_defaults(fn=cmd_check, address_floor_mib=None)
+    _add_params(p)
     p = sub.add_parser("env", help="versions, extension ops, GPU and its peak figures")
-    p.set_defaults(fn=cmd_env, address_floor_mib=_TORCH_FLOOR_MIB)
+    p.set_defaults(fn=cmd_env, address_floor_mib=TORCH_FLOOR_MIB)
     p = sub.add_parser("dvc-yaml", help="write dvc.yaml from frontier/pipeline.py")
     p.set_defaults(fn=cmd_dvc_yaml, address_floor_mib=None)
     p.add_argument("--path", default="dvc.yaml")
@@ -456,7 +322,7 @@ def check_address_space(command: str, floor_mib: int | None) -> None:
     raise ResourceError(
         f"the address-space limit RLIMIT_AS (ulimit -v) is {limit // 1024} KiB; frontier {command} needs at "
         f"least {floor_mib * 1024} KiB ({floor_mib} MiB) for torch"
-        f"{' and DeepSpeed' if floor_mib >= _DEEPSPEED_FLOOR_MIB else ''} "
+        f"{' and DeepSpeed' if floor_mib >= DEEPSPEED_FLOOR_MIB else ''} "
         "to start: raise it (ulimit -v unlimited, or the job's virtual-memory limit)"
     )
 

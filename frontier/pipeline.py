@@ -1,15 +1,18 @@
-"""The stage graph, defined once: Snakemake rules and dvc.yaml are both generated from it.
+"""Every stage, declared once: the CLI, the Snakemake rules and dvc.yaml are all built from it.
 
-Each `Stage` names its `frontier` command line, the paths it reads and writes, and the params
-sections it depends on. workflow/rules/*.smk build their rules from `STAGES`; `frontier dvc-yaml`
-writes dvc.yaml from them (a test fails when the committed dvc.yaml drifts).
+Each `Stage` names its `frontier` subcommand and the function that runs it, the path flags it takes (and
+the paths the pipeline passes them), the paths it reads and writes, and the params sections it depends
+on. frontier/cli.py builds a subcommand per stage; workflow/rules/*.smk build a rule per stage of the
+pipeline (`STAGES`); `frontier dvc-yaml` writes dvc.yaml from the same (a test fails when the committed
+dvc.yaml drifts); frontier.provenance.record_stage records the declared sections beside each output.
+Entry functions are "module:function" strings: this module imports no stage package (and no torch).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from frontier.params_files import write_resolved
@@ -18,45 +21,164 @@ PARAMS_FILE = "params.yaml"
 
 
 @dataclass(frozen=True)
+class Flag:
+    """A path flag of a stage's subcommand: ``--<name>`` (underscores as dashes), and what the pipeline passes."""
+
+    name: str  # "eval_finetuned": --eval-finetuned on the command line
+    help: str
+    path: str | None = None  # what the pipeline's command passes; None: nothing (an optional flag left out)
+    required: bool = True  # an optional flag the command line leaves out reaches the entry function as None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# Address space (MiB) below which a stage cannot even start (frontier.cli refuses it up front):
+# importing torch (every stage records its version) maps ~680 MiB, DeepSpeed and its gloo threads
+# ~1 GiB more. Below these, failures come as aborts (std::bad_alloc terminating the process),
+# ImportErrors of libtorch or OpenBLAS giving up.
+TORCH_FLOOR_MIB = 768
+DEEPSPEED_FLOOR_MIB = 1024
+
+
+@dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: a `frontier` subcommand with its inputs, outputs and parameters."""
+    """One stage: a `frontier` subcommand, the function it runs, its inputs, outputs and parameters."""
 
     name: str
-    args: tuple[str, ...]  # the command after `frontier <name> --params params.yaml`
+    entry: str  # "module:function", imported only when the stage runs (its heavy imports cost no other command)
+    help: str  # the subcommand's help and description
+    # In the order the pipeline's command passes them. The subcommand and the entry function take the
+    # required ones first, then the optional ones, as Python orders arguments: entry(params, *required, *optional).
+    flags: tuple[Flag, ...] = ()
     deps: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()
-    params: tuple[str, ...] = ()  # sections, scalar keys or dotted keys ("launch.nnodes") of params.yaml
+    # Sections, scalar keys or dotted keys ("launch.nnodes") of params.yaml. Empty: the subcommand takes
+    # no --params and the entry function no params (merge).
+    params: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()  # files inside outs, declared to DVC as top-level metrics
     # named DVC plots: name -> (csv inside outs -> y column); x is always "step"
     plots: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     report: tuple[str, ...] = ()  # file patterns inside outs that `snakemake --report` shows
-    parallel: bool = False  # takes --workers; Snakemake passes the cores it gives the rule
+    # takes --workers (0: <name>.workers from params, else every core; passed to the entry function as
+    # workers=); Snakemake passes the cores it gives the rule
+    parallel: bool = False
     multithreaded: bool = False  # uses every core it is given (torch threads); Snakemake gives it all
+    # starts its ranks from params' launch: section (DeepSpeed): the subcommand starts them when no launcher
+    # did, a cluster job asks for them
+    launches: bool = False
+    cli: str | None = None  # the subcommand, when not the name with dashes (sft_data is `frontier sft-data`)
+    in_pipeline: bool = True  # a Snakemake rule and a dvc.yaml stage; False: a subcommand run by hand only
+
+    @property
+    def subcommand(self) -> str:
+        return self.cli or self.name.replace("_", "-")
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The command's path arguments, after `frontier <subcommand> --params params.yaml`."""
+        return tuple(part for f in self.flags if f.path is not None for part in (f.option, f.path))
+
+    @property
+    def cli_flags(self) -> tuple[Flag, ...]:
+        """The path flags in the order the subcommand lists them and the entry function takes them."""
+        return tuple(f for f in self.flags if f.required) + tuple(f for f in self.flags if not f.required)
+
+    @property
+    def address_floor_mib(self) -> int:
+        return DEEPSPEED_FLOOR_MIB if self.launches else TORCH_FLOOR_MIB
+
+    def on_paths(self, name: str, paths: dict[str, str], **fields: Any) -> Stage:
+        """This stage's subcommand again as another stage, on other paths; `fields` are its own deps,
+        outs, metrics, plots and report (not inherited: they name this stage's paths)."""
+        flags = tuple(replace(f, path=paths.get(f.name, f.path)) for f in self.flags)
+        own = {"deps": (), "outs": (), "metrics": (), "plots": (), "report": (), **fields}
+        return replace(self, name=name, cli=self.subcommand, flags=flags, **own)
 
 
 # What of launch: a run's outputs depend on (its world size, in metrics.json). The rest (node rank,
 # addresses, threads, what a cluster job asks for) changes where a run executes, not what it makes.
 LAUNCH_LAYOUT = ("launch.launcher", "launch.nproc_per_node", "launch.nnodes")
+_CHECKPOINTS = "checkpoint directory (kept between runs for resume)"
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
+# Declared before the list: evaluate_finetuned runs the same subcommand on the merged model.
+_EVALUATE = Stage(
+    "evaluate",
+    "frontier.eval.evaluate:evaluate",
+    "val loss, perplexity, bits-per-byte, samples",
+    (
+        Flag("model", "Hugging Face model directory", "runs/train/model"),
+        Flag("data", "tokens directory", "data/tokens"),
+        Flag("prepared", "prepared documents directory (per-source figures)", "data/prepared", required=False),
+        Flag("out", "output directory", "runs/eval"),
+    ),
+    deps=("runs/train", "data/tokens", "data/prepared"),
+    outs=("runs/eval",),
+    params=("seed", "evaluate", "tokenize"),
+    metrics=("runs/eval/metrics.json",),
+    report=("{name}.json", "{name}.jsonl"),
+)
+
+
+def _index(stages: list[Stage]) -> dict[str, Stage]:
+    """The stages by name, once the declarations pass what each consumer relies on (a wrong one fails at
+    import, before any rule, subcommand or dvc.yaml disagrees with another)."""
+    by_name: dict[str, Stage] = {}
+    by_command: dict[str, Stage] = {}
+    for stage in stages:
+        if stage.name in by_name:
+            raise ValueError(f"two stages are named {stage.name!r}")
+        first = by_command.setdefault(stage.subcommand, stage)
+        if _cli_view(first) != _cli_view(stage):  # one subparser serves both
+            raise ValueError(f"{stage.name} and {first.name} share `frontier {stage.subcommand}` but declare it apart")
+        if stage.launches and not any(key.split(".")[0] == "launch" for key in stage.params):
+            raise ValueError(f"{stage.name} launches ranks but does not declare the launch: params it reads")
+        unset = [f.option for f in stage.flags if stage.in_pipeline and f.required and f.path is None]
+        if unset:
+            raise ValueError(f"{stage.name}: the pipeline passes no path to required {', '.join(unset)}")
+        by_name[stage.name] = stage
+    return by_name
+
+
+def _cli_view(stage: Stage) -> tuple[Any, ...]:
+    """What the subcommand and its runner are built from (paths aside)."""
+    flags = tuple((f.name, f.help, f.required) for f in stage.flags)
+    return stage.entry, stage.help, flags, stage.params, stage.parallel, stage.launches
+
+
+# Every stage, in the order `frontier --help` lists them (and the pipeline's, in dvc.yaml).
+ALL_STAGES: dict[str, Stage] = _index(
+    [
         Stage(
             "prepare",
-            ("--out", "data/prepared"),
+            "frontier.data.prepare:prepare",
+            "read sources, clean, dedup, split into train/val documents",
+            (Flag("out", "output directory", "data/prepared"),),
             outs=("data/prepared",),
             params=("prepare",),
         ),
         Stage(
             "tokenizer",
-            ("--data", "data/prepared", "--out", "data/tokenizer"),
+            "frontier.data.tokenizer:train_tokenizer",
+            "train (or copy) the tokenizer",
+            (
+                Flag("data", "prepared documents directory", "data/prepared"),
+                Flag("out", "output tokenizer directory", "data/tokenizer"),
+            ),
             deps=("data/prepared",),
             outs=("data/tokenizer",),
             params=("tokenizer",),
         ),
         Stage(
             "tokenize",
-            ("--data", "data/prepared", "--tokenizer", "data/tokenizer", "--out", "data/tokens"),
+            "frontier.data.pack:tokenize",
+            "encode and pack documents into token shards",
+            (
+                Flag("data", "prepared documents directory", "data/prepared"),
+                Flag("tokenizer", "tokenizer directory", "data/tokenizer"),
+                Flag("out", "output tokens directory", "data/tokens"),
+            ),
             deps=("data/prepared", "data/tokenizer"),
             outs=("data/tokens",),
             params=("tokenize",),
@@ -64,19 +186,17 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "train",
+            "frontier.train.run:train",
+            "train a causal LM with DeepSpeed",
             (
-                "--data",
-                "data/tokens",
-                "--tokenizer",
-                "data/tokenizer",
-                "--out",
-                "runs/train",
-                "--checkpoints",
-                "checkpoints/train",
+                Flag("data", "tokens directory", "data/tokens"),
+                Flag("tokenizer", "tokenizer directory", "data/tokenizer"),
+                Flag("out", "output run directory", "runs/train"),
+                Flag("checkpoints", _CHECKPOINTS, "checkpoints/train"),
             ),
             deps=("data/tokens", "data/tokenizer"),
             outs=("runs/train",),
-            params=("seed", "model", "kernels", "optimizer", "schedule", "train", *LAUNCH_LAYOUT),
+            params=("seed", "model", "kernels", "optimizer", "schedule", "engine", "train", *LAUNCH_LAYOUT),
             metrics=("runs/train/metrics.json", "runs/train/speed.json"),
             plots=(
                 ("loss", (("runs/train/plots/train.csv", "loss"), ("runs/train/plots/val.csv", "val_loss"))),
@@ -86,47 +206,34 @@ STAGES: dict[str, Stage] = {
             ),
             report=("{name}.json", "plots/{name}.csv"),
             multithreaded=True,
+            launches=True,
         ),
-        Stage(
-            "evaluate",
-            (
-                "--model",
-                "runs/train/model",
-                "--data",
-                "data/tokens",
-                "--prepared",
-                "data/prepared",
-                "--out",
-                "runs/eval",
-            ),
-            deps=("runs/train", "data/tokens", "data/prepared"),
-            outs=("runs/eval",),
-            params=("seed", "evaluate", "tokenize"),
-            metrics=("runs/eval/metrics.json",),
-            report=("{name}.json", "{name}.jsonl"),
-        ),
+        _EVALUATE,
         Stage(
             "sft_data",
-            ("--data", "data/prepared", "--out", "data/sft"),
+            "frontier.finetune.sft_data:build_sft_pairs",
+            "build prompt/response pairs for the fine-tune demo",
+            (
+                Flag("data", "prepared documents directory", "data/prepared"),
+                Flag("out", "output directory", "data/sft"),
+            ),
             deps=("data/prepared",),
             outs=("data/sft",),
             params=("finetune",),
         ),
         Stage(
             "finetune",
+            "frontier.finetune.lora:finetune",
+            "LoRA fine-tune a model on prompt/response pairs",
             (
-                "--model",
-                "runs/train/model",
-                "--data",
-                "data/sft",
-                "--out",
-                "runs/finetune",
-                "--checkpoints",
-                "checkpoints/finetune",
+                Flag("model", "base Hugging Face model directory", "runs/train/model"),
+                Flag("data", "fine-tune data directory", "data/sft"),
+                Flag("out", "output directory", "runs/finetune"),
+                Flag("checkpoints", _CHECKPOINTS, "checkpoints/finetune"),
             ),
             deps=("runs/train", "data/sft"),
             outs=("runs/finetune",),
-            params=("seed", "kernels", "optimizer", "schedule", "train", "finetune", *LAUNCH_LAYOUT),
+            params=("seed", "kernels", "optimizer", "schedule", "engine", "finetune", *LAUNCH_LAYOUT),
             metrics=("runs/finetune/metrics.json", "runs/finetune/speed.json"),
             plots=(
                 (
@@ -136,43 +243,54 @@ STAGES: dict[str, Stage] = {
             ),
             report=("{name}.json",),
             multithreaded=True,
+            launches=True,
         ),
         Stage(
             "merge",
-            ("--adapter", "runs/finetune", "--out", "runs/merged"),
+            "frontier.finetune.lora:merge",
+            "merge a LoRA adapter into its base model",
+            (
+                Flag("adapter", "adapter directory", "runs/finetune"),
+                Flag("out", "output model directory", "runs/merged"),
+            ),
             deps=("runs/finetune",),
             outs=("runs/merged",),
         ),
+        # Run by hand on a problems file of one's own: no rule, no dvc.yaml stage.
         Stage(
-            "evaluate_finetuned",
+            "passk",
+            "frontier.eval.passk:run_passk",
+            "pass@k on HumanEval-format problems in a sandbox",
             (
-                "--model",
-                "runs/merged",
-                "--data",
-                "data/tokens",
-                "--prepared",
-                "data/prepared",
-                "--out",
-                "runs/eval_finetuned",
+                Flag("model", "Hugging Face model directory"),
+                Flag("problems", "problems JSONL"),
+                Flag("out", "output directory"),
             ),
+            params=("seed", "evaluate"),
+            in_pipeline=False,
+        ),
+        _EVALUATE.on_paths(
+            "evaluate_finetuned",
+            {"model": "runs/merged", "out": "runs/eval_finetuned"},
             deps=("runs/merged", "data/tokens", "data/prepared"),
             outs=("runs/eval_finetuned",),
-            params=("seed", "evaluate", "tokenize"),
             metrics=("runs/eval_finetuned/metrics.json",),
         ),
         Stage(
             "report",
+            "frontier.report.build:build_report",
+            "HTML report with curves, metrics, samples and config",
             (
-                "--train",
-                "runs/train",
-                "--eval",
-                "runs/eval",
-                "--finetune",
-                "runs/finetune",
-                "--eval-finetuned",
-                "runs/eval_finetuned",
-                "--out",
-                "reports",
+                Flag("train", "train run directory", "runs/train"),
+                Flag("eval", "evaluate output directory", "runs/eval"),
+                Flag("finetune", "finetune output directory", "runs/finetune", required=False),
+                Flag(
+                    "eval_finetuned",
+                    "evaluate output directory of the fine-tuned model",
+                    "runs/eval_finetuned",
+                    required=False,
+                ),
+                Flag("out", "output directory", "reports"),
             ),
             deps=("runs/train", "runs/eval", "runs/finetune", "runs/eval_finetuned"),
             outs=("reports",),
@@ -180,18 +298,16 @@ STAGES: dict[str, Stage] = {
             report=("{name}.html", "{name}.png"),
         ),
     ]
-}
-
-# The CLI subcommand a stage runs (evaluate_finetuned is `frontier evaluate` on the merged model).
-SUBCOMMAND = {"evaluate_finetuned": "evaluate", "sft_data": "sft-data"}
+)
+# The pipeline graph: a Snakemake rule and a dvc.yaml stage each.
+STAGES: dict[str, Stage] = {name: stage for name, stage in ALL_STAGES.items() if stage.in_pipeline}
 
 
 def command(stage: Stage, params_file: str = PARAMS_FILE) -> str:
     """The shell command of `stage`, as DVC runs it (Snakemake appends ``--workers {threads}``
     to parallel stages; the worker count never changes a stage's output)."""
-    sub = SUBCOMMAND.get(stage.name, stage.name)
     params = ["--params", params_file] if stage.params else []
-    return " ".join(["frontier", sub, *params, *stage.args])
+    return " ".join(["frontier", stage.subcommand, *params, *stage.args])
 
 
 def typed_cli_config(config: dict[str, Any]) -> dict[str, Any]:

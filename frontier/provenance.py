@@ -1,9 +1,9 @@
 """What produced an output: code, lock, libraries, hardware, host and command, recorded beside it.
 
-Every stage calls ``record_stage(params, out_tmp, sections)`` inside its atomic output directory, which
-writes ``params.resolved.yaml`` and ``provenance.json``. The record is collected when the stage runs, on
-the machine that runs it (train collects it when training starts), so a report rendered elsewhere shows
-the training machine. Environment facts build on ``torch.utils.collect_env`` (the same probe PyTorch's
+Every stage calls ``record_stage(params, out_tmp, "<stage>")`` inside its atomic output directory, which
+writes ``params.resolved.yaml`` (the params sections frontier/pipeline.py declares for the stage) and
+``provenance.json``. The record is collected when the stage runs, on the machine that runs it (train
+collects it when training starts), so a report rendered elsewhere shows the training machine. Environment facts build on ``torch.utils.collect_env`` (the same probe PyTorch's
 bug reports use): OS, libc, compilers, CUDA runtime, driver, cuDNN, GPU models, CPU.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from frontier.config import Params, dump_resolved
+from frontier.pipeline import ALL_STAGES
 from frontier.utils.atomic import write_json
 
 PROVENANCE_FILE = "provenance.json"
@@ -165,10 +166,15 @@ def write_provenance(directory: str | Path, record: dict[str, Any] | None = None
     return path
 
 
-def record_stage(
-    params: Params, directory: str | Path, sections: list[str] | None = None, provenance: dict[str, Any] | None = None
-) -> None:
-    """Beside a stage's outputs: the resolved parameters it read and what produced it."""
+def record_stage(params: Params, directory: str | Path, stage: str, provenance: dict[str, Any] | None = None) -> None:
+    """Beside a stage's outputs: the resolved parameters it depends on and what produced it.
+
+    The sections are the ones `stage` declares in frontier/pipeline.py (what DVC tracks for it), so the
+    record cannot drift from the declaration; a dotted key ("launch.nnodes") records its whole section.
+    Stages sharing a subcommand (evaluate, evaluate_finetuned) share their params: the entry function
+    names the first.
+    """
+    sections = list(dict.fromkeys(key.split(".")[0] for key in ALL_STAGES[stage].params))
     dump_resolved(params, directory, sections)
     write_provenance(directory, provenance)
 

@@ -75,8 +75,11 @@ def test_key_in_wrong_section_points_to_right_one(tmp_path: Path) -> None:
         ({"optimizer": {"lr": "fast"}}, "optimizer.lr", "expected a number"),
         ({"optimizer": {"lr": -1.0}}, "optimizer.lr", "expected a value > 0"),
         ({"optimizer": {"beta2": 1.0}}, "optimizer.beta2", "expected a value < 1"),
-        ({"train": {"zero_stage": 4}}, "train.zero_stage", "expected a value <= 3"),
-        ({"train": {"precision": "bff16"}}, "train.precision", "did you mean 'bf16'"),
+        ({"engine": {"zero_stage": 4}}, "engine.zero_stage", "expected a value <= 3"),
+        ({"engine": {"precision": "bff16"}}, "engine.precision", "did you mean 'bf16'"),
+        ({"engine": {"offload_params": True}}, "engine.offload_params", "needs zero_stage 3"),
+        ({"finetune": {"micro_batch_size": "auto"}}, "finetune.global_batch_size", "micro_batch_size auto needs"),
+        ({"finetune": {"global_batch_size": 8}}, "finetune.global_batch_size", "read only with micro_batch_size auto"),
         ({"model": {"tie_embeddings": "yes"}}, "model.tie_embeddings", "expected true or false"),
         ({"prepare": {"sources": {"name": "x"}}}, "prepare.sources", "expected a list"),
         ({"prepare": {"sources": [{"kind": "files"}]}}, "prepare.sources[0].path", "required"),
@@ -89,6 +92,37 @@ def test_bad_values_name_key_value_and_expectation(tmp_path: Path, data: dict, k
     msg = _error(tmp_path, data)
     assert f"{key}:" in msg, msg
     assert expected in msg, msg
+
+
+# The engine settings were train:'s (finetune took them from there) until engine: was shared by both stages.
+OLD_LAYOUT = [
+    ("precision", "bf16"), ("zero_stage", 2), ("offload_optimizer", True), ("offload_params", False),
+    ("grad_clip", 0.5), ("activation_checkpointing", True), ("compile", True), ("deepspeed_config", "ds.json"),
+    ("nan_guard", {"max_consecutive": 2}), ("alerts", {"grad_norm_max": 5.0}), ("monitor", {"tensorboard": False}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("section", ["train", "finetune"])
+@pytest.mark.parametrize(("key", "value"), OLD_LAYOUT)
+def test_an_engine_key_in_a_stage_section_says_where_it_moved(
+    tmp_path: Path, section: str, key: str, value: object
+) -> None:
+    msg = _error(tmp_path, {section: {key: value}})
+    assert msg == f"{tmp_path / 'params.yaml'}: {section}.{key}: moved to engine.{key}", msg
+    moved = {key: value, **({"zero_stage": 1} if key == "offload_optimizer" else {})}
+    assert load_params(_write(tmp_path, {"engine": moved}, "new.yaml"))  # the same value in its new place
+    with pytest.raises(ConfigError) as info:  # the same from an override, with the whole key
+        leaf = f"{key}.{next(iter(value))}" if isinstance(value, dict) else key
+        load_params(None, [f"{section}.{leaf}=1"])
+    assert str(info.value) == f"--set {section}.{leaf}: moved to engine.{leaf}"
+
+
+def test_the_engine_section_is_one_for_both_stages() -> None:
+    p = load_params(None, ["engine.precision=bf16", "engine.zero_stage=1", "finetune.micro_batch_size=auto",
+                           "finetune.global_batch_size=16"])  # fmt: skip
+    assert (p.engine.precision, p.engine.zero_stage) == ("bf16", 1)
+    assert (p.finetune.micro_batch_size, p.finetune.global_batch_size) == ("auto", 16)
+    assert not hasattr(p.train, "precision") and not hasattr(p.finetune, "precision")
 
 
 def test_nan_rejected(tmp_path: Path) -> None:

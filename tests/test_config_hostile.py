@@ -38,7 +38,7 @@ def test_a_second_section_of_the_same_name(tmp_path: Path) -> None:
 
 def test_duplicate_keys_in_flow_style_and_nested_mappings(tmp_path: Path) -> None:
     assert "duplicate key 'lr'" in _error(tmp_path, "optimizer: {lr: 0.1, lr: 0.2}\n")
-    assert "duplicate key 'wd'" in _error(tmp_path, "train:\n  alerts: {wd: 1}\nx: {a: {wd: 1, wd: 2}}\n")
+    assert "duplicate key 'wd'" in _error(tmp_path, "engine:\n  alerts: {wd: 1}\nx: {a: {wd: 1, wd: 2}}\n")
 
 
 def test_merge_keys_stay_allowed(tmp_path: Path) -> None:
@@ -97,6 +97,8 @@ def test_warmup_longer_than_training(tmp_path: Path) -> None:
     msg = _error(tmp_path, "train:\n  max_steps: 10\nschedule:\n  warmup_steps: 50\n")
     assert "schedule.warmup_steps" in msg and "train.max_steps=10" in msg
     load_params(None, ["train.max_steps=10", "schedule.warmup_steps=10"])  # equal is fine
+    # schedule.warmup_steps is train's: a short fine-tune (its own warmup and length) does not trip it
+    load_params(None, ["finetune.max_steps=5", "finetune.warmup_steps=2"])
 
 
 def test_overrides_get_the_same_guards(tmp_path: Path) -> None:
@@ -179,8 +181,8 @@ def test_values_past_any_real_run_are_refused(tmp_path: Path, text: str, key: st
 
 @pytest.mark.parametrize("value", ["/tmp/elsewhere", "../outside", "dvclive/../../x", "", "a\\..\\..\\b"])
 def test_tracker_directory_stays_in_the_workspace(tmp_path: Path, value: str) -> None:
-    msg = _error(tmp_path, f"train:\n  monitor:\n    dvclive_dir: {value!r}\n")
-    assert "train.monitor.dvclive_dir" in msg and "relative path inside the workspace" in msg
+    msg = _error(tmp_path, f"engine:\n  monitor:\n    dvclive_dir: {value!r}\n")
+    assert "engine.monitor.dvclive_dir" in msg and "relative path inside the workspace" in msg
 
 
 @pytest.mark.parametrize(

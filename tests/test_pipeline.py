@@ -1,17 +1,22 @@
-"""One source of truth: dvc.yaml and the Snakemake rules agree with frontier/pipeline.py."""
+"""One source of truth: dvc.yaml, the Snakemake rules and the CLI agree with frontier/pipeline.py."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from frontier.cli import build_parser
-from frontier.pipeline import STAGES, command, dvc_yaml, render_dvc_yaml
+from frontier.pipeline import ALL_STAGES, STAGES, Flag, Stage, _index, command, dvc_yaml, render_dvc_yaml
+from frontier.provenance import record_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,3 +103,106 @@ def test_snakemake_stops_on_bad_params_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "prepare.val_fractoin: unknown key; did you mean 'prepare.val_fraction'?" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---- The declaration is all a stage needs (the CLI side is in tests/test_cli.py) ------------------------------
+
+
+def _first_per_subcommand() -> list[Stage]:
+    """The stages each subcommand is built from (evaluate_finetuned reuses evaluate's)."""
+    first: dict[str, Stage] = {}
+    for stage in ALL_STAGES.values():
+        first.setdefault(stage.subcommand, stage)
+    return list(first.values())
+
+
+def _calls(name: str) -> list[tuple[Path, ast.Call]]:
+    calls = []
+    for path in sorted((REPO / "frontier").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == name:
+                calls.append((path, node))
+    return calls
+
+
+def test_each_stage_records_the_sections_it_declares() -> None:
+    """record_stage is given a stage name (its sections come from the declaration), never a list of sections."""
+    recorded = set()
+    for path, call in _calls("record_stage"):
+        if path.name == "provenance.py":
+            continue
+        stage = call.args[2] if len(call.args) > 2 else next(k.value for k in call.keywords if k.arg == "stage")
+        assert isinstance(stage, ast.Constant) and stage.value in ALL_STAGES, f"{path}: {ast.unparse(call)}"
+        recorded.add(stage.value)
+    assert recorded == {s.name for s in _first_per_subcommand() if s.params}
+
+
+def test_record_stage_writes_the_declared_sections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import frontier.provenance
+    from frontier.config import Params
+
+    monkeypatch.setattr(frontier.provenance, "write_provenance", lambda directory, record: None)  # no torch probe
+    record_stage(Params(), tmp_path, "train")
+    recorded = set(yaml.safe_load((tmp_path / "params.resolved.yaml").read_text()))
+    assert recorded == {key.split(".")[0] for key in ALL_STAGES["train"].params}
+    assert "launch" in recorded and "prepare" not in recorded  # launch.nnodes: its section; undeclared: left out
+
+
+def test_entry_functions_take_what_the_subcommand_passes() -> None:
+    """entry(params, *required paths, *optional paths[, workers=]), read from the source (nothing imported)."""
+    for stage in _first_per_subcommand():
+        module, _, name = stage.entry.partition(":")
+        spec = importlib.util.find_spec(module)
+        assert spec and spec.origin, stage.entry
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+        positional = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+        passed = int(bool(stage.params)) + len(stage.cli_flags)
+        without_default = len(positional) - len(fn.args.defaults)
+        assert without_default <= passed <= len(positional), (stage.name, positional)
+        optional = [f for f in stage.cli_flags if not f.required]
+        assert passed - len(optional) >= without_default, f"{stage.name}: an optional flag fills a required argument"
+        assert ("workers" in positional + [a.arg for a in fn.args.kwonlyargs]) == stage.parallel, stage.name
+
+
+def test_deps_and_outs_are_paths_the_command_passes() -> None:
+    for stage in STAGES.values():
+        passed = [f.path for f in stage.flags if f.path]
+        for out in stage.outs:
+            assert out in passed, (stage.name, out)
+        for dep in stage.deps:
+            assert any(p == dep or p.startswith(dep + "/") for p in passed), (stage.name, dep)
+
+
+def test_passk_is_a_subcommand_outside_the_pipeline() -> None:
+    assert "passk" in ALL_STAGES and "passk" not in STAGES
+    assert "passk" not in dvc_yaml()["stages"]
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        (
+            [
+                Stage("a", "m:f", "one", (Flag("out", "o", "x"),)),
+                Stage("b", "m:f", "two", (Flag("out", "o", "y"),), cli="a"),
+            ],
+            "share `frontier a`",
+        ),
+        ([Stage("a", "m:f", "h", (Flag("out", "o", "x"),), params=("seed",), launches=True)], "launch: params"),
+        ([Stage("a", "m:f", "h", (Flag("out", "o"),))], "no path to required --out"),
+        ([Stage("a", "m:f", "h"), Stage("a", "m:g", "h")], "two stages are named 'a'"),
+    ],
+)
+def test_a_declaration_that_would_disagree_somewhere_fails_at_import(stages: list[Stage], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _index(stages)
+
+
+def test_the_pipeline_imports_no_torch() -> None:
+    """Snakemake and `frontier dvc-yaml` read the declarations; entry functions are strings, imported when run."""
+    code = (
+        "import sys, frontier.pipeline; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'deepspeed'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

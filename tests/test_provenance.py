@@ -63,12 +63,12 @@ def test_git_state_outside_a_checkout_says_so(tmp_path: Path) -> None:
 
 
 def test_record_stage_writes_params_and_provenance(tmp_path: Path) -> None:
-    record_stage(Params(), tmp_path, ["train"])
-    assert list(yaml.safe_load((tmp_path / "params.resolved.yaml").read_text())) == ["train"]
+    record_stage(Params(), tmp_path, "prepare")  # the sections the stage declares in frontier.pipeline
+    assert list(yaml.safe_load((tmp_path / "params.resolved.yaml").read_text())) == ["prepare"]
     record = read_provenance(tmp_path)
     assert record["git"]["commit"] and record["packages"]["torch"] == torch.__version__
     given = {"command": "elsewhere", "hostname": "trainer-7"}
-    record_stage(Params(), tmp_path, provenance=given)  # train passes the record it took at start
+    record_stage(Params(), tmp_path, "prepare", provenance=given)  # train passes the record it took at start
     assert read_provenance(tmp_path) == given
 
 

@@ -189,9 +189,9 @@ train_run() {
     rm -rf "$WORK/runs/$name" "$WORK/ckpt/$name"
     "$PY" -m frontier train --params "$PARAMS" --data "$WORK/data/tokens" --tokenizer "$WORK/data/tokenizer" \
         --out "$WORK/runs/$name" --checkpoints "$WORK/ckpt/$name" \
-        --set train.precision=bf16 --set train.resume=none --set train.max_minutes="$minutes" \
-        --set train.monitor.progress_bar=false --set train.monitor.tensorboard=false \
-        --set train.monitor.system_every_s=5 --set train.checkpoint.keep_last=1 --set train.checkpoint.keep_best=false \
+        --set engine.precision=bf16 --set train.resume=none --set train.max_minutes="$minutes" \
+        --set engine.monitor.progress_bar=false --set engine.monitor.tensorboard=false \
+        --set engine.monitor.system_every_s=5 --set train.checkpoint.keep_last=1 --set train.checkpoint.keep_best=false \
         --set launch.nproc_per_node=1 "$@"
 }
 
@@ -212,7 +212,7 @@ B_SET=(--set model.preset=125m --set model.max_seq_len=1024 --set train.micro_ba
 
 phase_train_c() {
     # b under torch.compile (Inductor sees into the Triton ops where they are triton_ops)
-    train_run c "$PHASE_LIMIT" "${B_SET[@]}" --set train.compile=true
+    train_run c "$PHASE_LIMIT" "${B_SET[@]}" --set engine.compile=true
 }
 
 phase_train_d() {
@@ -220,10 +220,12 @@ phase_train_d() {
     train_run d "$PHASE_LIMIT" "${B_SET[@]}" --set train.document_aware=true
 }
 
-# has_train_key KEY: whether this checkout's TrainConfig has the field (runs c and d need keys added in 2026-11)
+# has_train_key KEY: whether this checkout's train: or engine: section has the key (runs c and d need keys added
+# in 2026-11; the engine keys were train:'s before engine: existed)
 has_train_key() {
-    "$PY" -c "import dataclasses, sys; from frontier.config.train import TrainConfig; \
-sys.exit(0 if '$1' in {f.name for f in dataclasses.fields(TrainConfig)} else 1)"
+    "$PY" -c "import dataclasses, sys; from frontier.config import Params; \
+sys.exit(0 if any('$1' in {f.name for f in dataclasses.fields(type(getattr(Params(), s)))} \
+for s in ('train', 'engine') if hasattr(Params(), s)) else 1)"
 }
 
 collect_train() {
@@ -235,7 +237,7 @@ import sys
 from pathlib import Path
 
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
-labels = {"a": "default llama (h192 l4 ctx128)", "b": "125m preset, ctx 1024", "c": "b + train.compile",
+labels = {"a": "default llama (h192 l4 ctx128)", "b": "125m preset, ctx 1024", "c": "b + engine.compile",
           "d": "b + packed documents"}
 result = {}
 for name in labels:

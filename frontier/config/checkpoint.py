@@ -1,4 +1,5 @@
-"""When checkpoints are written and how many stay (train.checkpoint)."""
+"""When checkpoints are written and how many stay (train.checkpoint; a fine-tune sets only every_steps,
+finetune.checkpoint_every, and keeps the other defaults)."""
 
 from __future__ import annotations
 

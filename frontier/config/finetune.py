@@ -1,20 +1,31 @@
-"""Schema of the LoRA fine-tune stage and of its demo data (docstring -> body pairs).
+"""Schema of the LoRA fine-tune stage: the adapter, the run's budget and the demo data (docstring -> body pairs).
 
-The run itself uses the train section's engine settings (precision, ZeRO stage, grad clipping,
-NaN guard, alerts, monitoring) and the optimizer section's AdamW settings; the fields here are
-what differs for a fine-tune: the adapter, the step budget, the learning rate and its warmup.
+The run's engine (precision, ZeRO stage, clipping, activation checkpointing, compile, NaN guard,
+alerts, monitoring) is the engine: section, shared with train; the AdamW settings and the schedule's
+shape are the optimizer: and schedule: sections, with the peak learning rate, weight decay and
+warmup given here. Nothing is read from the train: section: the budget below is finetune's own,
+its batch keys the same type as train's (BatchConfig, so micro_batch_size: auto works here too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
+from frontier.config.engine import MOVED_TO_ENGINE
 from frontier.config.fields import bounds
+from frontier.config.train import BatchConfig, check_resume
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(BatchConfig):
+    """The fine-tune: its adapter, its budget and its demo data (the batch keys come first, from BatchConfig)."""
+
+    # finetune never had the engine keys; a user looking for them here is told where they are
+    MOVED: ClassVar[dict[str, str]] = MOVED_TO_ENGINE
+
+    # the batch: BatchConfig's keys, with a fine-tune's own default micro-batch
+    micro_batch_size: int | Literal["auto"] = field(default=8, metadata=bounds(ge=1))
     # the adapter (peft.LoraConfig)
     r: int = field(default=8, metadata=bounds(ge=1))
     alpha: float = field(default=16.0, metadata=bounds(gt=0))
@@ -26,8 +37,6 @@ class FinetuneConfig:
     warmup_steps: int = field(default=10, metadata=bounds(ge=0))
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
     max_steps: int = field(default=100, metadata=bounds(ge=1))
-    micro_batch_size: int = field(default=8, metadata=bounds(ge=1))
-    grad_accum_steps: int = field(default=1, metadata=bounds(ge=1))
     max_seq_len: int | None = field(default=None, metadata=bounds(ge=2))  # None: the model's context
     eval_every: int = field(default=25, metadata=bounds(ge=0))  # held-out loss every n steps; 0: at the end only
     log_every: int = field(default=10, metadata=bounds(ge=1))
@@ -41,6 +50,8 @@ class FinetuneConfig:
     max_prompt_chars: int = field(default=1500, metadata=bounds(ge=1))
 
     def validate(self) -> None:
+        super().validate()
+        check_resume(self.resume)
         if not self.target_modules:
             raise ValueError("target_modules: expected at least one module name (e.g. q_proj, v_proj)")
         if self.min_response_chars > self.max_response_chars:

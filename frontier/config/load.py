@@ -173,8 +173,13 @@ def _check_bounds(key: str, value: float, meta: dict[str, Any] | None) -> None:
             raise _Invalid(key, f"got {_fmt(value)}, expected a value {sym} {meta[name]}")
 
 
-def _unknown_key_message(key: str, prefix: str, names: list[str]) -> str:
-    """'unknown key' with the closest valid key: a near spelling here, else the same name elsewhere."""
+def _unknown_key_message(key: str, prefix: str, names: list[str], cls: Any = None, rest: str = "") -> str:
+    """'unknown key' with the closest valid key: where a key of the old layout went (the section's ``MOVED``
+    class attribute; `rest`: the dotted rest of an override's key below it), a near spelling here, else the
+    same name elsewhere."""
+    moved = getattr(cls, "MOVED", {}).get(key)
+    if moved:
+        return f"moved to {moved}{'.' + rest if rest else ''}"
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if close:
         return f"unknown key; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
@@ -200,7 +205,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for key in data:
         if key not in fields:
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            raise _Invalid(dotted, _unknown_key_message(str(key), prefix, list(fields)))
+            raise _Invalid(dotted, _unknown_key_message(str(key), prefix, list(fields), cls))
     kwargs = {}
     for name, f in fields.items():
         dotted = f"{prefix}.{name}" if prefix else name
@@ -325,13 +330,18 @@ def _check_key_path(key: str) -> None:
     """Reject an override whose key does not exist in the schema, suggesting the closest."""
     cls: Any = Params
     prefix = ""
-    for part in key.split("."):
+    parts = key.split(".")
+    for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(cls):
             return  # inside a list/dict/free value: the full validation checks it
         names = [f.name for f in dataclasses.fields(cls)]
         dotted = f"{prefix}.{part}" if prefix else part
         if part not in names:
-            raise _Invalid(dotted, _unknown_key_message(part, prefix, names))
+            rest = ".".join(parts[i + 1 :])
+            moved = rest and part in getattr(cls, "MOVED", {})  # name the whole key that moved
+            raise _Invalid(
+                f"{dotted}.{rest}" if moved else dotted, _unknown_key_message(part, prefix, names, cls, rest)
+            )
         cls = unwrap_optional(typing.get_type_hints(cls)[part])
         prefix = dotted
 

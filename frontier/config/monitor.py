@@ -1,4 +1,5 @@
-"""Schemas of monitoring: alert thresholds, progress/trackers, the profiler window."""
+"""Schemas of monitoring: alert thresholds (engine.alerts), progress/trackers (engine.monitor), the profiler
+window (train.profile: a range of the train stage's own steps)."""
 
 from __future__ import annotations
 

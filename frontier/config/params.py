@@ -1,11 +1,14 @@
-"""The root of params.yaml: a seed and one section per stage family (each section a module of this package)."""
+"""The root of params.yaml: a seed and one section per stage family (each section a module of this package).
+
+engine: and kernels: are shared by the train and finetune stages; train: and finetune: are each one's run budget.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 from frontier.config.data import PrepareConfig, TokenizeConfig, TokenizerConfig
-from frontier.config.engine import ScheduleConfig
+from frontier.config.engine import EngineConfig, ScheduleConfig
 from frontier.config.evaluate import EvaluateConfig
 from frontier.config.fields import bounds
 from frontier.config.finetune import FinetuneConfig
@@ -29,6 +32,7 @@ class Params:
     kernels: KernelsConfig = dataclasses.field(default_factory=KernelsConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
@@ -36,7 +40,7 @@ class Params:
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
     def validate(self) -> None:
-        """Rules that span sections."""
+        """Rules that span sections. schedule.warmup_steps is train's (finetune warms up over finetune.warmup_steps)."""
         if self.schedule.warmup_steps > self.train.max_steps:
             raise ValueError(
                 f"schedule.warmup_steps: {self.schedule.warmup_steps} is more than train.max_steps="

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from frontier.config import Params
 from frontier.data.progress import Progress
 from frontier.data.tokens import ShardWriter, token_dtype
 from frontier.errors import DataError
@@ -193,7 +194,9 @@ def _source_stats(counts: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def tokenize(params: Any, prepared_dir: Path, tokenizer_dir: Path, out_dir: Path, workers: int = 0) -> dict[str, Any]:
+def tokenize(
+    params: Params, prepared_dir: Path, tokenizer_dir: Path, out_dir: Path, workers: int = 0
+) -> dict[str, Any]:
     """Run the tokenize stage: <out>/train and <out>/val token shards + stats.json (atomically)."""
     cfg = params.tokenize
     prepared_dir, tokenizer_dir, out_dir = Path(prepared_dir), Path(tokenizer_dir), Path(out_dir)
@@ -247,7 +250,7 @@ def tokenize(params: Any, prepared_dir: Path, tokenizer_dir: Path, out_dir: Path
                 "sources": _source_stats(counts),
             }
         write_json(tmp / "stats.json", stats)
-        record_stage(params, tmp, sections=["tokenizer", "tokenize"])
+        record_stage(params, tmp, "tokenize")
     s = stats["splits"]
     log.info(
         "tokenize: train %d tokens, val %d tokens (%d workers)",

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from frontier.config import Params
 from frontier.data.clean import Cleaner, normalize
 from frontier.data.dedup import MinHasher, content_id, id_key, lsh_params, near_duplicate_clusters
 from frontier.data.progress import Progress
@@ -87,7 +88,7 @@ class _Index:
         }
 
 
-def _ingest(readers: list[SourceReader], params: Any, stats: list[SourceStats], spool_path: Path) -> _Index:
+def _ingest(readers: list[SourceReader], params: Params, stats: list[SourceStats], spool_path: Path) -> _Index:
     """Pass 1: read, normalise, filter, exact-dedup, MinHash; spool the surviving lines."""
     cfg = params.prepare
     cleaner = Cleaner(cfg.clean)
@@ -194,7 +195,7 @@ def _totals(stats: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return totals
 
 
-def prepare(params: Any, out_dir: Path) -> dict[str, Any]:
+def prepare(params: Params, out_dir: Path) -> dict[str, Any]:
     """Run the prepare stage into `out_dir` (atomically); returns the stats written to stats.json."""
     cfg = params.prepare
     out_dir = Path(out_dir)
@@ -260,7 +261,7 @@ def prepare(params: Any, out_dir: Path) -> dict[str, Any]:
             "val_fraction": cfg.val_fraction,
         }
         write_json(tmp / "stats.json", result)
-        record_stage(params, tmp, sections=["prepare"])
+        record_stage(params, tmp, "prepare")
     t = result["totals"]
     log.info(
         "prepare: %d docs read, %d kept (%d train lines, %d val), %d exact + %d near duplicates dropped",

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from frontier.config import Params
 from frontier.data.progress import Progress, bars_enabled
 from frontier.errors import DataError
 from frontier.provenance import record_stage
@@ -176,7 +177,7 @@ def _save(fast: PreTrainedTokenizerFast, out: Path, info: dict[str, Any], own_cl
     write_json(out / INFO_FILE, info)
 
 
-def train_tokenizer(params: Any, prepared_dir: Path, out_dir: Path) -> Path:
+def train_tokenizer(params: Params, prepared_dir: Path, out_dir: Path) -> Path:
     """Run the tokenizer stage: write a loadable tokenizer directory to `out_dir` (atomically)."""
     cfg = params.tokenizer
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
@@ -195,7 +196,7 @@ def train_tokenizer(params: Any, prepared_dir: Path, out_dir: Path) -> Path:
         fast = _wrap(tok, cfg)
     with atomic_dir(out_dir) as tmp:
         _save(fast, tmp, info, own_class=cfg.kind != "pretrained")
-        record_stage(params, tmp, sections=["tokenizer"])
+        record_stage(params, tmp, "tokenizer")
     log.info("tokenizer: %s, vocab %d -> %s", cfg.kind, info["vocab_size"], out_dir)
     return out_dir
 

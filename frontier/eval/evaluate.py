@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from frontier.config import Params
 from frontier.errors import DataError
 from frontier.eval.generate import complete, model_context
 from frontier.eval.loss import bits_per_byte, perplexity, sum_nats
@@ -112,11 +113,13 @@ def generation_samples(model: torch.nn.Module, tokenizer: Any, cfg: Any, seed: i
     return records
 
 
-def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prepared_dir: Path | None = None) -> dict:
+def evaluate(
+    params: Params, model_dir: Path, tokens_dir: Path, out_dir: Path, prepared_dir: Path | None = None
+) -> dict:
     """Stage: write metrics.json (+ run.json), samples.jsonl and params.resolved.yaml into `out_dir`."""
     from frontier.provenance import record_stage
-    from frontier.train.monitor.metrics import write_metrics
     from frontier.utils.atomic import atomic_dir
+    from frontier.utils.metrics_files import write_metrics
 
     cfg = params.evaluate
     model, tokenizer = load_model(Path(model_dir))
@@ -155,5 +158,5 @@ def evaluate(params: Any, model_dir: Path, tokens_dir: Path, out_dir: Path, prep
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:
             for rec in samples:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        record_stage(params, tmp, ["seed", "tokenize", "evaluate"])
+        record_stage(params, tmp, "evaluate")
     return metrics

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from frontier.config import Params
 from frontier.errors import DataError
 from frontier.eval.sandbox import ExecResult, SandboxLimits, describe, run_check
 from frontier.utils.jsonl import iter_jsonl
@@ -134,7 +135,7 @@ def generate_completions(
     return out
 
 
-def run_passk(params: Any, model_dir: Path, problems_path: Path, out_dir: Path) -> dict:
+def run_passk(params: Params, model_dir: Path, problems_path: Path, out_dir: Path) -> dict:
     """Stage: sample, execute, score; writes passk.json and completions.jsonl into `out_dir`."""
     from frontier.eval.model_io import load_model
     from frontier.provenance import record_stage
@@ -158,5 +159,5 @@ def run_passk(params: Any, model_dir: Path, problems_path: Path, out_dir: Path) 
                     rec = {"task_id": problem.task_id, "completion": completion, "status": result.status}
                     rec["detail"] = result.detail[-500:]
                     f.write(json.dumps(rec) + "\n")
-        record_stage(params, tmp, ["seed", "evaluate"])
+        record_stage(params, tmp, "passk")
     return metrics

@@ -32,7 +32,7 @@ def quantization_config(quantize: str, zero_stage: int) -> Any:
         ) from None
     if zero_stage != 0:
         raise ConfigError(
-            f"train.zero_stage: {zero_stage} cannot partition a quantized base; QLoRA needs train.zero_stage: 0"
+            f"engine.zero_stage: {zero_stage} cannot partition a quantized base; QLoRA needs engine.zero_stage: 0"
         )
     from transformers import BitsAndBytesConfig
 

@@ -6,8 +6,9 @@ groups (the adapter's: the base is frozen), training loop with its NaN guard, ch
 and stop signals (frontier.train.loop, .checkpoint), and monitoring (TensorBoard, CSV logs,
 alerts). What is finetune's own: the base and its adapter, the pairs' batches, the held-out score
 before and after, and the adapter's export. Engine settings (precision, ZeRO stage, clipping,
-activation checkpointing, compile, monitoring) come from the train section; the step budget, batch
-size, learning rate and warmup from the finetune section. The fused kernels are swapped in as in
+activation checkpointing, compile, NaN guard, alerts, monitoring) come from the engine: section, shared
+with train; the step budget, batch (micro_batch_size: auto included), learning rate, weight decay and
+warmup from the finetune: section; nothing from train:. The fused kernels are swapped in as in
 pre-training (frontier.model.kernels; they call the projection modules, so the adapter's layers stay
 in the path) before the adapter is attached.
 
@@ -39,7 +40,8 @@ from frontier.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from frontier.config import Params
-    from frontier.config.train import TrainConfig
+    from frontier.config.finetune import FinetuneConfig
+    from frontier.train.loop import Budget
 
 log = logging.getLogger("frontier.finetune")
 
@@ -47,24 +49,15 @@ ADAPTER_DIR = "adapter"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def run_config(params: Params) -> TrainConfig:
-    """The TrainConfig the loop runs with: the train section's engine settings, finetune's budget."""
-    ft, tc = params.finetune, params.train
-    return dataclasses.replace(
-        tc,
-        micro_batch_size=ft.micro_batch_size,
-        grad_accum_steps=ft.grad_accum_steps,
-        global_batch_size=None,  # train's, for its micro_batch_size auto; a fine-tune's batch is finetune's
-        max_steps=ft.max_steps,
-        max_minutes=0.0,
-        seq_len=None,
-        eval_every=ft.eval_every or ft.max_steps,
-        log_every=ft.log_every,
-        checkpoint=dataclasses.replace(tc.checkpoint, every_steps=ft.checkpoint_every, every_minutes=0.0),
-        resume=ft.resume,
-        early_stopping=dataclasses.replace(tc.early_stopping, patience=0),
-        profile=dataclasses.replace(tc.profile, num_steps=0),
-    )
+def run_budget(ft: FinetuneConfig) -> Budget:
+    """The loop's budget, all finetune's: the held-out loss every eval_every steps (0: at the end only), a
+    checkpoint every checkpoint_every steps and at the end (the newest two and the best kept); no wall-clock
+    limit, early stopping or profiler window."""
+    from frontier.config.checkpoint import CheckpointConfig
+    from frontier.train.loop import Budget
+
+    return Budget("finetune", max_steps=ft.max_steps, log_every=ft.log_every, eval_every=ft.eval_every or ft.max_steps,
+                  checkpoint=CheckpointConfig(every_steps=ft.checkpoint_every), resume=ft.resume)  # fmt: skip
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -84,6 +77,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records
     from frontier.model.flops import model_flops_per_token
     from frontier.model.loss import CausalLMWithLoss
+    from frontier.train.batches.batch_size import global_batch
     from frontier.train.batches.data import TrainBatches
     from frontier.train.engine.schedule import LRSchedule
     from frontier.train.engine.step import evaluate
@@ -98,34 +92,36 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         )
     base_model_dir, sft_dir = Path(base_model_dir), Path(sft_dir)
     out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
-    cfg = run_config(params)
+    budget = run_budget(ft)
     info = start_ranks()
 
     tokenizer = load_tokenizer(base_model_dir)
     seed_all(params.seed)  # the same LoRA initialisation on every rank
-    lm = load_base(base_model_dir, ft.quantize, cfg.zero_stage, info.device)
+    lm = load_base(base_model_dir, ft.quantize, params.engine.zero_stage, info.device)
     max_len = ft.max_seq_len or model_context(lm) or 1024
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     train_examples = encode_all(tokenizer, read_records(sft_dir / "train.jsonl", tokenizer), max_len, sft_dir)
     held_examples = encode_all(tokenizer, read_records(sft_dir / "heldout.jsonl", tokenizer), max_len, sft_dir)
 
-    lm = prepare_model(lm, params, cfg)  # train's engine settings (activation checkpointing), as precision
+    lm = prepare_model(lm, params.kernels, params.engine)  # activation checkpointing: engine's, as precision
     peft_model = attach_lora(lm, ft)  # injects the adapter into `lm` in place
     trainable, total = trainable_parameters(lm)
     log.info("finetune: %d trainable of %d parameters (LoRA r=%d on %s)", trainable, total, ft.r, ft.target_modules)
     module = CausalLMWithLoss(lm, params.kernels)
     opt_cfg = dataclasses.replace(params.optimizer, lr=ft.lr, weight_decay=ft.weight_decay)
-    wiring = assemble(module, cfg, opt_cfg, info, seed=params.seed)  # compile too: train's engine setting
+    # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
+    weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
+    ft_run = run_params(params, weights, sections=("finetune",), global_batch=global_batch(ft, info.world_size))
+    seq_len = max(e.input_ids.size for e in train_examples)  # the longest pair: what auto sizes the batch for
+    wiring = assemble(module, params.engine, ft, budget, opt_cfg, info, seed=params.seed, seq_len=seq_len,
+                      checkpoints_dir=checkpoints_dir, identity=ft_run)  # fmt: skip
 
     layout = wiring.layout
     heldout = eval_batches(held_examples, layout, pad_id)
     with peft_model.disable_adapter():  # the base model, whatever state a resume brings
         base_loss = evaluate(wiring.engine, heldout, info)
 
-    # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
-    weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
-    ft_run = run_params(params, weights, sections=("finetune",), global_batch=layout.global_batch)
-    begun = wiring.begin(checkpoints_dir, ft_run, seed=params.seed)
+    begun = wiring.begin()
     if begun.start is not None:
         log.info("finetune: resumed from %s at step %d", begun.start, begun.state.step)
     schedule_cfg = dataclasses.replace(params.schedule, warmup_steps=ft.warmup_steps)
@@ -133,8 +129,8 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         begun,
         TrainBatches(ExampleSampler(train_examples, params.seed, pad_id), layout),
         heldout,
-        LRSchedule(schedule_cfg, ft.lr, cfg.max_steps),
-        seq_len=max(e.input_ids.size for e in train_examples),
+        LRSchedule(schedule_cfg, ft.lr, budget.max_steps),
+        seq_len=seq_len,
         flops_per_token=model_flops_per_token(lm, max_len),
     )
     state = trainer.state
@@ -156,6 +152,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         # relative to this output (as in the adapter's config): nothing a run exports names a machine path
         "base_model": os.path.relpath(base_model_dir.resolve(), Path(out_dir).resolve()),
         "train_time_s": state.wall_seconds,
+        "batch": dataclasses.asdict(wiring.split),  # machine-dependent under auto: run.json, not metrics.json
     }
     log.info("finetune: held-out loss %.4f -> %.4f", base_loss, tuned_loss)
     _export(out_dir, peft_model, wiring.engine, params, base_model_dir, begun.logs_dir, state, metrics, info)
@@ -177,9 +174,9 @@ def _export(
     from frontier.provenance import record_stage
     from frontier.train.engine.engine import gathered_params
     from frontier.train.launch.distributed import barrier
-    from frontier.train.monitor.metrics import write_metrics
     from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
     from frontier.utils.atomic import atomic_dir
+    from frontier.utils.metrics_files import write_metrics
 
     with gathered_params(engine):
         if info.is_main:
@@ -193,7 +190,7 @@ def _export(
                 write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
                 if (logs_dir / "tb").is_dir():
                     shutil.copytree(logs_dir / "tb", tmp / "tb")
-                record_stage(params, tmp, ["seed", "train", "optimizer", "schedule", "kernels", "finetune"])
+                record_stage(params, tmp, "finetune")
     barrier(info)
 
 

@@ -150,6 +150,6 @@ def build_sft_pairs(params: Params, prepared_dir: Path, out_dir: Path) -> dict:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "heldout.jsonl", held)
         write_json(tmp / "stats.json", stats)
-        record_stage(params, tmp, ["finetune"])
+        record_stage(params, tmp, "sft_data")
     log.info("sft-data: %d train and %d held-out pairs", len(train), len(held))
     return stats

@@ -18,7 +18,7 @@ from frontier.errors import DataError
 from frontier.report.html import Raw, esc, fmt, image, kv_table, page, pre, table
 from frontier.report.plots import Series, dynamics_figure, loss_figure, read_csv
 from frontier.report.sysinfo import system_info
-from frontier.train.monitor.metrics import read_metrics
+from frontier.utils.metrics_files import read_metrics
 
 if TYPE_CHECKING:
     from frontier.config import Params
@@ -211,6 +211,6 @@ def build_report(
     with atomic_dir(out_dir) as tmp:
         (tmp / "loss.png").write_bytes(loss_png)
         (tmp / "report.html").write_text(document, encoding="utf-8")
-        record_stage(params, tmp)
+        record_stage(params, tmp, "report")
     log.info("report: %s", out_dir / "report.html")
     return out_dir / "report.html"

@@ -29,9 +29,9 @@ from frontier.provenance import PROVENANCE_FILE, record_stage
 from frontier.train.checkpoint.state import TrainerState
 from frontier.train.engine.engine import gathered_params
 from frontier.train.launch.distributed import DistInfo, barrier, broadcast_object
-from frontier.train.monitor.metrics import write_metrics
 from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
 from frontier.utils.atomic import atomic_dir
+from frontier.utils.metrics_files import write_metrics
 
 
 def _copy_if_exists(src: Path, dst: Path) -> None:
@@ -75,7 +75,7 @@ def export_run(
     if bad:
         raise TrainingError(
             f"train: the final weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); nothing exported to {out_dir}. "
-            "Lower optimizer.lr or set train.grad_clip; the last finite checkpoint is kept for inspection"
+            "Lower optimizer.lr or set engine.grad_clip; the last finite checkpoint is kept for inspection"
         )
     if info.is_main:
         with atomic_dir(out_dir) as tmp:
@@ -92,5 +92,5 @@ def export_run(
                 shutil.copy2(alerts, tmp / "alerts.jsonl")
             else:
                 (tmp / "alerts.jsonl").touch()
-            record_stage(params, tmp, provenance=provenance)
+            record_stage(params, tmp, "train", provenance=provenance)
     barrier(info)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from frontier.config.train import TrainConfig
+from frontier.config.checkpoint import CheckpointConfig
+from frontier.config.engine import EarlyStoppingConfig, NanGuardConfig
+from frontier.config.monitor import ProfileConfig
 from frontier.errors import TrainingError
 from frontier.train.batches.data import Batch, TrainBatches
 from frontier.train.batches.prefetch import Prefetcher
@@ -42,11 +44,29 @@ from frontier.train.monitor.monitor import RunMonitor
 log = logging.getLogger("frontier.train")
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How far a run goes and what it does on the way: its stage's own section (train: or finetune:), as the
+    loop reads it. Each stage makes its one (frontier.train.run, frontier.finetune.lora); the engine's
+    settings are the shared engine: section."""
+
+    stage: str  # "train" | "finetune": names the run in its messages
+    max_steps: int
+    log_every: int
+    eval_every: int  # 0: no evaluation
+    checkpoint: CheckpointConfig
+    resume: str  # auto | none | a checkpoint directory
+    max_minutes: float = 0.0  # 0: no wall-clock limit
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)  # patience 0: off
+    profile: ProfileConfig = field(default_factory=ProfileConfig)  # num_steps 0: off
+
+
 @dataclass
 class LoopParts:
     """What the loop drives; built by frontier.train.wiring (for the train and finetune stages)."""
 
-    cfg: TrainConfig
+    budget: Budget
+    nan_guard: NanGuardConfig
     info: DistInfo
     engine: Any
     gate: StepGate
@@ -63,16 +83,16 @@ class LoopParts:
 class Trainer:
     def __init__(self, parts: LoopParts, state: TrainerState, saved_step: int | None = None) -> None:
         self.p = parts
-        self.cfg = parts.cfg
+        self.budget = parts.budget
         self.state = state
-        self.guard = NanGuard(parts.cfg.nan_guard)
-        self.early = EarlyStopping(parts.cfg.early_stopping)
+        self.guard = NanGuard(parts.nan_guard)
+        self.early = EarlyStopping(parts.budget.early_stopping)
         self.stop_reason = "max_steps"
         self._saved_step = saved_step  # the step whose checkpoint exists already (a resume point)
         self._window_tokens = 0
         self._window_seconds = 0.0
         self.steplog = StepLog(parts.info.device)
-        self.prefetch = Prefetcher(parts.batches.step, parts.info.device, end=parts.cfg.max_steps)
+        self.prefetch = Prefetcher(parts.batches.step, parts.info.device, end=parts.budget.max_steps)
         self._lrs: list[float] = []  # the learning rate of each step in the step log
         self._flags_group: Any = None  # the gloo group of _agree, made at the first multi-rank step
 
@@ -92,10 +112,10 @@ class Trainer:
 
     def _loop(self, stop: StopRequest) -> None:
         start = last_ckpt = time.monotonic()
-        every_minutes = self.cfg.checkpoint.every_minutes
-        while self.state.step < self.cfg.max_steps:
+        every_minutes = self.budget.checkpoint.every_minutes
+        while self.state.step < self.budget.max_steps:
             now = time.monotonic()
-            out_of_time = self.cfg.max_minutes > 0 and now - start >= 60 * self.cfg.max_minutes
+            out_of_time = self.budget.max_minutes > 0 and now - start >= 60 * self.budget.max_minutes
             ckpt_due = every_minutes > 0 and now - last_ckpt >= 60 * every_minutes
             signalled, out_of_time, ckpt_due = self._agree([stop.requested, out_of_time, ckpt_due])
             if (signalled or out_of_time or ckpt_due) and self.settle():
@@ -103,8 +123,8 @@ class Trainer:
             if signalled:
                 self.save()
                 raise TrainingInterrupted(
-                    f"train: stopped by {stop.name or 'a signal on another rank'} at step {self.state.step}; "
-                    f"checkpoint saved in {self.p.store.root}. Run the same command again to resume"
+                    f"{self.budget.stage}: stopped by {stop.name or 'a signal on another rank'} at step "
+                    f"{self.state.step}; checkpoint saved in {self.p.store.root}. Run the same command again to resume"
                 )
             if out_of_time:
                 self.stop_reason = "max_minutes"
@@ -158,7 +178,7 @@ class Trainer:
 
     def _sync_point(self, step: int) -> bool:
         """Whether the host reads the step log after `step`: something after this step needs it."""
-        cfg = self.cfg
+        cfg = self.budget
         every = (cfg.log_every, cfg.eval_every, cfg.checkpoint.every_steps)
         return step == cfg.max_steps or any(n and step % n == 0 for n in every)
 
@@ -166,7 +186,7 @@ class Trainer:
         """Read the step log (the one host sync) and account for its steps in order; True when it rolled back."""
         if not self.steplog.steps:
             return False
-        st, cfg = self.state, self.cfg
+        st, cfg = self.state, self.budget
         t0 = time.perf_counter()
         results = self.steplog.read()
         waited = time.perf_counter() - t0  # the device finishing the queued steps
@@ -190,7 +210,7 @@ class Trainer:
         return False
 
     def _after_step(self) -> bool:
-        st, cfg = self.state, self.cfg
+        st, cfg = self.state, self.budget
         stop = False
         val_loss = None
         if cfg.eval_every and (st.step % cfg.eval_every == 0 or st.step == cfg.max_steps):
@@ -238,25 +258,25 @@ class Trainer:
         if path is None:  # non-finite state: nothing written, nothing pruned
             return
         self._saved_step = st.step
-        removed = self.p.store.prune(self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best, st.run_id)
+        removed = self.p.store.prune(self.budget.checkpoint.keep_last, self.budget.checkpoint.keep_best, st.run_id)
         log.info("checkpoint %s saved%s", path, f" ({len(removed)} old removed)" if removed else "")
 
     def rollback(self, at_step: int | None = None) -> None:
         """Back to the newest valid checkpoint; `at_step`: the step the streak reached its limit (default: now)."""
-        st, nan_cfg = self.state, self.cfg.nan_guard
+        st, nan_cfg = self.state, self.p.nan_guard
         at = st.step if at_step is None else at_step
         what = f"the loss was non-finite for {st.nan_streak} consecutive steps (up to step {at})"
         if not self.guard.can_roll_back(st):
             raise TrainingError(
-                f"train: {what} after {st.rollbacks} rollback(s) with the learning rate scaled to {st.lr_scale:g}x; "
-                f"giving up (train.nan_guard.max_rollbacks={nan_cfg.max_rollbacks}). Lower optimizer.lr, use "
-                "train.grad_clip, or check the data; the last good checkpoint is kept"
+                f"{self.budget.stage}: {what} after {st.rollbacks} rollback(s) with the learning rate scaled to "
+                f"{st.lr_scale:g}x; giving up (engine.nan_guard.max_rollbacks={nan_cfg.max_rollbacks}). Lower the "
+                "learning rate, use engine.grad_clip, or check the data; the last good checkpoint is kept"
             )
         path = self.p.store.newest_valid(run_id=st.run_id)  # saved only from finite state
         if path is None:
             raise TrainingError(
-                f"train: {what} and there is no checkpoint to roll back to; set train.checkpoint.every_steps "
-                "or lower optimizer.lr"
+                f"{self.budget.stage}: {what} and there is no checkpoint to roll back to; save checkpoints along the "
+                "way (train.checkpoint.every_steps, finetune.checkpoint_every) or lower the learning rate"
             )
         carried = (st.rollbacks + 1, st.lr_scale * nan_cfg.lr_factor, st.nan_skipped, st.elapsed_seconds)
         self.state = self.p.store.load(self.p.engine, path)

@@ -6,8 +6,9 @@ frontier.train.launch.distributed reads the rank from the environment). It resum
 checkpoints_dir by default (train.resume: auto), trains, and writes out_dir atomically
 (frontier.train.export). A stop signal saves a checkpoint and raises TrainingInterrupted
 (exit code 3); rerunning the same command resumes. What is the train stage's own is here (the model
-from params, the token batches, the run's identity, the micro-batch choice, the export); the engine,
-gate, checkpoint store, monitor and loop are assembled by frontier.train.wiring, as for finetune.
+from params, the token batches, the run's identity and budget (the train: section), the export); the
+micro-batch choice, engine (the engine: section), gate, checkpoint store, monitor and loop are
+assembled by frontier.train.wiring, as for finetune.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from frontier.config import Params, to_dict
+from frontier.config.engine import EngineConfig
+from frontier.config.train import TrainConfig
 from frontier.data.tokens import TokenShards
 from frontier.errors import ConfigError, DataError
 from frontier.model.build import build_model, shape_signature
@@ -30,16 +31,19 @@ from frontier.train.batches.batch_size import global_batch
 from frontier.train.wiring import seed_all
 from frontier.utils.hashing import sha256_file
 
+if TYPE_CHECKING:
+    from frontier.train.loop import Budget
+
 log = logging.getLogger("frontier.train")
 
 
 # Keys that do not change what a run computes: how it is logged, monitored, checkpointed and which
-# (numerically equivalent) implementation runs. Everything else in the train stage's sections does.
+# (numerically equivalent) implementation runs. Everything else in the stage's sections does.
 # activation_checkpointing recomputes the same values (dropout replayed), and compile computes them in
 # fused kernels (equal within rounding: tests/train/test_compile.py), so a resume may switch either.
 _OPERATIONAL = {
-    "train": ("checkpoint", "resume", "log_every", "eval_every", "eval_batches", "monitor", "alerts", "profile",
-              "max_minutes", "activation_checkpointing", "compile"),
+    "engine": ("monitor", "alerts", "activation_checkpointing", "compile"),
+    "train": ("checkpoint", "resume", "log_every", "eval_every", "eval_batches", "profile", "max_minutes"),
     "optimizer": ("impl",),
 }  # fmt: skip
 
@@ -51,14 +55,16 @@ _SPLIT = ("micro_batch_size", "grad_accum_steps", "global_batch_size")
 
 
 def run_params(
-    params: Params, inputs: list[Path], sections: tuple[str, ...] = ("model",), *, global_batch: int
+    params: Params, inputs: list[Path], sections: tuple[str, ...] = ("model", "train"), *, global_batch: int
 ) -> dict[str, Any]:
-    """What defines a run's result: its params sections, its global batch and the content of its
-    input files (recorded in, and matched against, checkpoints)."""
-    keys = ("seed", *sections, "optimizer", "schedule", "train")
+    """What defines a run's result: the shared sections (seed, optimizer, schedule, engine), the stage's own
+    `sections`, its global batch and the content of its input files (recorded in, and matched against,
+    checkpoints)."""
+    keys = ("seed", *sections, "optimizer", "schedule", "engine")
     out: dict[str, Any] = {k: _plain(getattr(params, k)) for k in keys}  # the sections read, one by one
     for section, keys in _OPERATIONAL.items():
-        out[section] = {k: v for k, v in out[section].items() if k not in keys}
+        if section in out:
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
     for section in ("train", "finetune"):
         if section in out:
             out[section] = {k: v for k, v in out[section].items() if k not in _SPLIT}
@@ -78,13 +84,18 @@ def _open_tokens(tokens_dir: Path) -> tuple[TokenShards, TokenShards]:
     return train, val
 
 
-def _check(params: Params, seq_len: int, max_seq_len: int, device: torch.device) -> None:
+def _check(seq_len: int, max_seq_len: int) -> None:
     if seq_len > max_seq_len:
         raise ConfigError(f"train.seq_len: {seq_len} exceeds the model's context model.max_seq_len={max_seq_len}")
-    if params.train.precision == "fp16" and device.type != "cuda":
-        raise ConfigError(
-            "train.precision: fp16 needs a CUDA device (DeepSpeed has no fp16 on the CPU); use fp32 or bf16"
-        )
+
+
+def train_budget(cfg: TrainConfig) -> Budget:
+    """The loop's budget: the train section's own keys."""
+    from frontier.train.loop import Budget
+
+    return Budget("train", max_steps=cfg.max_steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                  checkpoint=cfg.checkpoint, resume=cfg.resume, max_minutes=cfg.max_minutes,
+                  early_stopping=cfg.early_stopping, profile=cfg.profile)  # fmt: skip
 
 
 def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
@@ -110,24 +121,18 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     )  # fmt: skip
     max_seq_len = lm.config.max_position_embeddings if params.model.init_from else resolve(params.model).max_seq_len
     seq_len = cfg.seq_len or max_seq_len
-    _check(params, seq_len, max_seq_len, info.device)
-    lm = prepare_model(lm, params, cfg)
+    _check(seq_len, max_seq_len)
+    lm = prepare_model(lm, params.kernels, params.engine)
     n_params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
     flops_per_token = model_flops_per_token(lm, seq_len)
     module = CausalLMWithLoss(lm, params.kernels)
     identity = run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"],
                           global_batch=global_batch(cfg, info.world_size))  # fmt: skip
-    split = split_batch(cfg, params.optimizer, module, seq_len, info, checkpoints_dir / "logs", identity)
-    cfg = dataclasses.replace(cfg, micro_batch_size=split.micro_batch_size, grad_accum_steps=split.grad_accum_steps,
-                              global_batch_size=None)  # fmt: skip
-    wiring = assemble(module, cfg, params.optimizer, info, seed=params.seed)
+    wiring = assemble(module, params.engine, cfg, train_budget(cfg), params.optimizer, info, seed=params.seed,
+                      seq_len=seq_len, checkpoints_dir=checkpoints_dir, identity=identity)  # fmt: skip
 
-    begun = wiring.begin(checkpoints_dir, identity, seed=params.seed, model=shape_signature(lm))
+    begun = wiring.begin(model=shape_signature(lm))
     state, start = begun.state, begun.start
-    if params.train.micro_batch_size == "auto" and info.is_main:  # after begin: a fresh run's archiving is done
-        from frontier.train.batches.batch_size import record_key, write_record
-
-        write_record(checkpoints_dir / "logs", record_key(identity, info.world_size), split)
     if start is not None:
         log.info("resumed from %s at step %d", start, state.step)
         if state.seed is not None and state.seed != params.seed:
@@ -148,8 +153,9 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
         flops_per_token=flops_per_token,
     )
     state, parts = trainer.state, trainer.p
-    metrics = final_metrics(state, trainer.stop_reason, parts, n_params=n_params, matmul_params=matmul_parameters(lm))
-    metrics["batch"] = dataclasses.asdict(split)  # machine-dependent under auto: run.json, not metrics.json
+    metrics = final_metrics(state, trainer.stop_reason, parts, params.engine, n_params=n_params,
+                            matmul_params=matmul_parameters(lm))  # fmt: skip
+    metrics["batch"] = dataclasses.asdict(wiring.split)  # machine-dependent under auto: run.json, not metrics.json
     export_run(
         out_dir=out_dir, engine=wiring.engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
         logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info, provenance=provenance,
@@ -159,45 +165,14 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     return metrics
 
 
-def split_batch(
-    cfg: Any, optimizer_cfg: Any, module: Any, seq_len: int, info: Any, logs_dir: Path, identity: dict[str, Any]
-) -> Any:
-    """The run's micro-batch and accumulation: from params, or chosen for micro_batch_size auto (recorded in
-    `logs_dir` for a resume, frontier.train.batches.batch_size)."""
-    from frontier.train.batches import batch_size as bs
-
-    size = global_batch(cfg, info.world_size)
-    if cfg.micro_batch_size != "auto":
-        return bs.Split(cfg.micro_batch_size, cfg.grad_accum_steps, "params")
-    options = bs.candidates(size, info.world_size)
-    key = bs.record_key(identity, info.world_size)
-    recorded = bs.read_record(logs_dir, key, options) if cfg.resume != "none" else None
-    vocab = module.lm.config.vocab_size
-    state_bytes = 2 if optimizer_cfg.state_dtype == "bf16" else 4
-
-    def measure() -> Any:
-        static = bs.static_bytes(module, cfg.precision, cfg.zero_stage, info.world_size, state_bytes)
-        return bs.MemoryEstimate(static, bs.activation_bytes_per_sample(module, seq_len, vocab))
-
-    def cuda_step() -> Any:
-        module.to(info.device)
-        total = bs.static_bytes(module, cfg.precision, cfg.zero_stage, info.world_size, state_bytes)
-        weights_and_grads = bs.static_bytes(module, "fp32", 0, 1, 0)  # what the probe itself holds
-        return bs.cuda_step(module, seq_len, vocab, max(total - weights_and_grads, 0))
-
-    split = bs.choose(global_size=size, info=info, recorded=recorded, measure=measure, cuda_step_for=cuda_step,
-                     probe_device=info.device.type == "cuda")  # fmt: skip
-    log.info("train.micro_batch_size auto: micro-batch %d x %d accumulation steps x %d rank(s) = %d (%s)",
-             split.micro_batch_size, split.grad_accum_steps, info.world_size, size, split.chosen_by)  # fmt: skip
-    return split
-
-
-def final_metrics(state: Any, stop_reason: str, parts: Any, *, n_params: int, matmul_params: int) -> dict[str, Any]:
+def final_metrics(
+    state: Any, stop_reason: str, parts: Any, engine: EngineConfig, *, n_params: int, matmul_params: int
+) -> dict[str, Any]:
     from frontier.train.monitor.metrics import mfu
 
     finite = [r["loss"] for r in state.train_rows if r["loss"] == r["loss"] and abs(r["loss"]) != float("inf")]
     tps = state.tokens / state.wall_seconds if state.wall_seconds > 0 else 0.0
-    cfg, info = parts.cfg, parts.info
+    info = parts.info
     return {
         "train_loss": finite[-1] if finite else None,
         "best_val_loss": state.best_val_loss,
@@ -220,7 +195,7 @@ def final_metrics(state: Any, stop_reason: str, parts: Any, *, n_params: int, ma
         "world_size": info.world_size,
         "global_batch": parts.batches.layout.global_batch,
         "seq_len": parts.seq_len,
-        "precision": cfg.precision,
-        "zero_stage": cfg.zero_stage,
+        "precision": engine.precision,
+        "zero_stage": engine.zero_stage,
         "device": str(info.device),
     }

@@ -1,19 +1,22 @@
 """The one assembly of a training run, shared by the train and finetune stages.
 
 A stage brings what is its own: the model (built from params, or a base with an adapter attached),
-the optimizer settings, the batches, and what identifies the run for a resume. Everything else is
-put together here, once, the same way for both:
+its section's batch keys and budget (train:, finetune:; the loop's Budget), the optimizer settings,
+the batches, and what identifies the run for a resume. The engine: and kernels: sections are shared.
+Everything else is put together here, once, the same way for both:
 
     start_ranks()    the rank from the launcher's environment, and the log lines (setup_logging)
     seed_all()       python's, numpy's and torch's RNGs: the weights alike on every rank
-    prepare_model()  the fused kernels and activation checkpointing on the model
-    assemble()       the client optimizer over the trainable parameters, the NaN gate, the DeepSpeed
-                     engine, compile, and the per-rank dropout streams          -> Wiring
-    Wiring.begin()   the checkpoint store and its resume                        -> Begun
+    prepare_model()  the fused kernels (kernels:) and activation checkpointing (engine:) on the model
+    assemble()       the micro-batch and accumulation (micro_batch_size auto: chosen by
+                     frontier.train.batches.batch_size), the client optimizer over the trainable
+                     parameters, the NaN gate, the DeepSpeed engine, compile, and the per-rank
+                     dropout streams                                            -> Wiring
+    Wiring.begin()   the checkpoint store and its resume; an auto choice recorded -> Begun
     Wiring.run()     the monitor and the loop                                   -> Trainer
 
-They are separate calls because a stage works between them: train chooses its micro-batch before
-assembling and records it after the resume; finetune scores the base model before resuming.
+They are separate calls because a stage works between them: finetune scores the base model before
+resuming.
 """
 
 from __future__ import annotations
@@ -28,20 +31,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from frontier.errors import ConfigError
+
 if TYPE_CHECKING:
     from torch import nn
 
-    from frontier.config import Params
+    from frontier.config.engine import EngineConfig
+    from frontier.config.kernels import KernelsConfig
     from frontier.config.optimizer import OptimizerConfig
-    from frontier.config.train import TrainConfig
+    from frontier.config.train import BatchConfig
     from frontier.model.loss import CausalLMWithLoss
+    from frontier.train.batches.batch_size import Split
     from frontier.train.batches.data import Batch, Layout, TrainBatches
     from frontier.train.checkpoint.checkpoint import CheckpointStore
     from frontier.train.checkpoint.state import TrainerState
     from frontier.train.engine.schedule import LRSchedule
     from frontier.train.engine.stability import StepGate
     from frontier.train.launch.distributed import DistInfo
-    from frontier.train.loop import Trainer
+    from frontier.train.loop import Budget, Trainer
 
 
 def setup_logging(rank: int) -> None:
@@ -71,14 +78,14 @@ def start_ranks() -> DistInfo:
     return info
 
 
-def prepare_model(lm: nn.Module, params: Params, cfg: TrainConfig) -> nn.Module:
-    """Swap in the fused kernels (params.kernels) and, per cfg, checkpoint activations; the weights and
-    their names are unchanged. Before an adapter is attached: the kernels call the projection modules,
-    so the adapter's layers stay in the path."""
+def prepare_model(lm: nn.Module, kernels: KernelsConfig, engine: EngineConfig) -> nn.Module:
+    """Swap in the fused kernels (`kernels`) and, per engine.activation_checkpointing, checkpoint activations;
+    the weights and their names are unchanged. Before an adapter is attached: the kernels call the projection
+    modules, so the adapter's layers stay in the path."""
     from frontier.model.kernels import apply_kernels
 
-    lm = apply_kernels(lm, params.kernels)
-    if cfg.activation_checkpointing:
+    lm = apply_kernels(lm, kernels)
+    if engine.activation_checkpointing:
         from frontier.model.checkpointing import enable_activation_checkpointing
 
         enable_activation_checkpointing(lm)
@@ -100,32 +107,39 @@ class Begun:
 
 @dataclass
 class Wiring:
-    """A module on its engine, ready to train: what assemble() made."""
+    """A module on its engine, ready to train: what assemble() made, and the run it was made for."""
 
-    cfg: TrainConfig
+    engine_cfg: EngineConfig  # the engine: section
+    budget: Budget  # the stage's
+    split: Split  # the run's micro-batch and accumulation (resolved from the stage's batch keys)
     info: DistInfo
     module: CausalLMWithLoss
     engine: Any  # deepspeed.DeepSpeedEngine
     gate: StepGate
+    checkpoints_dir: Path
+    identity: dict[str, Any]  # what defines the run (frontier.train.run.run_params): a resume must match it
+    seed: int
 
     @property
     def layout(self) -> Layout:
         """How this rank's share of each step is cut (micro-batches x accumulation x ranks)."""
         from frontier.train.batches.data import Layout
 
-        return Layout(self.cfg.micro_batch_size, self.cfg.grad_accum_steps, self.info.world_size, self.info.rank)
+        return Layout(self.split.micro_batch_size, self.split.grad_accum_steps, self.info.world_size, self.info.rank)
 
-    def begin(
-        self, checkpoints_dir: Path, run_params: dict[str, Any], *, seed: int, model: dict[str, Any] | None = None
-    ) -> Begun:
-        """Open the checkpoint store and resume per cfg.resume: a checkpoint of the same `run_params` (and
-        model shape `model`, where given) is loaded into the engine; otherwise the run starts fresh."""
+    def begin(self, *, model: dict[str, Any] | None = None) -> Begun:
+        """Open the checkpoint store and resume per the budget's resume: a checkpoint of the same identity (and
+        model shape `model`, where given) is loaded into the engine; otherwise the run starts fresh. A
+        micro-batch chosen for micro_batch_size auto is recorded for the run's resumes."""
+        from frontier.train.batches.batch_size import record_key, write_record
         from frontier.train.checkpoint.checkpoint import CheckpointStore
         from frontier.train.checkpoint.state import TrainerState
 
-        store = CheckpointStore(checkpoints_dir, self.info, model=model, run_params=run_params)
-        fresh = TrainerState(seed=seed, world_size=self.info.world_size, model=store.model)
-        state, start = store.begin(self.cfg.resume, self.engine, fresh)
+        store = CheckpointStore(self.checkpoints_dir, self.info, model=model, run_params=self.identity)
+        fresh = TrainerState(seed=self.seed, world_size=self.info.world_size, model=store.model)
+        state, start = store.begin(self.budget.resume, self.engine, fresh)
+        if self.split.chosen_by != "params" and self.info.is_main:  # after begin: a fresh run's archiving is done
+            write_record(self.checkpoints_dir / "logs", record_key(self.identity, self.info.world_size), self.split)
         return Begun(store, state, start)
 
     def run(
@@ -138,15 +152,19 @@ class Wiring:
         seq_len: int,
         flops_per_token: float,
     ) -> Trainer:
-        """Train from `begun` to cfg.max_steps (or a stop); the finished Trainer holds the state and why it stopped."""
+        """Train from `begun` to the budget's max_steps (or a stop); the finished Trainer holds the state and why
+        it stopped."""
         from frontier.train.loop import LoopParts, Trainer
         from frontier.train.monitor.metrics import device_peak_flops
         from frontier.train.monitor.monitor import RunMonitor
 
-        cfg, info = self.cfg, self.info
-        peak_tflops = cfg.monitor.peak_tflops
+        ec, budget, info = self.engine_cfg, self.budget, self.info
+        peak_tflops = ec.monitor.peak_tflops
+        monitor = RunMonitor(ec.monitor, ec.alerts, begun.logs_dir, info, begun.state, max_steps=budget.max_steps,
+                             profile=budget.profile)  # fmt: skip
         parts = LoopParts(
-            cfg=cfg,
+            budget=budget,
+            nan_guard=ec.nan_guard,
             info=info,
             engine=self.engine,
             gate=self.gate,
@@ -154,10 +172,10 @@ class Wiring:
             batches=batches,
             val=val,
             schedule=schedule,
-            monitor=RunMonitor(cfg, begun.logs_dir, info, begun.state),
+            monitor=monitor,
             seq_len=seq_len,
             flops_per_token=flops_per_token,
-            peak_flops=peak_tflops * 1e12 if peak_tflops else device_peak_flops(info.device, cfg.precision),
+            peak_flops=peak_tflops * 1e12 if peak_tflops else device_peak_flops(info.device, ec.precision),
         )
         # a resumed run's checkpoint exists already: the loop does not save it again
         trainer = Trainer(parts, begun.state, saved_step=begun.state.step if begun.start is not None else None)
@@ -166,21 +184,47 @@ class Wiring:
 
 
 def assemble(
-    module: CausalLMWithLoss, cfg: TrainConfig, optimizer_cfg: OptimizerConfig, info: DistInfo, *, seed: int
+    module: CausalLMWithLoss,
+    engine_cfg: EngineConfig,
+    batch: BatchConfig,
+    budget: Budget,
+    optimizer_cfg: OptimizerConfig,
+    info: DistInfo,
+    *,
+    seed: int,
+    seq_len: int,
+    checkpoints_dir: Path,
+    identity: dict[str, Any],
 ) -> Wiring:
-    """Put `module` on a DeepSpeed engine with the client optimizer over its trainable parameters (a frozen
-    base stays out of it), the NaN gate, and compile per cfg; then seed each rank's own dropout stream."""
+    """Resolve the run's micro-batch from `batch` (the stage's section: its numbers, or chosen for
+    micro_batch_size auto for samples of `seq_len` tokens, reusing the choice recorded in `checkpoints_dir`
+    for the run `identity`), then put `module` on a DeepSpeed engine (`engine_cfg`) with the client optimizer
+    over its trainable parameters (a frozen base stays out of it), the NaN gate, and compile per engine_cfg;
+    then seed each rank's own dropout stream."""
+    from frontier.train.batches.batch_size import resolve_split
     from frontier.train.engine.ds_config import build_ds_config
     from frontier.train.engine.engine import make_engine
     from frontier.train.engine.optimizer import build_client_optimizer
     from frontier.train.engine.stability import StepGate
 
+    if engine_cfg.precision == "fp16" and info.device.type != "cuda":
+        raise ConfigError(
+            "engine.precision: fp16 needs a CUDA device (DeepSpeed has no fp16 on the CPU); use fp32 or bf16"
+        )
+    split = resolve_split(
+        batch, module, info, seq_len=seq_len, precision=engine_cfg.precision, zero_stage=engine_cfg.zero_stage,
+        state_bytes=2 if optimizer_cfg.state_dtype == "bf16" else 4, logs_dir=checkpoints_dir / "logs",
+        identity=identity, resume=budget.resume, section=budget.stage,
+    )  # fmt: skip
     optimizer = build_client_optimizer(module, optimizer_cfg)
     gate = StepGate(optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(cfg, info.world_size))
-    if cfg.compile:
+    ds_config = build_ds_config(engine_cfg, info.world_size, micro_batch_size=split.micro_batch_size,
+                                grad_accum_steps=split.grad_accum_steps, section=budget.stage)  # fmt: skip
+    engine = make_engine(module, optimizer, ds_config)
+    if engine_cfg.compile:
         from frontier.model.compile import compile_for_training
 
-        compile_for_training(module, zero_stage=cfg.zero_stage)
+        compile_for_training(module, zero_stage=engine_cfg.zero_stage)
     seed_all(seed + 1000 * info.rank)  # distinct dropout streams per rank (the weights were seeded alike)
-    return Wiring(cfg=cfg, info=info, module=module, engine=engine, gate=gate)
+    return Wiring(engine_cfg=engine_cfg, budget=budget, split=split, info=info, module=module, engine=engine,
+                  gate=gate, checkpoints_dir=Path(checkpoints_dir), identity=identity, seed=seed)  # fmt: skip

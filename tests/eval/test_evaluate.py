@@ -16,7 +16,7 @@ from frontier.config import load_params
 from frontier.errors import CheckpointError, DataError
 from frontier.eval.evaluate import evaluate
 from frontier.eval.loss import windows
-from frontier.train.monitor.metrics import read_metrics
+from frontier.utils.metrics_files import read_metrics
 from tests.eval.tiny import corpus_texts, encode_docs, save_model_dir, write_tokens
 
 CONTEXT = 48

@@ -127,8 +127,8 @@ TRAIN_OVERRIDES = (
     "train.eval_every=10",
     "train.eval_batches=2",
     "train.log_every=5",
-    "train.monitor.progress_bar=false",
-    "train.monitor.system_every_s=0",
+    "engine.monitor.progress_bar=false",
+    "engine.monitor.system_every_s=0",
     "optimizer.lr=3e-3",
     "schedule.warmup_steps=5",
 )

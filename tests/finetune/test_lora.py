@@ -19,7 +19,7 @@ from frontier.finetune.lora import finetune, merge
 from frontier.finetune.sft_data import build_sft_pairs
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.batches.data import Layout
-from frontier.train.monitor.metrics import read_metrics
+from frontier.utils.metrics_files import read_metrics
 from tests.eval.tiny import TRAIN_OVERRIDES, corpus_texts, make_tokenizer, trained_run
 from tests.finetune.test_sft_data import MODULES, prepared_dir
 
@@ -241,8 +241,8 @@ def test_finetune_stage_starts_two_ranks_that_match_one(tuned, tmp_path):
         assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (one, two)
 
 
-def test_finetune_takes_compile_from_train(tuned, tmp_path):
-    """train.compile reaches the fine-tune (LoRA layers, adapter dropout, the base's eval with the adapter off):
+def test_finetune_takes_compile_from_the_engine_section(tuned, tmp_path):
+    """engine.compile reaches the fine-tune (LoRA layers, adapter dropout, the base's eval with the adapter off):
     the same losses as eager within fp32 rounding, and the same adapter names."""
     from safetensors.torch import load_file
 
@@ -253,7 +253,7 @@ def test_finetune_takes_compile_from_train(tuned, tmp_path):
     metrics = {}
     for on in ("false", "true"):
         torch._dynamo.reset()
-        p = load_params(None, [*short, f"train.compile={on}"])
+        p = load_params(None, [*short, f"engine.compile={on}"])
         metrics[on] = finetune(p, tuned["base"], tuned["root"] / "sft", tmp_path / f"out{on}", tmp_path / f"ckpt{on}")
     # fp32: a compiled graph rounds differently in the last bits (~1e-7 relative measured in pre-training)
     torch.testing.assert_close(losses(tmp_path / "outtrue"), losses(tmp_path / "outfalse"), rtol=1e-5, atol=0)
@@ -263,3 +263,32 @@ def test_finetune_takes_compile_from_train(tuned, tmp_path):
         load_file(str(tmp_path / f"out{on}" / "adapter" / "adapter_model.safetensors")) for on in ("false", "true")
     ]
     assert list(adapters[1]) == list(adapters[0]) and adapters[0]
+
+
+def test_micro_batch_auto_works_for_finetune_through_the_train_stages_rule(tuned, tmp_path, monkeypatch):
+    """finetune.micro_batch_size: auto goes through the same rule as train's (frontier.train.batches.batch_size,
+    called by the wiring): on a budget with room for 2 samples the global batch of 8 is 2 x 4, the run is the
+    fixed split's (the same samples per step, summed in another order), and the choice is recorded."""
+    import frontier.train.batches.batch_size as bs
+    from tests.train.helpers import losses
+
+    short = [*FT_OVERRIDES, "finetune.max_steps=3", "finetune.log_every=1", "finetune.eval_every=0"]
+    sft, base = tuned["root"] / "sft", tuned["base"]
+    fixed = finetune(load_params(None, short), base, sft, tmp_path / "fixed", tmp_path / "ckpt_fixed")
+    within = bs.largest_within
+    monkeypatch.setattr(
+        bs, "largest_within", lambda estimate, budget, options: within(estimate, estimate.at(2), options)
+    )
+    auto = [*short, "finetune.micro_batch_size=auto", "finetune.global_batch_size=8"]
+    chosen = finetune(load_params(None, auto), base, sft, tmp_path / "auto", tmp_path / "ckpt_auto")
+    assert fixed["batch"] == {"micro_batch_size": 8, "grad_accum_steps": 1, "chosen_by": "params"}
+    assert chosen["batch"] == {"micro_batch_size": 2, "grad_accum_steps": 4, "chosen_by": "cpu budget"}
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["batch"] == chosen["batch"]
+    assert json.loads((tmp_path / "ckpt_auto" / "logs" / bs.RECORD).read_text())["micro_batch_size"] == 2
+    torch.testing.assert_close(losses(tmp_path / "auto"), losses(tmp_path / "fixed"), rtol=1e-5, atol=0)
+    assert chosen["base_heldout_loss"] == pytest.approx(fixed["base_heldout_loss"], rel=1e-6)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(bs, "cpu_budget", lambda ranks: 0)  # no room at all: the message names finetune's keys
+    with pytest.raises(ConfigError, match=r"finetune\.micro_batch_size: auto: a micro-batch of 1 needs about"):
+        finetune(load_params(None, auto), base, sft, tmp_path / "none", tmp_path / "ckpt_none")

@@ -62,8 +62,8 @@ TINY = [
     "train.log_every=1",
     "train.eval_every=0",
     "train.eval_batches=1",
-    "train.monitor.progress_bar=false",
-    "train.monitor.system_every_s=0",
+    "engine.monitor.progress_bar=false",
+    "engine.monitor.system_every_s=0",
     "schedule.warmup_steps=2",
     "optimizer.lr=3e-3",
 ]

@@ -1,4 +1,4 @@
-"""train.compile in the train stage: the eager loss curve, the eager names, and resumes across the switch.
+"""engine.compile in the train stage: the eager loss curve, the eager names, and resumes across the switch.
 
 Each compiled run pays Inductor's compile time (tens of seconds on the CPU), so the runs are few and
 short, and the ZeRO-0 pair also serves the resume tests (checkpoints at steps 3 and 6).
@@ -40,7 +40,7 @@ def eager(tmp_path_factory, corpus) -> Path:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, corpus) -> Path:
     torch._dynamo.reset()
-    return _run(tmp_path_factory.mktemp("compiled"), corpus, "train.compile=true")
+    return _run(tmp_path_factory.mktemp("compiled"), corpus, "engine.compile=true")
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -81,7 +81,7 @@ def test_resume_switches_compile(request, tmp_path, corpus, caplog, first: str, 
     shutil.rmtree(tmp_path / "ckpt" / "step_00000006")
     torch._dynamo.reset()
     with caplog.at_level(logging.INFO, logger="frontier"):
-        _run(tmp_path, corpus, f"train.compile={'true' if then == 'compiled' else 'false'}")
+        _run(tmp_path, corpus, f"engine.compile={'true' if then == 'compiled' else 'false'}")
     assert any("resumed from" in r.getMessage() and "step 3" in r.getMessage() for r in caplog.records)
     assert losses(tmp_path / "out")[:3] == losses(source / "out")[:3]  # steps 1-3: the checkpoint's history
     _assert_same_run(source, tmp_path)
@@ -89,20 +89,20 @@ def test_resume_switches_compile(request, tmp_path, corpus, caplog, first: str, 
 
 def test_zero2_compiled_run_follows_eager(tmp_path, corpus) -> None:
     torch._dynamo.reset()
-    zero2 = ("train.zero_stage=2",)
+    zero2 = ("engine.zero_stage=2",)
     _assert_same_run(_run(tmp_path / "eager", corpus, *zero2), _run(tmp_path / "compiled", corpus, *zero2,
-                                                                   "train.compile=true"))  # fmt: skip
+                                                                   "engine.compile=true"))  # fmt: skip
 
 
 def test_compile_with_activation_checkpointing_follows_eager(tmp_path, corpus, eager) -> None:
     """Both memory and speed switches on (the graph breaks per layer there: frontier.model.compile)."""
     torch._dynamo.reset()
-    _assert_same_run(eager, _run(tmp_path, corpus, "train.compile=true", "train.activation_checkpointing=true"))
+    _assert_same_run(eager, _run(tmp_path, corpus, "engine.compile=true", "engine.activation_checkpointing=true"))
 
 
 def test_bad_compile_values_are_one_clear_error() -> None:
     from frontier.errors import ConfigError
 
     for bad in ("maybe", "2", "inductor"):
-        with pytest.raises(ConfigError, match=rf"train\.compile: got '?{bad}'?, expected true or false"):
-            params(f"train.compile={bad}")
+        with pytest.raises(ConfigError, match=rf"engine\.compile: got '?{bad}'?, expected true or false"):
+            params(f"engine.compile={bad}")

@@ -19,10 +19,10 @@ from tests.train.helpers import BASE, assert_same_run, launch, log_tail, tiny_pa
 @pytest.mark.parametrize(
     "layout",
     [
-        ("train.zero_stage=2", "train.micro_batch_size=1", "train.grad_accum_steps=2"),
+        ("engine.zero_stage=2", "train.micro_batch_size=1", "train.grad_accum_steps=2"),
         # + the fused linear/cross-entropy, which reads the (partitioned) head weight outside its module
         (
-            "train.zero_stage=3",
+            "engine.zero_stage=3",
             "train.micro_batch_size=2",
             "train.grad_accum_steps=1",
             "kernels.fused_linear_cross_entropy=true",
@@ -35,7 +35,7 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, one_rank, layout):
     # a user DeepSpeed JSON: no parameter stays whole under ZeRO-3 (tiny ones would by default)
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
-    layout = (*layout, f"train.deepspeed_config={ds_json}")
+    layout = (*layout, f"engine.deepspeed_config={ds_json}")
     procs = launch(2, tiny_params(*BASE, *layout), corpus, out, tmp_path / "ckpt")
     codes = wait_all(procs)
     assert codes == [0, 0], log_tail(out, 0) + log_tail(out, 1)
@@ -47,7 +47,7 @@ def test_two_ranks_match_one_rank(tmp_path, corpus, one_rank, layout):
 def test_ranks_started_by_srun_or_mpirun_find_each_other(tmp_path, corpus, one_rank, scheme):
     # Only what srun / mpirun put in the environment: the rendezvous address and port are derived.
     out = tmp_path / "out"
-    layout = ("train.zero_stage=2", "train.micro_batch_size=1", "train.grad_accum_steps=2")
+    layout = ("engine.zero_stage=2", "train.micro_batch_size=1", "train.grad_accum_steps=2")
     procs = launch(2, tiny_params(*BASE, *layout), corpus, out, tmp_path / "ckpt", scheme=scheme)
     codes = wait_all(procs)
     assert codes == [0, 0], log_tail(out, 0) + log_tail(out, 1)

@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.checkpoint.engine_io import weights_only_loads
-from frontier.train.monitor.metrics import METRIC_FILES, SPEED_KEYS
 from frontier.train.run import train
+from frontier.utils.metrics_files import METRIC_FILES, SPEED_KEYS
 from tests.train.helpers import params, read_rows
 
 
@@ -25,8 +25,8 @@ def run(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("outputs")
     p = params(
         "train.max_steps=8", "train.log_every=2", "train.eval_every=4", "train.eval_batches=2",
-        "train.monitor.system_every_s=0.05", "train.monitor.tensorboard=true", "train.profile.start_step=2",
-        "train.profile.num_steps=2", "train.alerts.grad_norm_max=1e-6", "train.alerts.warmup_steps=0",
+        "engine.monitor.system_every_s=0.05", "engine.monitor.tensorboard=true", "train.profile.start_step=2",
+        "train.profile.num_steps=2", "engine.alerts.grad_norm_max=1e-6", "engine.alerts.warmup_steps=0",
     )  # fmt: skip
     metrics = train(p, corpus.tokens, corpus.tokenizer, root / "out", root / "ckpt")
     return root, metrics

@@ -13,7 +13,7 @@ from tests.train.helpers import losses, params
 
 @pytest.mark.parametrize("zero", [0, 2])
 def test_bf16_trains_resumes_and_exports_bf16(tmp_path, corpus, zero):
-    common = ("train.precision=bf16", f"train.zero_stage={zero}", "train.checkpoint.every_steps=3")
+    common = ("engine.precision=bf16", f"engine.zero_stage={zero}", "train.checkpoint.every_steps=3")
     train(params(*common, "train.max_steps=3"), corpus.tokens, corpus.tokenizer, tmp_path / "a", tmp_path / "ck")
     metrics = train(params(*common, "train.max_steps=6"), corpus.tokens, corpus.tokenizer, tmp_path / "b",
                     tmp_path / "ck")  # fmt: skip
@@ -24,5 +24,5 @@ def test_bf16_trains_resumes_and_exports_bf16(tmp_path, corpus, zero):
 
 
 def test_fp16_on_the_cpu_is_a_config_error(tmp_path, corpus):
-    with pytest.raises(ConfigError, match="train.precision: fp16 needs a CUDA device"):
-        train(params("train.precision=fp16"), corpus.tokens, corpus.tokenizer, tmp_path / "o", tmp_path / "c")
+    with pytest.raises(ConfigError, match="engine.precision: fp16 needs a CUDA device"):
+        train(params("engine.precision=fp16"), corpus.tokens, corpus.tokenizer, tmp_path / "o", tmp_path / "c")

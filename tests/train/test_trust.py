@@ -61,7 +61,7 @@ def test_a_nan_streak_is_never_checkpointed_and_rollback_lands_on_finite_state(t
     poison_weights(monkeypatch, {4})
     metrics = train(
         params("train.max_steps=8", "train.checkpoint.every_steps=1", "train.checkpoint.keep_last=8",
-               "train.nan_guard.max_consecutive=2"),
+               "engine.nan_guard.max_consecutive=2"),
         corpus.tokens, corpus.tokenizer, tmp_path / "out", tmp_path / "ckpt",
     )  # fmt: skip
     assert metrics["rollbacks"] == 1 and metrics["steps"] == 8
@@ -76,7 +76,7 @@ def test_a_nan_streak_is_never_checkpointed_and_rollback_lands_on_finite_state(t
 def test_non_finite_final_weights_are_not_exported(tmp_path, corpus, monkeypatch):
     poison_weights(monkeypatch, {5})  # the last step's forward: the run ends with NaN weights
     with pytest.raises(TrainingError, match=r"final weights hold NaN/inf .* nothing exported"):
-        train(params("train.max_steps=6", "train.nan_guard.max_consecutive=100"), corpus.tokens, corpus.tokenizer,
+        train(params("train.max_steps=6", "engine.nan_guard.max_consecutive=100"), corpus.tokens, corpus.tokenizer,
               tmp_path / "out", tmp_path / "ckpt")  # fmt: skip
     assert not (tmp_path / "out").exists()
     for ckpt in CheckpointStore(tmp_path / "ckpt", init_distributed()).checkpoints():

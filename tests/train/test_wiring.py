@@ -1,4 +1,6 @@
-"""The one assembly of a run (frontier.train.wiring): both stages go through it, and its pieces work alone."""
+"""The one assembly of a run (frontier.train.wiring): both stages go through it, and its pieces work alone.
+
+Each piece takes only its part of the config: the engine: section (shared), the stage's batch keys and budget."""
 
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ import pytest
 import torch
 
 import frontier.finetune.lora
+import frontier.train
 import frontier.train.run
 import frontier.train.wiring
+from frontier.config import Params
 from frontier.data.tokens import TokenShards
 from frontier.model.build import build_model
 from frontier.model.loss import CausalLMWithLoss
 from frontier.train.batches.data import TrainBatches, WindowSampler
 from frontier.train.engine.schedule import LRSchedule
+from frontier.train.run import train_budget
 from frontier.train.wiring import Wiring, assemble, prepare_model, seed_all, start_ranks
 from tests.train.helpers import VOCAB, Corpus, params
 
@@ -27,6 +32,7 @@ ASSEMBLY = {
     "init_distributed", "setup_logging", "apply_kernels", "enable_activation_checkpointing",
     "build_client_optimizer", "StepGate", "make_engine", "build_ds_config", "compile_for_training",
     "CheckpointStore", "TrainerState", "LoopParts", "Trainer", "RunMonitor", "device_peak_flops",
+    "resolve_split", "write_record",
 }  # fmt: skip
 
 
@@ -55,6 +61,19 @@ def test_the_assembly_is_named_in_the_wiring_and_in_neither_stage() -> None:
     assert not ASSEMBLY & _names(frontier.train.run)
     for stage in (frontier.finetune.lora, frontier.train.run):
         assert {"assemble", "begin", "run"} <= _names(stage)
+
+
+def test_below_the_stages_no_module_takes_the_whole_train_section() -> None:
+    """The engine, batch-size, monitor and checkpoint rooms take their part (engine:, the batch keys, the monitor
+    and alert settings); only the stage level of frontier/train (wiring, run, loop, export) may name a stage's
+    section type. And finetune reads nothing of train: (its run is engine: + finetune:)."""
+    root = Path(frontier.train.__file__).parent
+    below = [path for path in root.rglob("*.py") if path.parent != root]
+    assert below
+    for path in below:
+        assert "TrainConfig" not in path.read_text(encoding="utf-8"), path
+    lora = _names(frontier.finetune.lora)
+    assert "TrainConfig" not in lora and "train" not in lora  # no params.train, no `from ... import train`
 
 
 @pytest.fixture
@@ -110,17 +129,22 @@ def test_train_and_finetune_build_their_engine_store_and_loop_in_the_wiring(
 def _module(seed: int = 0) -> tuple[CausalLMWithLoss, torch.nn.Module]:
     p = params()
     seed_all(seed)
-    lm = prepare_model(build_model(p.model, VOCAB), p, p.train)
+    lm = prepare_model(build_model(p.model, VOCAB), p.kernels, p.engine)
     return CausalLMWithLoss(lm, p.kernels), lm
 
 
-def test_assemble_optimizes_only_the_trainable_parameters_and_reseeds_per_rank() -> None:
+def _assemble(module: CausalLMWithLoss, p: Params, ckpt: Path, identity: dict[str, object], seed: int) -> Wiring:
+    return assemble(module, p.engine, p.train, train_budget(p.train), p.optimizer, start_ranks(), seed=seed,
+                    seq_len=16, checkpoints_dir=ckpt, identity=identity)  # fmt: skip
+
+
+def test_assemble_optimizes_only_the_trainable_parameters_and_reseeds_per_rank(tmp_path: Path) -> None:
     """A frozen base stays out of the optimizer; after the engine the RNG is the rank's own dropout stream."""
     p = params()
     info = start_ranks()
     module, lm = _module()
     lm.get_input_embeddings().weight.requires_grad_(False)  # the embedding (tied head) frozen, as a base is
-    wiring = assemble(module, p.train, p.optimizer, info, seed=7)
+    wiring = _assemble(module, p, tmp_path / "ckpt", {}, seed=7)
     optimized = {id(q) for group in wiring.engine.optimizer.param_groups for q in group["params"]}
     trainable = {id(q) for q in module.parameters() if q.requires_grad}
     assert optimized == trainable and id(lm.get_input_embeddings().weight) not in optimized
@@ -128,35 +152,35 @@ def test_assemble_optimizes_only_the_trainable_parameters_and_reseeds_per_rank()
     seed_all(7 + 1000 * info.rank)
     assert torch.equal(drawn, torch.rand(4))
     assert wiring.layout.global_batch == p.train.micro_batch_size * p.train.grad_accum_steps * info.world_size
+    assert wiring.split.chosen_by == "params"
 
 
-def _wired(overrides: tuple[str, ...] = ()) -> tuple[Wiring, object]:
+def _wired(overrides: tuple[str, ...], ckpt: Path, identity: dict[str, object]) -> tuple[Wiring, object]:
     p = params(*overrides)
-    info = start_ranks()
     module, _ = _module()
-    return assemble(module, p.train, p.optimizer, info, seed=p.seed), p
+    return _assemble(module, p, ckpt, identity, seed=p.seed), p
 
 
-def _run(wiring: Wiring, p: object, corpus: Corpus, ckpt: Path, identity: dict[str, object]) -> object:
-    begun = wiring.begin(ckpt, identity, seed=p.seed)  # type: ignore[attr-defined]
+def _run(wiring: Wiring, p: object, corpus: Corpus) -> object:
+    begun = wiring.begin()
     batches = TrainBatches(WindowSampler(TokenShards(corpus.tokens / "train"), 16, 0, False), wiring.layout)
-    schedule = LRSchedule(p.schedule, p.optimizer.lr, wiring.cfg.max_steps)  # type: ignore[attr-defined]
+    schedule = LRSchedule(p.schedule, p.optimizer.lr, wiring.budget.max_steps)  # type: ignore[attr-defined]
     trainer = wiring.run(begun, batches, [], schedule, seq_len=16, flops_per_token=1.0)
     return begun, trainer
 
 
 def test_begin_resumes_a_run_of_the_same_identity_and_restarts_a_changed_one(tmp_path: Path, corpus: Corpus) -> None:
-    wiring, p = _wired(("train.max_steps=2",))
-    begun, trainer = _run(wiring, p, corpus, tmp_path / "ckpt", {"run": 1})
+    wiring, p = _wired(("train.max_steps=2",), tmp_path / "ckpt", {"run": 1})
+    begun, trainer = _run(wiring, p, corpus)
     assert begun.start is None and begun.state.seed == p.seed and begun.logs_dir == tmp_path / "ckpt" / "logs"
     assert trainer.state.step == 2 and trainer.stop_reason == "max_steps"
     assert (tmp_path / "ckpt" / "step_00000002").is_dir() and (tmp_path / "ckpt" / "logs" / "train.csv").is_file()
 
-    wiring, p = _wired(("train.max_steps=3",))
-    again, trainer = _run(wiring, p, corpus, tmp_path / "ckpt", {"run": 1})
+    wiring, p = _wired(("train.max_steps=3",), tmp_path / "ckpt", {"run": 1})
+    again, trainer = _run(wiring, p, corpus)
     assert again.start == tmp_path / "ckpt" / "step_00000002" and again.state.run_id == begun.state.run_id
     assert trainer.state.step == 3
 
-    wiring, p = _wired(("train.max_steps=2",))
-    other = wiring.begin(tmp_path / "ckpt", {"run": 2}, seed=p.seed)
+    wiring, p = _wired(("train.max_steps=2",), tmp_path / "ckpt", {"run": 2})
+    other = wiring.begin()
     assert other.start is None and other.state.step == 0 and other.state.run_id != begun.state.run_id

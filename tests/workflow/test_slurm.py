@@ -228,8 +228,8 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 # The tiny end-to-end run, with a loss per step; the SLURM run splits the same global batch (4 windows) over
 # two ranks of micro batch 2.
-TRAIN = _merge(TINY, {"train": {"max_steps": 6, "log_every": 1, "eval_every": 3,
-                                "monitor": {"system_every_s": 0, "progress_bar": False}}})  # fmt: skip
+TRAIN = _merge(TINY, {"train": {"max_steps": 6, "log_every": 1, "eval_every": 3},
+                      "engine": {"monitor": {"system_every_s": 0, "progress_bar": False}}})  # fmt: skip
 ON_SLURM = ["--config", "launch={nproc_per_node: 2, threads_per_rank: 1, mem_mb: 1500, runtime_min: 10}",
             "train={micro_batch_size: 2}"]  # fmt: skip
 

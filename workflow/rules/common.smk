@@ -11,6 +11,7 @@ from snakemake.utils import available_cpu_count, update_config
 from frontier.config import build_params, read_params_data, to_dict
 from frontier.errors import ConfigError
 from frontier.pipeline import PARAMS_FILE, STAGES, command, fingerprint, params_file_for, typed_cli_config
+from frontier.train.launch.environment import read_launcher_env, resolve_nproc_per_node
 
 
 def _read_config() -> tuple[dict, dict | None, str]:
@@ -70,7 +71,8 @@ def stage_shell(name):
 # cpus_per_task, mem_mb, runtime and gres into sbatch options). Train and finetune ask for what params'
 # launch: section describes; a profile's set-resources (workflow/profiles/slurm) can override any of it.
 
-LAUNCHED = ("train", "finetune")  # one job = launch.nnodes x ranks per node ranks
+# Stages that start their ranks (frontier/pipeline.py): one job = launch.nnodes x ranks per node ranks.
+LAUNCHED = tuple(name for name, stage in STAGES.items() if stage.launches)
 # What the one-process stages ask a cluster for: their data fits a few GB (streamed or memory-mapped).
 SMALL_JOB = {"mem_mb": 4096, "runtime": 60}
 # CPUs a cluster job's process gets when params do not say (launch.threads_per_rank = 0): --cores describes
@@ -81,12 +83,10 @@ CLUSTER_CPUS = 4
 def job_ranks_per_node(launch: dict) -> int:
     """launch.nproc_per_node for a cluster job: "auto" is every GPU the job asks for on a node, else 1.
 
-    (frontier.train.launch.launch.ranks_per_node resolves "auto" on the node itself, from the CUDA devices it sees:
-    the same number once the job has its GPUs, but this one is needed before, on the submitting machine.)
+    The node itself resolves "auto" by the same rule from the CUDA devices it sees; here, on the submitting
+    machine, the job has no GPUs yet, so they are the ones it asks for.
     """
-    if launch["nproc_per_node"] == "auto":
-        return max(1, launch["gpus_per_node"])
-    return int(launch["nproc_per_node"])
+    return resolve_nproc_per_node(launch["nproc_per_node"], gpus=lambda: launch["gpus_per_node"])
 
 
 def cpus_per_rank(launch: dict) -> int:
@@ -104,7 +104,7 @@ def in_slurm() -> bool:
     plugin = workflow.executor_plugin
     if plugin is not None and plugin.name == "slurm":
         return True
-    return workflow.remote_exec and "SLURM_JOB_ID" in os.environ
+    return workflow.remote_exec and read_launcher_env().in_slurm_job
 
 
 def _srun_ranks(launch: dict) -> bool:

@@ -1,7 +1,8 @@
-# Every stage of frontier/pipeline.py as one rule, built in one loop (dvc.yaml comes from the same list).
-# Outputs that `snakemake --report` should show are tagged with report(); multithreaded stages get all
-# the cores Snakemake may use (a cluster job's CPUs under an executor), and parallel ones pass them on as
-# --workers. resources: is what a cluster executor asks for (train and finetune: params' launch: section).
+# Every stage of the pipeline (frontier/pipeline.py's STAGES) as one rule, built in one loop (dvc.yaml and
+# the CLI's subcommands come from the same declarations). Outputs that `snakemake --report` should show are
+# tagged with report(); multithreaded stages get all the cores Snakemake may use (a cluster job's CPUs under
+# an executor), and parallel ones pass them on as --workers. resources: is what a cluster executor asks for
+# (stages that launch ranks: params' launch: section).
 for _stage in STAGES.values():
 
     rule:

@@ -1,6 +1,8 @@
-"""train.micro_batch_size: auto — the largest micro-batch that fits, at a fixed global batch.
+"""micro_batch_size: auto — the largest micro-batch that fits, at a fixed global batch.
 
-The user states the global batch (``train.global_batch_size``, samples per optimizer step over all
+The same rule for the train and finetune stages (their sections share the batch keys,
+frontier.config.train.BatchConfig; frontier.train.wiring resolves the batch for both through
+`resolve_split`). The user states the global batch (``global_batch_size``, samples per optimizer step over all
 ranks); `auto` picks the micro-batch and derives ``grad_accum_steps = global / (micro x ranks)``, so
 the samples of every step (frontier.train.batches.data) and the run's identity (frontier.train.run.run_params,
 keyed by the global batch) are those of any other split. Candidates are the divisors of
@@ -21,7 +23,7 @@ How "fits" is decided:
 Every rank takes the largest candidate that fits on all ranks. The choice is recorded in the run's
 logs (``<checkpoints>/logs/batch_size.json``, keyed by the run's params and rank count) and reused
 when the run resumes, even on a machine that would choose differently; a new run (other params,
-another rank count, train.resume: none) chooses again. It is also in the run's run.json (``batch``).
+another rank count, resume: none) chooses again. It is also in the run's run.json (``batch``).
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ import psutil
 import torch
 
 from frontier.errors import ConfigError
-from frontier.train.launch.distributed import DistInfo, all_reduce_sum, ranks_on_this_node
+from frontier.train.launch.distributed import DistInfo, all_reduce_sum
+from frontier.train.launch.environment import ranks_on_this_node
 from frontier.utils.atomic import write_json
 
 if TYPE_CHECKING:
-    from frontier.config.train import TrainConfig
+    from frontier.config.train import BatchConfig
 
 log = logging.getLogger("frontier.train")
 
@@ -60,18 +63,19 @@ class Split:
     chosen_by: str  # "params", "cpu budget", "cuda probe" or "recorded"
 
 
-def global_batch(cfg: TrainConfig, world_size: int) -> int:
+def global_batch(cfg: BatchConfig, world_size: int) -> int:
     """The run's global batch: global_batch_size under auto, else micro x accumulation x ranks."""
     if cfg.micro_batch_size == "auto":
         return int(cfg.global_batch_size)
     return int(cfg.micro_batch_size) * int(cfg.grad_accum_steps) * world_size
 
 
-def candidates(global_size: int, world_size: int) -> list[int]:
-    """Micro-batch sizes that split `global_size` evenly over the ranks, largest first."""
+def candidates(global_size: int, world_size: int, section: str = "train") -> list[int]:
+    """Micro-batch sizes that split `global_size` evenly over the ranks, largest first (`section`: the stage's
+    section, for the message)."""
     if global_size % world_size:
         raise ConfigError(
-            f"train.global_batch_size: {global_size} does not split over {world_size} ranks; use a multiple of "
+            f"{section}.global_batch_size: {global_size} does not split over {world_size} ranks; use a multiple of "
             f"{world_size}"
         )
     per_rank = global_size // world_size
@@ -146,13 +150,13 @@ def largest_within(estimate: MemoryEstimate, budget: int, options: list[int]) ->
     return next((micro for micro in options if estimate.at(micro) <= budget), 0)
 
 
-def _over_budget(estimate: MemoryEstimate, budget: int, smallest: int) -> ConfigError:
+def _over_budget(estimate: MemoryEstimate, budget: int, smallest: int, section: str) -> ConfigError:
     return ConfigError(
-        f"train.micro_batch_size: auto: a micro-batch of {smallest} needs about {estimate.at(smallest) / _MIB:.0f} MiB "
-        f"({estimate.static / _MIB:.0f} MiB weights, gradients and optimizer state + {estimate.per_sample / _MIB:.0f} "
-        f"MiB activations per sample) but this rank's budget is {budget / _MIB:.0f} MiB ({BUDGET_FRACTION:.0%} of "
-        "the available RAM, shared by the ranks here); free memory, use a smaller model or train.seq_len, or set "
-        "train.activation_checkpointing: true"
+        f"{section}.micro_batch_size: auto: a micro-batch of {smallest} needs about "
+        f"{estimate.at(smallest) / _MIB:.0f} MiB ({estimate.static / _MIB:.0f} MiB weights, gradients and optimizer "
+        f"state + {estimate.per_sample / _MIB:.0f} MiB activations per sample) but this rank's budget is "
+        f"{budget / _MIB:.0f} MiB ({BUDGET_FRACTION:.0%} of the available RAM, shared by the ranks here); free "
+        "memory, use a smaller model or shorter sequences, or set engine.activation_checkpointing: true"
     )
 
 
@@ -174,10 +178,10 @@ def probe(step: Callable[[int], None], options: list[int], oom: tuple[type[BaseE
     return 0
 
 
-_OUT_OF_DEVICE_MEMORY = (
-    "train.micro_batch_size: auto: even a micro-batch of 1 runs out of device memory in a forward and backward on "
-    "at least one rank; use a smaller model or train.seq_len, set train.activation_checkpointing: true, or a ZeRO "
-    "stage / offload that keeps less on the device"
+_OUT_OF_DEVICE_MEMORY = (  # .format(section=): the stage's section
+    "{section}.micro_batch_size: auto: even a micro-batch of 1 runs out of device memory in a forward and "
+    "backward on at least one rank; use a smaller model or shorter sequences, set "
+    "engine.activation_checkpointing: true, or a ZeRO stage / offload that keeps less on the device"
 )
 
 
@@ -239,21 +243,65 @@ def choose(
     cuda_step_for: Callable[[], Callable[[int], None]],
     probe_device: bool,
     budget: int | None = None,
+    section: str = "train",
 ) -> Split:
     """The split of `global_size` for micro_batch_size auto: the recorded micro-batch when there is one, else
     the largest that fits by a probe (`probe_device`: CUDA) or by the memory budget (CPU; `budget` bytes per
-    rank, default cpu_budget). ConfigError, on every rank, when not even a micro-batch of 1 fits on one."""
-    options = candidates(global_size, info.world_size)
+    rank, default cpu_budget). ConfigError, on every rank, when not even a micro-batch of 1 fits on one
+    (naming `section`'s keys)."""
+    options = candidates(global_size, info.world_size, section)
     if recorded is not None:
         return split_of(recorded, global_size, info.world_size, "recorded")
     if probe_device:
         micro = agree(probe(cuda_step_for(), options, (torch.cuda.OutOfMemoryError,)), options, info)
         if not micro:
-            raise ConfigError(_OUT_OF_DEVICE_MEMORY)
+            raise ConfigError(_OUT_OF_DEVICE_MEMORY.format(section=section))
         return split_of(micro, global_size, info.world_size, "cuda probe")
     budget = cpu_budget(ranks_on_this_node(info.world_size)) if budget is None else budget
     estimate = measure()
     micro = agree(largest_within(estimate, budget, options), options, info)
     if not micro:
-        raise _over_budget(estimate, budget, options[-1])
+        raise _over_budget(estimate, budget, options[-1], section)
     return split_of(micro, global_size, info.world_size, "cpu budget")
+
+
+def resolve_split(
+    batch: BatchConfig,
+    module: torch.nn.Module,
+    info: DistInfo,
+    *,
+    seq_len: int,
+    precision: str,
+    zero_stage: int,
+    state_bytes: int,
+    logs_dir: Path,
+    identity: dict[str, Any],
+    resume: str,
+    section: str = "train",
+) -> Split:
+    """A run's micro-batch and accumulation: `batch`'s numbers, or chosen for micro_batch_size auto (the choice
+    recorded in `logs_dir` for the run `identity` is reused unless `resume` is none). `module` is what the
+    engine will train (a CausalLMWithLoss), `seq_len` its samples' length; `precision`, `zero_stage` and the
+    optimizer's `state_bytes` per moment size what the engine adds to it. Called by frontier.train.wiring."""
+    size = global_batch(batch, info.world_size)
+    if batch.micro_batch_size != "auto":
+        return Split(batch.micro_batch_size, batch.grad_accum_steps, "params")
+    options = candidates(size, info.world_size, section)
+    recorded = read_record(logs_dir, record_key(identity, info.world_size), options) if resume != "none" else None
+    vocab = module.lm.config.vocab_size
+
+    def measure() -> MemoryEstimate:
+        static = static_bytes(module, precision, zero_stage, info.world_size, state_bytes)
+        return MemoryEstimate(static, activation_bytes_per_sample(module, seq_len, vocab))
+
+    def cuda_step_for() -> Callable[[int], None]:
+        module.to(info.device)
+        total = static_bytes(module, precision, zero_stage, info.world_size, state_bytes)
+        weights_and_grads = static_bytes(module, "fp32", 0, 1, 0)  # what the probe itself holds
+        return cuda_step(module, seq_len, vocab, max(total - weights_and_grads, 0))
+
+    split = choose(global_size=size, info=info, recorded=recorded, measure=measure, cuda_step_for=cuda_step_for,
+                   probe_device=info.device.type == "cuda", section=section)  # fmt: skip
+    log.info("%s.micro_batch_size auto: micro-batch %d x %d accumulation steps x %d rank(s) = %d (%s)", section,
+             split.micro_batch_size, split.grad_accum_steps, info.world_size, size, split.chosen_by)  # fmt: skip
+    return split

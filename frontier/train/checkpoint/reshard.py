@@ -162,15 +162,15 @@ def needs_universal(saved: Layout, now: Layout) -> bool:
     if _family(saved.zero_stage) != _family(now.zero_stage):
         raise CheckpointError(
             f"written with ZeRO-{saved.zero_stage} ({saved.describe()}), which this run's ZeRO-{now.zero_stage} "
-            f"cannot load; resume it with train.zero_stage={saved.zero_stage} (on any number of ranks) or set "
+            f"cannot load; resume it with engine.zero_stage={saved.zero_stage} (on any number of ranks) or set "
             "train.resume=none"
         )
     if saved.zero_stage == 0:
         return False  # whole state in one file: any rank count loads it as it is
     if saved.precision != now.precision:
         raise CheckpointError(
-            f"written with train.precision={saved.precision} under ZeRO-{saved.zero_stage}; its partitioned "
-            f"state does not load into {now.precision}; resume it with train.precision={saved.precision} or set "
+            f"written with engine.precision={saved.precision} under ZeRO-{saved.zero_stage}; its partitioned "
+            f"state does not load into {now.precision}; resume it with engine.precision={saved.precision} or set "
             "train.resume=none"
         )
     return saved.partitions != now.partitions

@@ -1,9 +1,11 @@
 """The DeepSpeed config: generated from params, optionally overridden by a user JSON.
 
-params is the source of truth for everything it has a key for; ``train.deepspeed_config`` may
-add or change anything else (bucket sizes, communication dtype, offload details, ...). A JSON
-value that contradicts params is a ConfigError naming both keys, never a silent winner. A JSON
-value of ``"auto"`` (the Hugging Face convention) takes the generated value.
+It is made from the engine: section (shared by train and finetune) and the run's resolved batch (the
+stage's micro-batch and accumulation, after micro_batch_size: auto chose). params is the source of
+truth for everything it has a key for; ``engine.deepspeed_config`` may add or change anything else
+(bucket sizes, communication dtype, offload details, ...). A JSON value that contradicts params is a
+ConfigError naming both keys, never a silent winner. A JSON value of ``"auto"`` (the Hugging Face
+convention) takes the generated value.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from frontier.config.train import TrainConfig
+from frontier.config.engine import EngineConfig
 from frontier.errors import ConfigError
 
 # Blocks owned by params: the client optimizer is built from `optimizer.*` and the learning rate
@@ -25,20 +27,20 @@ def _offload(enabled: bool) -> dict[str, Any]:
     return {"device": "cpu", "pin_memory": True} if enabled else {"device": "none"}
 
 
-def generate(train: TrainConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config implied by params alone."""
-    fp16 = train.precision == "fp16"
+def generate(engine: EngineConfig, world_size: int, *, micro_batch_size: int, grad_accum_steps: int) -> dict[str, Any]:
+    """The DeepSpeed config implied by params alone (`micro_batch_size`, `grad_accum_steps`: the run's, resolved)."""
+    fp16 = engine.precision == "fp16"
     return {
-        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
-        "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": train.grad_accum_steps,
-        "gradient_clipping": train.grad_clip,
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "gradient_clipping": engine.grad_clip,
         "zero_optimization": {
-            "stage": train.zero_stage,
-            "offload_optimizer": _offload(train.offload_optimizer),
-            "offload_param": _offload(train.offload_params),
+            "stage": engine.zero_stage,
+            "offload_optimizer": _offload(engine.offload_optimizer),
+            "offload_param": _offload(engine.offload_params),
         },
-        "bf16": {"enabled": train.precision == "bf16"},
+        "bf16": {"enabled": engine.precision == "bf16"},
         # dynamic loss scaling: loss_scale 0 starts at 2**initial_scale_power and adapts
         "fp16": {
             "enabled": fp16,
@@ -55,43 +57,38 @@ def generate(train: TrainConfig, world_size: int) -> dict[str, Any]:
     }
 
 
-def _params_view(train: TrainConfig, world_size: int) -> dict[str, tuple[str, Any, Any]]:
-    """DeepSpeed key -> (params key, params value, predicate(json value) -> agrees)."""
-    batch = train.micro_batch_size * train.grad_accum_steps * world_size
+def _params_view(
+    engine: EngineConfig, world_size: int, micro: int, accum: int, section: str
+) -> dict[str, tuple[str, Any, Any]]:
+    """DeepSpeed key -> (params key, params value, predicate(json value) -> agrees); `section`: the stage's
+    section holding the batch keys (train or finetune)."""
+    batch = micro * accum * world_size
 
     def offload_agrees(flag: bool) -> Any:
         return lambda v: (str(v).lower() not in ("none", "")) == flag
 
     return {
         "train_batch_size": (
-            f"train.micro_batch_size x train.grad_accum_steps x world size ({world_size})",
+            f"{section}.micro_batch_size x {section}.grad_accum_steps x world size ({world_size})",
             batch,
             lambda v: v == batch,
         ),
-        "train_micro_batch_size_per_gpu": (
-            "train.micro_batch_size",
-            train.micro_batch_size,
-            lambda v: v == train.micro_batch_size,
-        ),
-        "gradient_accumulation_steps": (
-            "train.grad_accum_steps",
-            train.grad_accum_steps,
-            lambda v: v == train.grad_accum_steps,
-        ),
-        "gradient_clipping": ("train.grad_clip", train.grad_clip, lambda v: float(v) == train.grad_clip),
-        "zero_optimization.stage": ("train.zero_stage", train.zero_stage, lambda v: v == train.zero_stage),
+        "train_micro_batch_size_per_gpu": (f"{section}.micro_batch_size", micro, lambda v: v == micro),
+        "gradient_accumulation_steps": (f"{section}.grad_accum_steps", accum, lambda v: v == accum),
+        "gradient_clipping": ("engine.grad_clip", engine.grad_clip, lambda v: float(v) == engine.grad_clip),
+        "zero_optimization.stage": ("engine.zero_stage", engine.zero_stage, lambda v: v == engine.zero_stage),
         "zero_optimization.offload_optimizer.device": (
-            "train.offload_optimizer",
-            train.offload_optimizer,
-            offload_agrees(train.offload_optimizer),
+            "engine.offload_optimizer",
+            engine.offload_optimizer,
+            offload_agrees(engine.offload_optimizer),
         ),
         "zero_optimization.offload_param.device": (
-            "train.offload_params",
-            train.offload_params,
-            offload_agrees(train.offload_params),
+            "engine.offload_params",
+            engine.offload_params,
+            offload_agrees(engine.offload_params),
         ),
-        "bf16.enabled": ("train.precision", train.precision, lambda v: bool(v) == (train.precision == "bf16")),
-        "fp16.enabled": ("train.precision", train.precision, lambda v: bool(v) == (train.precision == "fp16")),
+        "bf16.enabled": ("engine.precision", engine.precision, lambda v: bool(v) == (engine.precision == "bf16")),
+        "fp16.enabled": ("engine.precision", engine.precision, lambda v: bool(v) == (engine.precision == "fp16")),
     }
 
 
@@ -120,24 +117,24 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
 def read_user_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"train.deepspeed_config: {path} not found")
+        raise ConfigError(f"engine.deepspeed_config: {path} not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"train.deepspeed_config: {path} is not valid JSON ({exc})") from None
+        raise ConfigError(f"engine.deepspeed_config: {path} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"train.deepspeed_config: {path} must hold a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"engine.deepspeed_config: {path} must hold a JSON object, got {type(data).__name__}")
     return data
 
 
-def merge(generated: dict[str, Any], user: dict[str, Any], train: TrainConfig, world_size: int, source: str) -> dict:
-    """`generated` overridden by `user`; ConfigError for any user value that contradicts params."""
+def merge(generated: dict[str, Any], user: dict[str, Any], view: dict[str, tuple[str, Any, Any]], source: str) -> dict:
+    """`generated` overridden by `user`; ConfigError for any user value that contradicts params (`view`,
+    _params_view's)."""
     for block, owner in _OWNED_BLOCKS.items():
         if block in user:
             raise ConfigError(
                 f"{source}: '{block}' is set by params ({owner}) in Frontier; remove it from the DeepSpeed JSON"
             )
-    view = _params_view(train, world_size)
     merged = copy.deepcopy(generated)
     for key, value in _flatten(user).items():
         if value == "auto":
@@ -157,10 +154,14 @@ def merge(generated: dict[str, Any], user: dict[str, Any], train: TrainConfig, w
     return merged
 
 
-def build_ds_config(train: TrainConfig, world_size: int) -> dict[str, Any]:
-    """The config passed to deepspeed.initialize."""
-    generated = generate(train, world_size)
-    if not train.deepspeed_config:
+def build_ds_config(
+    engine: EngineConfig, world_size: int, *, micro_batch_size: int, grad_accum_steps: int, section: str = "train"
+) -> dict[str, Any]:
+    """The config passed to deepspeed.initialize: the engine section with the run's resolved batch
+    (`section`: the stage whose batch keys they are, for the messages)."""
+    generated = generate(engine, world_size, micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps)
+    if not engine.deepspeed_config:
         return generated
-    user = read_user_config(train.deepspeed_config)
-    return merge(generated, user, train, world_size, f"train.deepspeed_config ({train.deepspeed_config})")
+    user = read_user_config(engine.deepspeed_config)
+    view = _params_view(engine, world_size, micro_batch_size, grad_accum_steps, section)
+    return merge(generated, user, view, f"engine.deepspeed_config ({engine.deepspeed_config})")

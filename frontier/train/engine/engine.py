@@ -26,7 +26,7 @@ class WholeGrads:
     """
 
     params: list[torch.nn.Parameter]  # trainable parameters, each once
-    clip: float  # train.grad_clip (0: no clipping)
+    clip: float  # engine.grad_clip (0: no clipping)
 
     def zero_grad(self) -> None:
         """DeepSpeed's engine.zero_grad over the stored list (same effect: every grad set to None)."""

@@ -1,6 +1,6 @@
 """Alert rules over training and system metrics -> alerts.jsonl lines and warning log lines.
 
-Rules (thresholds in ``train.alerts``; 0 turns a rule off):
+Rules (thresholds in ``engine.alerts``; 0 turns a rule off):
   nan              the loss is NaN or infinite
   loss_spike       loss > loss_spike_factor x EMA of the loss
   grad_norm        grad norm > grad_norm_max (or non-finite)

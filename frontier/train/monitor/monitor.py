@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from frontier.config.train import TrainConfig
+from frontier.config.monitor import AlertsConfig, MonitorConfig, ProfileConfig
 from frontier.data.progress import eta
 from frontier.train.checkpoint.state import TrainerState
 from frontier.train.launch.distributed import DistInfo
@@ -51,13 +51,27 @@ def _finite(value: object) -> bool:
 
 
 class RunMonitor:
-    def __init__(self, cfg: TrainConfig, logs_dir: Path, info: DistInfo, state: TrainerState) -> None:
-        self.cfg = cfg
+    """What rank 0 shows and writes while a run of `max_steps` steps goes (per `settings`, engine.monitor), its
+    alerts (per `alerts`, engine.alerts) and the profiler window (`profile`: the stage's own, train.profile)."""
+
+    def __init__(
+        self,
+        settings: MonitorConfig,
+        alerts: AlertsConfig,
+        logs_dir: Path,
+        info: DistInfo,
+        state: TrainerState,
+        *,
+        max_steps: int,
+        profile: ProfileConfig | None = None,
+    ) -> None:
+        self.max_steps = max_steps
+        self.profile = profile or ProfileConfig()  # None: no profiler window
         self.dir = logs_dir
         self.info = info
         self.main = info.is_main
         self.step = state.step
-        self.alerts = Alerts(cfg.alerts, logs_dir / "alerts.jsonl" if self.main else None)
+        self.alerts = Alerts(alerts, logs_dir / "alerts.jsonl" if self.main else None)
         self.writer: Any = None
         self.bar: Any = None
         self.system: SystemMonitor | None = None
@@ -67,17 +81,17 @@ class RunMonitor:
         if self.main:
             write_csv(logs_dir / "train.csv", TRAIN_FIELDS, state.train_rows)
             write_csv(logs_dir / "val.csv", VAL_FIELDS, state.val_rows)
-            if cfg.monitor.tensorboard:
+            if settings.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(logs_dir / "tb"), purge_step=state.step or None)
-            if cfg.monitor.progress_bar and sys.stderr.isatty():  # in a log file, the log lines say it all
+            if settings.progress_bar and sys.stderr.isatty():  # in a log file, the log lines say it all
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-            if cfg.monitor.system_every_s > 0:
-                self.system = SystemMonitor(cfg.monitor.system_every_s, logs_dir, self._on_system).start()
-        self.trackers = open_trackers(cfg.monitor, state.run_id, logs_dir, resume=state.step > 0) if self.main else []
+                self.bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+            if settings.system_every_s > 0:
+                self.system = SystemMonitor(settings.system_every_s, logs_dir, self._on_system).start()
+        self.trackers = open_trackers(settings, state.run_id, logs_dir, resume=state.step > 0) if self.main else []
 
     def _on_system(self, sample: dict[str, float]) -> None:
         step = self.step
@@ -90,7 +104,7 @@ class RunMonitor:
 
     def begin_step(self, step: int) -> None:
         self.step = step
-        prof = self.cfg.profile
+        prof = self.profile
         if prof.num_steps and step == prof.start_step and self.profiler is None:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
@@ -132,7 +146,7 @@ class RunMonitor:
         scalars = {f"train/{k}": row[k] for k in ("loss", "lr", "grad_norm") if _finite(row.get(k))}
         scalars |= {f"perf/{k}": v for k, v in {"tokens_per_s": row.get("tokens_per_s"), **extra}.items() if _finite(v)}
         self._scalars(scalars, step)
-        parts = [f"step {step}/{self.cfg.max_steps}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.3g}"]
+        parts = [f"step {step}/{self.max_steps}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.3g}"]
         if row.get("grad_norm") is not None:
             parts.append(f"grad_norm {row['grad_norm']:.3g}")
         if row.get("tokens_per_s"):
@@ -140,7 +154,7 @@ class RunMonitor:
         if extra.get("mfu") is not None:
             parts.append(f"MFU {100 * extra['mfu']:.1f}%")
         seconds = time.monotonic() - self._started
-        parts.append(f"ETA {eta(step - self._first_step, self.cfg.max_steps - self._first_step, seconds)}")
+        parts.append(f"ETA {eta(step - self._first_step, self.max_steps - self._first_step, seconds)}")
         self._print(" | ".join(parts))
 
     def log_val(self, step: int, val_loss: float, best: float | None) -> None:

@@ -1,6 +1,6 @@
 """Experiment trackers beside TensorBoard and the CSV files: DVCLive, MLflow, Weights & Biases (opt-in).
 
-``train.monitor.trackers: [dvclive, mlflow, wandb]`` (any subset; none by default). Each gets the
+``engine.monitor.trackers: [dvclive, mlflow, wandb]`` (any subset; none by default). Each gets the
 same scalars as TensorBoard, keyed ``train/loss``, ``train/lr``, ``train/grad_norm``, ``perf/...``,
 ``val/loss``, at the optimizer step. None of them needs a network: DVCLive writes files DVC reads
 (``dvc exp show``, ``dvc plots``), MLflow a local file store (or ``mlflow_tracking_uri``), W&B an
@@ -34,7 +34,7 @@ def _require(name: str) -> Any:
         return importlib.import_module(PACKAGES[name])
     except ImportError:
         raise ConfigError(
-            f"train.monitor.trackers: {name!r} needs the {PACKAGES[name]} package (pip install {PACKAGES[name]}, "
+            f"engine.monitor.trackers: {name!r} needs the {PACKAGES[name]} package (pip install {PACKAGES[name]}, "
             "or install Frontier with its [trackers] extra); remove it from the list to train without it"
         ) from None
 
@@ -65,7 +65,7 @@ class DVCLiveTracker:
         dvclive = _require("dvclive")
         # DVCLive declares its metrics and plots in <dir>/dvc.yaml, which DVC reads like any dvc.yaml. Never
         # the project's own dvc.yaml (DVCLive's default): that one is generated from frontier/pipeline.py.
-        directory = contained_dir(cfg.dvclive_dir, "train.monitor.dvclive_dir")
+        directory = contained_dir(cfg.dvclive_dir, "engine.monitor.dvclive_dir")
         self.live = dvclive.Live(str(directory), resume=resume, save_dvc_exp=False,
                                  dvcyaml=str(directory / "dvc.yaml"), report=None)  # fmt: skip
         self.live.log_param("run_id", run_id)

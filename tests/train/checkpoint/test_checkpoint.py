@@ -68,7 +68,7 @@ def test_keep_last_k_plus_best(tmp_path):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("saved")
-    train(params("train.zero_stage=1"), corpus.tokens, corpus.tokenizer, root / "out", root / "ckpt")
+    train(params("engine.zero_stage=1"), corpus.tokens, corpus.tokenizer, root / "out", root / "ckpt")
     return root
 
 
@@ -105,7 +105,7 @@ def test_a_pickled_payload_is_refused_even_with_a_matching_manifest(tmp_path, sa
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="refused to load a file that is not plain tensors/data"):
-        train(params("train.zero_stage=1", "train.max_steps=8", f"train.resume={newest}"), corpus.tokens,
+        train(params("engine.zero_stage=1", "train.max_steps=8", f"train.resume={newest}"), corpus.tokens,
               corpus.tokenizer, tmp_path / "out", ckpt)  # fmt: skip
     assert not (tmp_path / "pwned").exists()
 
@@ -120,7 +120,7 @@ def test_explicit_resume_of_a_corrupt_checkpoint_is_an_error(tmp_path, saved, co
     with pytest.raises(
         CheckpointError, match=r"train.resume: .*step_\d+: trainer_state.json has 2 bytes, the manifest says"
     ):
-        train(params("train.zero_stage=1", f"train.resume={newest}"), corpus.tokens, corpus.tokenizer,
+        train(params("engine.zero_stage=1", f"train.resume={newest}"), corpus.tokens, corpus.tokenizer,
               tmp_path / "out", ckpt)  # fmt: skip
 
 
@@ -131,9 +131,9 @@ def test_resuming_a_different_model_is_a_clear_error(tmp_path, saved, corpus):
     shutil.copytree(saved / "ckpt", ckpt)
     explicit = f"train.resume={ckpt / 'step_00000006'}"
     with pytest.raises(CheckpointError, match=r"written for a different model \(hidden_size=32 there, 48 now\)"):
-        train(params("train.zero_stage=1", "model.hidden_size=48", explicit), corpus.tokens, corpus.tokenizer,
+        train(params("engine.zero_stage=1", "model.hidden_size=48", explicit), corpus.tokens, corpus.tokenizer,
               tmp_path / "out", ckpt)  # fmt: skip
-    metrics = train(params("train.zero_stage=1", "model.hidden_size=48", "train.resume=none"), corpus.tokens,
+    metrics = train(params("engine.zero_stage=1", "model.hidden_size=48", "train.resume=none"), corpus.tokens,
                     corpus.tokenizer, tmp_path / "out", ckpt)  # fmt: skip
     assert metrics["steps"] == 6  # started over
     (archived,) = (ckpt / "archived").iterdir()  # the old run moved aside, not deleted nor pruned against
@@ -149,7 +149,7 @@ def test_auto_resume_starts_fresh_when_params_changed(tmp_path, saved, corpus, c
     ckpt = tmp_path / "ckpt"
     shutil.copytree(saved / "ckpt", ckpt)
     with caplog.at_level("WARNING", logger="frontier.train"):
-        metrics = train(params("train.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
+        metrics = train(params("engine.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
                         tmp_path / "out", ckpt)  # fmt: skip
     assert "made with other params (optimizer.lr)" in caplog.text
     assert metrics["steps"] == 6
@@ -157,7 +157,7 @@ def test_auto_resume_starts_fresh_when_params_changed(tmp_path, saved, corpus, c
     # With the same params, auto resumes the finished run instead of training again.
     caplog.clear()
     with caplog.at_level("INFO", logger="frontier.train"):
-        again = train(params("train.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
+        again = train(params("engine.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
                       tmp_path / "out2", ckpt)  # fmt: skip
     assert again["steps"] == 6
     assert "made with other params" not in caplog.text

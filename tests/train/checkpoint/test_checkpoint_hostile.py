@@ -283,7 +283,7 @@ def test_a_dvclive_link_out_of_the_workspace_is_refused(tmp_path, monkeypatch, w
     workspace.mkdir()
     _plant(workspace / where.split("/")[0], "dir", outside)
     monkeypatch.chdir(workspace)
-    with pytest.raises(ConfigError, match=r"train\.monitor\.dvclive_dir: .*(link|outside the workspace)"):
+    with pytest.raises(ConfigError, match=r"engine\.monitor\.dvclive_dir: .*(link|outside the workspace)"):
         DVCLiveTracker(MonitorConfig(dvclive_dir=where), "run", resume=False)
     _untouched(outside)
 

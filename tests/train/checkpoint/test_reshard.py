@@ -31,11 +31,11 @@ TWO, ONE = "train.micro_batch_size=2", "train.micro_batch_size=4"  # global batc
 
 
 def _run(stage: int, tmp: Path) -> list[str]:
-    overrides = [*STEPS, f"train.zero_stage={stage}"]
+    overrides = [*STEPS, f"engine.zero_stage={stage}"]
     if stage == 3:  # no parameter stays whole under ZeRO-3 (tiny ones would by default)
         ds_json = tmp / "ds.json"
         ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
-        overrides.append(f"train.deepspeed_config={ds_json}")
+        overrides.append(f"engine.deepspeed_config={ds_json}")
     return overrides
 
 
@@ -217,7 +217,7 @@ def test_a_layout_nothing_converts_ends_in_one_line(tmp_path, corpus, runs):
     assert "Traceback" not in log
     last = log.strip().splitlines()[-1]
     assert last.startswith(f"frontier train: error: {step}: written with ZeRO-2"), log
-    assert "resume it with train.zero_stage=2 (on any number of ranks) or set train.resume=none" in last
+    assert "resume it with engine.zero_stage=2 (on any number of ranks) or set train.resume=none" in last
     assert manifest.verify(step) is None and not (ckpt / reshard.CACHE_DIR).exists()
 
 
@@ -291,11 +291,11 @@ def test_which_layouts_convert():
     assert not reshard.needs_universal(two(2), two(2))
     assert reshard.needs_universal(two(2), one(2)) and reshard.needs_universal(one(3), two(3))
     assert reshard.needs_universal(two(1), one(2))  # ZeRO-1 and 2 share their format
-    with pytest.raises(CheckpointError, match="resume it with train.zero_stage=0"):
+    with pytest.raises(CheckpointError, match="resume it with engine.zero_stage=0"):
         reshard.needs_universal(two(0), one(2))
-    with pytest.raises(CheckpointError, match="resume it with train.zero_stage=3"):
+    with pytest.raises(CheckpointError, match="resume it with engine.zero_stage=3"):
         reshard.needs_universal(two(3), two(2))
-    with pytest.raises(CheckpointError, match="resume it with train.precision=bf16 or set train.resume=none"):
+    with pytest.raises(CheckpointError, match="resume it with engine.precision=bf16 or set train.resume=none"):
         reshard.needs_universal(two(2, "bf16"), one(2))
 
 

@@ -65,7 +65,7 @@ def test_step_gate_vetoes_the_update():
 
 
 def _optimizers():
-    from frontier.optim import FusedAdamW
+    from frontier.optim.fused_adamw import FusedAdamW
 
     return {
         "frontier": lambda ps: FusedAdamW(ps, lr=0.1, weight_decay=0.1),
@@ -110,7 +110,7 @@ def test_device_skip_equals_the_host_skip(impl):
 
 def test_device_flag_replaces_fused_adamws_own_check():
     """A zero flag is the caller's verdict: FusedAdamW does not read the grads again (its check is the caller's)."""
-    from frontier.optim import FusedAdamW
+    from frontier.optim.fused_adamw import FusedAdamW
 
     p = torch.nn.Parameter(torch.ones(3))
     opt = FusedAdamW([p], lr=0.1)
@@ -126,7 +126,7 @@ def test_device_flag_replaces_fused_adamws_own_check():
 
 def test_single_nan_step_is_skipped_counted_and_alerted(run, tmp_path, monkeypatch):
     poison(monkeypatch, {4})  # step 5 (one forward per step)
-    metrics, out = run("train.max_steps=8", "train.nan_guard.max_consecutive=3")
+    metrics, out = run("train.max_steps=8", "engine.nan_guard.max_consecutive=3")
     assert metrics["nan_skipped"] == 1 and metrics["rollbacks"] == 0 and metrics["steps"] == 8
     rows = {int(r["step"]): r for r in read_rows(out / "plots" / "train.csv")}
     assert math.isnan(rows[5]["loss"]) and all(math.isfinite(rows[s]["loss"]) for s in rows if s != 5)
@@ -137,8 +137,8 @@ def test_single_nan_step_is_skipped_counted_and_alerted(run, tmp_path, monkeypat
 def test_streak_rolls_back_with_lower_lr_and_recovers(run, tmp_path, monkeypatch):
     poison(monkeypatch, {4, 5})  # steps 5 and 6 fail once; the replay after the rollback is clean
     metrics, out = run(
-        "train.max_steps=8", "train.checkpoint.every_steps=2", "train.nan_guard.max_consecutive=2",
-        "train.nan_guard.lr_factor=0.5",
+        "train.max_steps=8", "train.checkpoint.every_steps=2", "engine.nan_guard.max_consecutive=2",
+        "engine.nan_guard.lr_factor=0.5",
     )  # fmt: skip
     assert metrics["rollbacks"] == 1 and metrics["nan_skipped"] == 2 and metrics["steps"] == 8
     rows = read_rows(out / "plots" / "train.csv")
@@ -155,8 +155,8 @@ def test_persistent_nan_gives_up_after_bounded_rollbacks(run, tmp_path, monkeypa
     poison(monkeypatch, set(range(2, 1000)))  # from step 3 on, always
     with pytest.raises(TrainingError, match=r"non-finite for 2 consecutive steps .*after 1 rollback.*max_rollbacks=1"):
         run(
-            "train.max_steps=8", "train.checkpoint.every_steps=2", "train.nan_guard.max_consecutive=2",
-            "train.nan_guard.max_rollbacks=1",
+            "train.max_steps=8", "train.checkpoint.every_steps=2", "engine.nan_guard.max_consecutive=2",
+            "engine.nan_guard.max_rollbacks=1",
         )  # fmt: skip
     assert not (tmp_path / "out").exists()
     assert (tmp_path / "ckpt" / "step_00000002" / "manifest.json").is_file()  # the last good checkpoint is kept
@@ -165,7 +165,7 @@ def test_persistent_nan_gives_up_after_bounded_rollbacks(run, tmp_path, monkeypa
 def test_nan_streak_without_a_checkpoint_is_a_clear_error(run, tmp_path, monkeypatch):
     poison(monkeypatch, set(range(0, 1000)))
     with pytest.raises(TrainingError, match="no checkpoint to roll back to"):
-        run("train.max_steps=8", "train.nan_guard.max_consecutive=2")
+        run("train.max_steps=8", "engine.nan_guard.max_consecutive=2")
 
 
 def test_early_stopping_ends_the_run_and_still_exports(run):

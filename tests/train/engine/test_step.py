@@ -44,9 +44,8 @@ _SYNCS = {
 
 
 # The model's forward reads values on the host by itself: transformers' packed-sequence detection
-# (masking_utils.find_packed_sequence_indices, once per forward, skipped only under torch.compile)
-# and frontier.model's document ids for the attention kernels (on CUDA, once per attention layer).
-# Those belong to the model, not to the training step, and are counted apart.
+# (masking_utils.find_packed_sequence_indices, once per forward, skipped only under torch.compile).
+# That belongs to the model, not to the training step, and is counted apart.
 _MODEL_READS = ("/transformers/", "/frontier/model/")
 
 
@@ -103,7 +102,9 @@ def _engine(*overrides: str, device: str = "cpu"):
     module = CausalLMWithLoss(build_model(p.model, VOCAB), p.kernels).to(device)
     optimizer = build_client_optimizer(module, p.optimizer)
     gate = StepGate(optimizer)
-    engine = make_engine(module, optimizer, build_ds_config(p.train, info.world_size))
+    ds_config = build_ds_config(p.engine, info.world_size, micro_batch_size=p.train.micro_batch_size,
+                                grad_accum_steps=p.train.grad_accum_steps)  # fmt: skip
+    engine = make_engine(module, optimizer, ds_config)
     return engine, gate, info, p
 
 
@@ -205,7 +206,7 @@ def test_non_finite_gradients_with_a_finite_loss_are_skipped(corpus):
 
 def test_clipping_matches_deepspeeds_rule(corpus):
     """The trainer clips with DeepSpeed's coefficient min(1, clip / (norm + 1e-6)) and reports the unclipped norm."""
-    engine, gate, info, p = _engine("train.grad_clip=0.01")
+    engine, gate, info, p = _engine("engine.grad_clip=0.01")
     grads = whole_grads(engine)
     assert grads is not None and grads.clip == 0.01 and engine.gradient_clipping() == 0.0  # DeepSpeed's is off
     seen: dict[str, Any] = {}

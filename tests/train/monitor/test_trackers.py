@@ -22,8 +22,8 @@ def tracked(tmp_path_factory, corpus):
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=root, check=True)
     p = params(
-        "train.monitor.trackers=[dvclive, mlflow, wandb]", "train.monitor.dvclive_dir=dvclive",
-        "train.monitor.project=tiny", "train.eval_every=3", "train.eval_batches=1",
+        "engine.monitor.trackers=[dvclive, mlflow, wandb]", "engine.monitor.dvclive_dir=dvclive",
+        "engine.monitor.project=tiny", "train.eval_every=3", "train.eval_batches=1",
     )  # fmt: skip
     cwd = os.getcwd()
     os.chdir(root)  # a stage runs in its project's root: DVCLive finds that DVC repository
@@ -88,5 +88,7 @@ def test_a_tracker_whose_package_is_missing_is_one_line(tmp_path, corpus, monkey
 
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     monkeypatch.delitem(sys.modules, "wandb", raising=False)
-    with pytest.raises(ConfigError, match=r"train.monitor.trackers: 'wandb' needs the wandb package"):
-        train(params("train.monitor.trackers=[wandb]"), corpus.tokens, corpus.tokenizer, tmp_path / "o", tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"engine.monitor.trackers: 'wandb' needs the wandb package"):
+        train(
+            params("engine.monitor.trackers=[wandb]"), corpus.tokens, corpus.tokenizer, tmp_path / "o", tmp_path / "c"
+        )
