@@ -6,9 +6,9 @@ optimizer, engine, train, launch, evaluate, finetune, report, ...), the root `Pa
 the loader and its validation in load.py, field helpers in fields.py.
 """
 
+from frontier.config.fields import bounds
 from frontier.config.load import (
     ConfigError,
-    bounds,
     build_params,
     dump_resolved,
     load_params,

@@ -27,7 +27,6 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from frontier.config.fields import bounds
 from frontier.config.params import Params
 from frontier.errors import ConfigError
 from frontier.params_files import check_resolved
@@ -397,18 +396,3 @@ def dump_resolved(params: Params, directory: str | Path, sections: list[str] | N
     tmp.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-__all__ = [
-    "ConfigError",
-    "Params",
-    "bounds",
-    "build_params",
-    "dump_resolved",
-    "load_params",
-    "parse_override",
-    "read_params_data",
-    "section_keys",
-    "unwrap_optional",
-    "to_dict",
-]
