@@ -13,7 +13,7 @@ def test_params_are_nanogpts_cpu_run():
     p = load_params(REPO / "configs" / "shakespeare_char.yaml")
     m, t, o, s = p.model, p.train, p.optimizer, p.schedule
     assert (m.arch, m.num_layers, m.num_heads, m.hidden_size, m.max_seq_len, m.dropout) == ("gpt2", 4, 4, 128, 64, 0.0)
-    assert (t.micro_batch_size * t.grad_accum_steps, t.seq_len, t.max_steps, t.grad_clip) == (12, 64, 2000, 1.0)
+    assert (t.micro_batch_size * t.grad_accum_steps, t.seq_len, t.max_steps, p.engine.grad_clip) == (12, 64, 2000, 1.0)
     assert (o.lr, o.beta1, o.beta2, o.weight_decay) == (1e-3, 0.9, 0.99, 0.1)
     assert (s.kind, s.warmup_steps, s.min_lr_ratio) == ("cosine", 100, 0.1)
     assert p.tokenizer.kind == "char" and not p.tokenize.append_eos and not p.tokenize.prepend_bos
