@@ -167,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_dvc_yaml, address_floor_mib=None)
     p.add_argument("--path", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
+    from frontier import exp_view  # stdlib only: DVC runs in a subprocess
+
+    p = sub.add_parser("exp", help=exp_view.HELP, description=exp_view.HELP, epilog=exp_view.LEGEND)
+    p.set_defaults(fn=exp_view.command, address_floor_mib=None)
+    exp_view.add_arguments(p)
     return parser
 
 
@@ -182,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    _call("frontier.quiet:install")  # known harmless library warnings, before any stage imports them
     die_with_launcher()  # a rank of a stage that started its own ranks ends (checkpointing) with that stage
     try:
         return _run(ns)

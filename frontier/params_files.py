@@ -5,6 +5,9 @@ Snakefile validated, so it is written out under RESOLVED_DIR as ``params-<sha256
 is a promise about the content: a file found there is never trusted by its name. The writer rewrites
 any file whose bytes differ (or that is not a plain file), and every reader checks the content against
 the hash in the name before using it, so a file planted or edited between the two is refused.
+
+Beside them, one stamp per stage, ``<stage>.outdated`` (mark_outdated): an input of the stage's rule whose
+modification time tells Snakemake whether the stage's output on disk was built from other params.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +73,38 @@ def check_resolved(path: Path, text: str) -> None:
             f"{path}: its content does not match the hash in its name (edited or planted after Snakemake "
             "validated it); delete it and run snakemake again"
         )
+
+
+def mark_outdated(stage: str, why: list[str], directory: str | Path = RESOLVED_DIR, *, touch: bool = True) -> Path:
+    """The stamp `stage`'s rule reads as an input, dated now when its output on disk was not built from this
+    run's params (`why` says what differs, and is its content), else dated 1970; with `touch` False it is only
+    made where missing (dated 1970), and otherwise left as it is.
+
+    Snakemake reruns a job whose input is newer than its output, and then what follows it: so a stage runs again
+    exactly when its output's own record of its params differs (whichever tool built or restored the output),
+    and a run that rebuilt it leaves its output newer than the stamp. Snakemake's params trigger cannot say
+    this: it compares with what it recorded at the job's last run, and a value that depended on the output
+    would differ again once the output is rebuilt, rerunning the stage twice. Snakemake also skips an input
+    whose checksum is the one it recorded at the job's last run, so an outdated stamp's content is new each time.
+    """
+    from frontier.utils.atomic import atomic_file
+
+    directory = Path(directory)
+    _refuse_links(directory)
+    path = directory / f"{stage}.outdated"
+    try:
+        st = os.lstat(path)
+        plain_empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
+    except FileNotFoundError:
+        st, plain_empty = None, False
+    if why and touch:
+        with atomic_file(path, fsync=False) as f:
+            f.write("".join(f"{line}\n" for line in why) + f"# checked {time.time_ns()}\n")
+        return path
+    if st is not None and not touch:
+        return path
+    if not plain_empty:  # missing, a link, or the text of an earlier outdated output: an empty plain file
+        with atomic_file(path, fsync=False):
+            pass
+    os.utime(path, (0, 0), follow_symlinks=False)
+    return path

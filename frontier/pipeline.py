@@ -10,8 +10,6 @@ Entry functions are "module:function" strings: this module imports no stage pack
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -353,18 +351,6 @@ def params_file_for(config: dict[str, Any], on_disk: dict[str, Any] | None) -> s
     another ``--configfile``) the config written under RESOLVED_DIR, named by its hash (frontier.params_files).
     """
     return PARAMS_FILE if config == on_disk else str(write_resolved(config))
-
-
-def fingerprint(params_data: dict[str, Any], stage: Stage) -> str:
-    """A stable hash of the resolved params sections `stage` depends on (Snakemake's params trigger)."""
-    subset = {k: _lookup(params_data, k) for k in stage.params}
-    return hashlib.sha256(json.dumps(subset, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _lookup(data: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part) if isinstance(data, dict) else None
-    return data
 
 
 def dvc_yaml() -> dict[str, Any]:

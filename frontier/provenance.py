@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import functools
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from frontier.config import Params, dump_resolved
-from frontier.pipeline import ALL_STAGES
+from frontier.pipeline import ALL_STAGES, Stage
 from frontier.utils.atomic import write_json
 
 PROVENANCE_FILE = "provenance.json"
+RECORDED_PARAMS = "params.resolved.yaml"  # what dump_resolved writes beside a stage's outputs
 PACKAGES = ("torch", "transformers", "deepspeed", "triton", "peft", "tokenizers", "safetensors", "numpy")
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -188,3 +190,76 @@ def read_provenance(directory: str | Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def read_recorded_params(directory: str | Path) -> dict[str, Any] | None:
+    """The params a stage output records (``params.resolved.yaml``), or None when it has no readable record.
+
+    Read by the strict loader, as data: the directory may have been restored or copied from anywhere.
+    """
+    from frontier.utils.strict_yaml import MAX_PARAMS_BYTES, YamlRefused, load_plain
+
+    path = Path(directory) / RECORDED_PARAMS
+    try:
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            return None
+        data = load_plain(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, YamlRefused):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON sees it (tuples as lists, other objects as text), as a record read back holds it."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _differences(key: str, recorded: Any, current: Any) -> list[str]:
+    """Leaf by leaf, where `recorded` and `current` differ ("train.max_steps: 20 there, 24 now")."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        keys = dict.fromkeys([*recorded, *current])
+        return [d for k in keys for d in _differences(f"{key}.{k}", recorded.get(k), current.get(k))]
+    # Compared as JSON text: NaN equals NaN there, as a value read back from the record must.
+    there, now = json.dumps(recorded, sort_keys=True), json.dumps(current, sort_keys=True)
+    return [] if there == now else [f"{key}: {there[:60]} there, {now[:60]} now"]
+
+
+def params_differences(stage: Stage, recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys `stage` declares whose recorded value is not the current one (both resolved params as dicts).
+
+    Only the declared keys count: a record holds a dotted key's whole section ("launch.nnodes": launch:), whose
+    other keys change where a stage runs, not what it makes.
+    """
+    return [
+        d
+        for key in stage.params
+        for d in _differences(key, _plain(_lookup(recorded, key)), _plain(_lookup(current, key)))
+    ]
+
+
+def outdated_outputs(stage: Stage, current: dict[str, Any]) -> dict[str, list[str]]:
+    """`stage`'s outputs on disk that were not built from `current` (resolved params as a dict), each with why.
+
+    What an output records decides, whoever built or restored it (Snakemake, `dvc checkout`, a copy): every
+    stage that reads params records them beside its outputs (record_stage), so one without a readable record
+    was not made by the stage here and counts as outdated. A stage that reads no params (merge) has nothing
+    to compare; missing outputs are the workflow tool's business.
+    """
+    if not stage.params:
+        return {}
+    outdated: dict[str, list[str]] = {}
+    for out in stage.outs:
+        if not os.path.isdir(out):
+            continue
+        recorded = read_recorded_params(out)
+        if recorded is None:
+            outdated[out] = [f"no readable {RECORDED_PARAMS}"]
+        elif differences := params_differences(stage, recorded, current):
+            outdated[out] = differences
+    return outdated

@@ -60,10 +60,10 @@ def test_logs_get_plain_lines_with_rate_and_eta_not_bar_frames(tmp_path: Path) -
 
 def test_every_command_carries_its_address_space_floor() -> None:
     """The floor lives on each subparser (no list of names kept apart from the parser): commands that
-    import torch have one (DeepSpeed's stages a higher one); check and dvc-yaml import no torch."""
+    import torch have one (DeepSpeed's stages a higher one); check, dvc-yaml and exp import no torch."""
     commands = build_parser()._subparsers._group_actions[0].choices
     floors = {name: sub._defaults["address_floor_mib"] for name, sub in commands.items()}
-    assert floors.pop("check") is None and floors.pop("dvc-yaml") is None
+    assert floors.pop("check") is None and floors.pop("dvc-yaml") is None and floors.pop("exp") is None
     assert floors.pop("train") == floors.pop("finetune") == 1024
     assert floors and set(floors.values()) == {768} and "env" in floors, floors
 
@@ -79,7 +79,7 @@ def test_stage_subcommands_are_built_from_the_declarations() -> None:
     stages = {}
     for stage in ALL_STAGES.values():
         stages.setdefault(stage.subcommand, stage)
-    assert list(commands) == [*stages, "check", "env", "dvc-yaml"]
+    assert list(commands) == [*stages, "check", "env", "dvc-yaml", "exp"]
     for name, stage in stages.items():
         sub = commands[name]
         options = {a.option_strings[0]: a for a in sub._actions if a.option_strings}

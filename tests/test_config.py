@@ -187,3 +187,52 @@ def test_cli_reports_one_line_without_traceback(tmp_path: Path) -> None:
     assert len(lines) == 1, proc.stderr
     assert "prepare.val_fractoin" in lines[0] and "did you mean 'prepare.val_fraction'" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+# ---- a refusal names the layer that supplied the value ----------------------------------------------------
+
+
+def test_a_refusal_names_the_layer_that_supplied_the_value(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    assert _error(tmp_path, {"optimizer": {"lr": "fast"}}, ("train.max_steps=7",)).startswith(
+        f"{path}: optimizer.lr: got 'fast'"
+    )  # the file's own mistake stays the file's, whatever --set adds
+    assert _error(tmp_path, {"train": {"max_steps": 5}}, ("optimizer.lr=fast",)) == (
+        "--set optimizer.lr: got 'fast', expected a number"
+    )
+    assert _error(tmp_path, {}, ("prepare.sources=[{kind: web}]",)).startswith("--set prepare.sources[0].kind: got")
+    msg = _error(tmp_path, {"prepare": {"val_fraction": 0.1}}, ("prepare.sources=[{kind: files}]",))
+    assert msg.startswith("--set prepare.sources[0].path: required"), msg  # a rule inside the one value --set gave
+    # A rule across values names every layer that supplied one of them.
+    msg = _error(tmp_path, {"train": {"max_steps": 5}}, ("schedule.warmup_steps=9",))
+    assert msg.startswith(f"{path} with --set: schedule.warmup_steps: 9 is more than"), msg
+    with pytest.raises(ConfigError, match=r"^--set train.max_steps: got 0"):
+        load_params(None, ["train.max_steps=0"])
+
+
+def test_origins_merge_as_snakemake_does_and_track_each_key() -> None:
+    """Snakemake's merge (update_config) is what a workflow's config means; Origins must merge the same way."""
+    from snakemake.utils import update_config
+
+    from frontier.config.load import Origins
+
+    layers = [
+        ("params.yaml", {"train": {"max_steps": 5, "seq_len": 8}, "prepare": {"sources": [{"kind": "web"}]}}),
+        ("theirs.yaml", {"train": {"seq_len": "x"}, "model": "scalar", "eval": {"a": 1}}),
+        ("--config", {"model": {"dim": 4}, "train": {}, "eval": {}, "optimizer": {"lr": 1}}),
+    ]
+    expected: dict = {}
+    data: dict = {}
+    origins = Origins("params.yaml")
+    for label, layer in layers:
+        update_config(expected, yaml.safe_load(yaml.safe_dump(layer)))
+        origins.merge(data, label, layer)
+    assert data == expected
+    assert origins.of("train.max_steps") == "params.yaml"
+    assert origins.of("train.seq_len") == "theirs.yaml"
+    assert origins.of("prepare.sources[0].kind") == "params.yaml"
+    assert origins.of("model.dim") == "--config"  # theirs.yaml's scalar was replaced
+    assert origins.of("model") == "--config"  # a section: whoever supplied what is in it
+    assert origins.of("train.missing") == "params.yaml with theirs.yaml"  # missing: the section's layers
+    assert origins.of("top level") == "params.yaml with theirs.yaml with --config"
+    assert Origins("defaults").of("train.max_steps") == "defaults"

@@ -225,3 +225,25 @@ def test_a_job_refuses_a_resolved_file_that_does_not_match_its_name(tmp_path: Pa
     path.write_text(edit(path.read_text()))
     with pytest.raises(ConfigError, match="does not match the hash in its name"):
         load_params(path)
+
+
+# ---- a refusal names the layer that supplied the value (params.yaml, a --configfile, --config) -------------
+
+
+def test_snakemake_names_the_layer_of_a_bad_value(tmp_path: Path) -> None:
+    """`snakemake --config 'train={max_stesp: 3}'` is --config's typo, not params.yaml's; a --configfile's
+    value is that file's; a rule across values names each layer that supplied one."""
+    own = workspace(tmp_path / "own", BASE.replace("val_fraction", "val_fractoin"))
+    root = workspace(tmp_path / "ws", BASE)
+    (root / "theirs.yaml").write_text(yaml.safe_dump({"optimizer": {"lr": "fast"}}))
+    cases = [
+        (own, [], "params.yaml: prepare.val_fractoin: unknown key; did you mean 'prepare.val_fraction'?"),
+        (root, ["--configfile", "theirs.yaml"], "theirs.yaml: optimizer.lr: got 'fast', expected a number"),
+        (root, ["--config", "train={max_stesp: 3}"], "--config train.max_stesp: unknown key; did you mean 'train.max_steps'?"),
+        (root, ["--config", "train={max_steps: 4}", "schedule={warmup_steps: 9}"],
+         "params.yaml with --config: schedule.warmup_steps: 9 is more than train.max_steps=4"),
+    ]  # fmt: skip
+    for where, args, said in cases:
+        proc = _run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", *args], where)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and f"snakemake: error: {said}" in out, (args, out[-2000:])

@@ -76,7 +76,12 @@ def test_rules_come_from_one_loop_over_stages() -> None:
 def test_config_overrides_reach_every_job(tmp_path: Path) -> None:
     proc = _dry_run(tmp_path, "--cores", "1", "--config", "train={max_steps: 70}")
     assert proc.returncode == 0, proc.stderr
-    used = {part for line in proc.stdout.splitlines() for part in line.split() if part.startswith(".snakemake/")}
+    used = {
+        part
+        for line in proc.stdout.splitlines()
+        for part in line.split()
+        if part.startswith(".snakemake/frontier-params/params-")
+    }
     (path,) = used  # one resolved params file, the same for every job
     resolved = yaml.safe_load((tmp_path / path).read_text())
     assert resolved["train"]["max_steps"] == 70

@@ -11,12 +11,14 @@ dataclasses whose field types drive validation:
 - ranges come from field metadata: ``field(default=1, metadata=bounds(ge=1))``;
 - cross-field rules live in a ``validate(self)`` method that raises ``ValueError("key: why")``.
 
-Every failure is one `ConfigError` line naming the file, the dotted key, the value and what
-was expected, with the closest valid key for a misspelling.
+Every failure is one `ConfigError` line naming where the value came from (the file, a --configfile,
+--config or --set: `Origins`), the dotted key, the value and what was expected, with the closest valid
+key for a misspelling.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -64,10 +66,11 @@ def _describe(tp: Any) -> str:
 class _Invalid(Exception):
     """Internal: a value failed validation at `key`; turned into ConfigError with the source."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, scope: str | None = None) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+        self.scope = scope  # a cross-field rule's section: its values may come from several layers
 
 
 def _fmt(value: Any) -> str:
@@ -221,8 +224,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             msg = str(exc)
             sub, _, why = msg.partition(": ")
             if why and " " not in sub:
-                raise _Invalid(f"{prefix}.{sub}" if prefix else sub, why) from None
-            raise _Invalid(where, msg) from None
+                raise _Invalid(f"{prefix}.{sub}" if prefix else sub, why, scope=prefix) from None
+            raise _Invalid(where, msg, scope=prefix) from None
     return obj
 
 
@@ -276,11 +279,92 @@ def _apply_override(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def build_params(data: dict[str, Any], source: str = "params") -> Params:
-    """Validate an already-parsed mapping into `Params`; errors name `source`."""
+class Origins:
+    """Which layer of a merged config supplied each value: params.yaml, then each --configfile, then --config
+    (Snakemake), or a file then each --set (the CLI). A refusal names the layer the user has to fix, not the
+    first file of the stack: a typo from `--config` is reported as --config's.
+
+    Values are recorded per dotted leaf key (a list, a scalar, or a mapping a --set replaced whole); a later
+    layer's value replaces what an earlier one recorded at or below its key.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base  # named when no layer supplied anything relevant (a key missing everywhere)
+        self.layers: list[str] = []
+        self._leaf: dict[str, str] = {}
+
+    def _add(self, label: str) -> None:
+        if label not in self.layers:
+            self.layers.append(label)
+
+    def _forget(self, key: str) -> None:
+        for k in [k for k in self._leaf if _under(k, key)]:
+            del self._leaf[k]
+
+    def merge(self, data: dict[str, Any], label: str, layer: dict[str, Any]) -> None:
+        """Merge `layer` into `data` in place as snakemake.utils.update_config does (mappings recursively,
+        anything else replaces), recording `label` for every value it sets."""
+        self._add(label)
+
+        def walk(node: dict[str, Any], over: dict[str, Any], prefix: str) -> None:
+            for key, value in over.items():
+                dotted = f"{prefix}.{key}" if prefix else str(key)
+                if isinstance(value, dict):
+                    if not isinstance(node.get(key), dict):
+                        if key in node and not value:
+                            continue  # update_config leaves a value under an empty mapping as it was
+                        self._forget(dotted)  # a scalar there before is gone
+                        node[key] = {}
+                    walk(node[key], value, dotted)
+                else:
+                    self._forget(dotted)
+                    node[key] = copy.deepcopy(value)
+                    self._leaf[dotted] = label
+
+        walk(data, layer, "")
+
+    def replaced(self, label: str, key: str) -> None:
+        """`label` set dotted `key` whole (a --set: a mapping value replaces, it does not merge)."""
+        self._add(label)
+        self._forget(key)
+        self._leaf[key] = label
+
+    def of(self, key: str, scope: str | None = None) -> str:
+        """The layer(s) behind an error at `key`: the one that supplied the value at or above it; for a
+        check across the values of `scope` (a section's cross-field rule), every layer that supplied one."""
+        at = key if scope is None else scope
+        for cut in reversed([i for i, c in enumerate(at) if c in ".["] + [len(at)]):
+            if at[:cut] in self._leaf:  # one value holds it all (a list, a mapping a --set replaced)
+                return self._leaf[at[:cut]]
+        if scope is None:
+            scope = key  # a section or a missing key: whoever supplied the values below it
+        while True:
+            found = {self._leaf[k] for k in self._leaf if scope in ("", "top level") or _under(k, scope)}
+            if found:
+                return " with ".join(label for label in self.layers if label in found)
+            if scope in ("", "top level"):
+                return self.base
+            scope = scope[: max(scope.rfind("."), 0)]
+
+    def line(self, key: str, message: str, scope: str | None = None) -> str:
+        """The one-line refusal: `--set train.x: why` for a flag's own value, `file: train.x: why` else."""
+        where = self.of(key, scope)
+        return f"{where} {key}: {message}" if where in ("--set", "--config") else f"{where}: {key}: {message}"
+
+
+def _under(key: str, scope: str) -> bool:
+    """Is dotted `key` the key `scope` or below it (a subkey or a list element)?"""
+    return key == scope or key.startswith((scope + ".", scope + "["))
+
+
+def build_params(data: dict[str, Any], source: str | Origins = "params") -> Params:
+    """Validate an already-parsed mapping into `Params`; errors name `source`, or, given the `Origins` of a
+    merged config, the layer that supplied the refused value."""
     try:
         return _build(Params, data, "")
     except _Invalid as exc:
+        if isinstance(source, Origins):
+            raise ConfigError(source.line(exc.key, exc.message, exc.scope)) from None
         raise ConfigError(f"{source}: {exc.key}: {exc.message}") from None
 
 
@@ -309,20 +393,18 @@ def load_params(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     Raises ConfigError with one line naming the file (or ``--set``), the key and the problem.
     """
     data: dict[str, Any] = {}
-    source = "defaults"
+    origins = Origins("defaults" if path is None else str(path))
     if path is not None:
-        source = str(path)
-        data = read_params_data(path)
+        origins.merge(data, str(path), read_params_data(path))
     for text in overrides:
         key, value = parse_override(text)
         _apply_override(data, key, value)
+        origins.replaced("--set", key)
         try:
             _check_key_path(key)
         except _Invalid as exc:
             raise ConfigError(f"--set {exc.key}: {exc.message}") from None
-    if overrides:
-        source = f"{source} with --set {' '.join(overrides)}"
-    return build_params(data, source)
+    return build_params(data, origins)
 
 
 def _check_key_path(key: str) -> None:

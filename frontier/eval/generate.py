@@ -7,6 +7,7 @@ so results depend only on the seed), and the same code serves the evaluate sampl
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -55,6 +56,22 @@ def model_context(model: torch.nn.Module) -> int | None:
     return None
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword (and output field) of the model's KV cache: ``cache`` in transformers 5.x, which
+    deprecates ``past_key_values`` (a FutureWarning per call, removed in 5.40), else ``past_key_values``.
+
+    Read from the signature, not a version number: a model of a release before the rename would silently drop
+    an unknown ``cache`` into its **kwargs and decode every token without the context. A peft model forwards
+    **kwargs to its base model, whose signature is the one that counts.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        names = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # no introspectable signature: the current name
+        return "cache"
+    return "past_key_values" if "past_key_values" in names and "cache" not in names else "cache"
+
+
 @torch.inference_mode()
 def generate(
     model: torch.nn.Module,
@@ -82,11 +99,12 @@ def generate(
     device = input_ids.device
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new: list[Tensor] = []
-    past = None
+    key = cache_keyword(model)
+    cache = None
     step_input = input_ids
     for _ in range(max_new_tokens):
-        out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=step_input, use_cache=True, **{key: cache})
+        cache = getattr(out, key)
         token = sample_next(out.logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
         if new:
             filler = torch.full_like(token, eos_id) if eos_id is not None else new[-1]

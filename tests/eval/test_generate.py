@@ -67,6 +67,54 @@ def test_greedy_generation_matches_transformers_generate():
     assert torch.equal(ours[0], theirs[0, prompt.shape[1] :])
 
 
+def test_generation_uses_the_current_cache_api(monkeypatch):
+    """transformers 5.x renamed past_key_values to cache (the old name: a FutureWarning per forward, removed in
+    5.40); generation passes the new one, to a peft-wrapped model too, and warns about nothing."""
+    import logging
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from frontier.eval.generate import cache_keyword
+
+    said: list[str] = []
+    monkeypatch.setattr(logging.Logger, "warning_once", lambda self, msg, *a, **k: said.append(str(msg)))
+    model = make_model(vocab_size=97, context=64, seed=3)
+    prompt = torch.tensor([[5, 17, 42, 8]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a FutureWarning or DeprecationWarning fails the call
+        ours = generate(model, prompt, max_new_tokens=6)
+    # (peft itself asks transformers' deprecated is_gradient_checkpointing here: frontier.quiet's table)
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=0.0)).eval()
+    assert cache_keyword(peft_model) == "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(generate(peft_model, prompt, max_new_tokens=6), ours)  # LoRA B starts at zero
+    assert not [m for m in said if "deprecated" in m], said
+
+
+def test_a_model_with_the_old_cache_keyword_still_decodes_with_its_cache():
+    """A model whose forward names past_key_values (a transformers release before the rename) gets that name:
+    an unknown `cache` would vanish into its **kwargs and every token be decoded without the context."""
+    from frontier.eval.generate import cache_keyword
+
+    model = make_model(vocab_size=97, context=64, seed=3)
+
+    class OldStyle(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.config = model, model.config
+
+        def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs):
+            out = self.inner(input_ids=input_ids, cache=past_key_values, use_cache=use_cache)
+            return type("Out", (), {"logits": out.logits, "past_key_values": out.cache})()
+
+    old = OldStyle()
+    assert cache_keyword(old) == "past_key_values" and cache_keyword(model) == "cache"
+    prompt = torch.tensor([[5, 17, 42, 8]])
+    assert torch.equal(generate(old, prompt, max_new_tokens=8), generate(model, prompt, max_new_tokens=8))
+
+
 def test_generation_respects_the_context():
     model = make_model(vocab_size=97, context=16, seed=4)
     prompt = torch.randint(3, 97, (3, 30), generator=torch.Generator().manual_seed(0))  # longer than the context

@@ -1,7 +1,7 @@
-"""The real pipeline, end to end, on a tiny params override: through Snakemake and through `dvc repro`.
+"""The real pipeline, end to end, on a tiny params override, through Snakemake (DVC: tests/workflow/test_reruns.py).
 
-Checks what a user relies on: every stage runs; a second run has nothing to do; changing only a
-train parameter reruns train and what follows it, not the data stages.
+Checks what a user relies on: every stage runs; the same inputs give the same bits in a fresh directory; a
+second run has nothing to do; changing only a train parameter reruns train and what follows it, not the data stages.
 """
 
 from __future__ import annotations
@@ -65,9 +65,6 @@ def _planned_jobs(root: Path) -> set[str]:
     return jobs
 
 
-# The README's short `dvc exp show` view: what changed, without per-source, speed, counts and dependency hashes.
-EXP_SHOW_DROP = ".*(per_source|speed|tokens|flops|wall_time|:steps).*|(runs|data)/[a-z_]+$"
-
 # Every stage's output directory, each holding params.resolved.yaml and provenance.json.
 STAGE_OUTPUTS = (
     "data/prepared", "data/tokenizer", "data/tokens", "runs/train", "runs/eval", "data/sft",
@@ -129,69 +126,3 @@ def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
     planned = _planned_jobs(root)
     assert "train" in planned and "evaluate" in planned and "report" in planned
     assert not planned & {"prepare", "tokenizer", "tokenize", "sft_data"}, planned
-
-
-def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
-    root = _project(tmp_path, TINY)
-    _run(["git", "init", "-q"], root)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], root)
-    _run([sys.executable, "-m", "dvc", "repro"], root)
-    assert (root / "runs/eval/metrics.json").is_file()
-    status = _run([sys.executable, "-m", "dvc", "status"], root).stdout
-    assert "up to date" in status, status
-    shown = _run([sys.executable, "-m", "dvc", "metrics", "show"], root).stdout
-    assert "bits_per_byte" in shown
-
-    # An experiment with one train parameter changed: dvc exp run, then exp show / plots show.
-    _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], root)
-    _run(["git", "add", "-A"], root)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], root)
-
-    # Data and models travel through a DVC remote: push here, pull in a fresh clone, nothing to redo.
-    _run([sys.executable, "-m", "dvc", "push"], root)
-    clone = tmp_path / "clone"
-    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path)
-    _run([sys.executable, "-m", "dvc", "pull"], clone)
-    assert (clone / "runs/train/model/model.safetensors").read_bytes() == (
-        root / "runs/train/model/model.safetensors").read_bytes()  # fmt: skip
-    assert (clone / "data/tokens/train/meta.json").is_file()
-    pulled = _run([sys.executable, "-m", "dvc", "repro"], clone).stdout
-    assert "Running stage" not in pulled, pulled
-    _run([sys.executable, "-m", "dvc", "exp", "run", "-n", "longer", "--set-param", "train.max_steps=14"], root)
-    exps = _run([sys.executable, "-m", "dvc", "exp", "show", "--json"], root).stdout
-    assert "longer" in exps and "bits_per_byte" in exps
-    steps = json.loads((root / "runs/train/metrics.json").read_text())["steps"]
-    assert steps == 14
-    plots = json.loads(_run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root).stdout)
-    names = set(plots.get("data", plots))
-    assert {"loss", "learning_rate", "grad_norm", "throughput", "finetune_loss"} <= names, names
-
-    # Metrics are numbers, and name no machine path.
-    metrics_json = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root).stdout
-    assert str(tmp_path) not in metrics_json
-
-    def leaves(node):
-        if isinstance(node, dict):
-            for value in node.values():
-                yield from leaves(value)
-        else:
-            yield node
-
-    values = list(leaves(json.loads(metrics_json)))
-    assert values and all(v is None or isinstance(v, (int, float)) for v in values), [
-        v for v in values if not isinstance(v, (int, float, type(None)))][:5]  # fmt: skip
-    # The documented short view of experiments: only what differs.
-    short = _run([sys.executable, "-m", "dvc", "exp", "show", "--only-changed", "--drop", EXP_SHOW_DROP, "--csv"],
-                 root).stdout  # fmt: skip
-    columns = short.splitlines()[0].split(",")
-    assert len(columns) <= 24 and "train.max_steps" in columns and "runs/eval/metrics.json:bits_per_byte" in columns
-
-    # Back to an earlier experiment: restored from the DVC cache, nothing retrains.
-    _run([sys.executable, "-m", "dvc", "exp", "apply", "longer"], root)  # the workspace as the experiment left it
-    _run(["git", "add", "-A"], root)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "longer"], root)
-    _run(["git", "checkout", "-q", "HEAD~1"], root)
-    _run([sys.executable, "-m", "dvc", "checkout"], root)
-    again = _run([sys.executable, "-m", "dvc", "repro"], root)
-    assert "Running stage" not in again.stdout, again.stdout
-    assert json.loads((root / "runs/train/metrics.json").read_text())["steps"] == 12

@@ -1,9 +1,12 @@
-"""The train stage as a 2-task SLURM job, on a real one-node cluster started on this machine.
+"""The README's SLURM command, as written, on a real one-node cluster started on this machine.
 
-munged, slurmctld and slurmd (Debian's slurm-wlm) run for the module; Snakemake submits train through
-snakemake-executor-plugin-slurm with the repository's workflow profile. The job's two tasks are started by
-srun (the plugin's MPI convention: resources tasks + mpi, the shell starting with `srun -n 2`), each one
-rank of the run; the per-step losses must match one rank run locally on the same global batch.
+munged, slurmctld and slurmd (Debian's slurm-wlm) run for the module, a 2-CPU node without accounting (as a
+small lab's cluster is); the README's command submits every stage through snakemake-executor-plugin-slurm
+with the repository's workflow profile, each one job asking for what params' launch: section says. Train's
+two tasks are started by srun (the plugin's MPI convention: resources tasks + mpi, the shell starting with
+`srun -n 2`), each one rank of the run; the per-step losses must match one rank run locally on the same
+global batch. The first run is killed outright mid-job: the next one must say what still runs and how to
+stop it, then, once it is stopped, clear the lock the killed run left and run to the end.
 
 Skips only where the cluster cannot start: not root, or no SLURM/munge binaries (.ci/run installs them).
 """
@@ -16,22 +19,25 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+from frontier.config.launch import ClusterJobConfig
+from frontier.pipeline import STAGES
 from tests.train.helpers import read_rows
 from tests.workflow.helpers import stage_env
-from tests.workflow.test_end_to_end import REPO, TINY, _merge, _project, _run
+from tests.workflow.test_end_to_end import REPO, STAGE_OUTPUTS, TINY, _merge, _project, _run
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +47,11 @@ SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARK = "# written by tests/workflow/test_slurm.py (removed when the test ends)"
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
-# Every wait is bounded, and together they stay under pytest-timeout's 900 s (so the cluster's teardown runs).
+# Every wait is bounded, and together they stay under the pipeline test's pytest-timeout (so the cluster's
+# teardown runs).
 START_TIMEOUT_S = 60
-STEP_TIMEOUT_S = 180  # the data stages here, the one-rank reference run
-SNAKEMAKE_TIMEOUT_S = 300
+STEP_TIMEOUT_S = 180  # a first job to start, the one-rank reference run
+SNAKEMAKE_TIMEOUT_S = 900  # the whole pipeline, ten jobs one after the other: about 7 minutes on 2 busy cores
 
 
 def _which(tool: str) -> str | None:
@@ -226,58 +233,116 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             SLURM_CONF.unlink()
 
 
-# The tiny end-to-end run, with a loss per step; the SLURM run splits the same global batch (4 windows) over
-# two ranks of micro batch 2.
-TRAIN = _merge(TINY, {"train": {"max_steps": 6, "log_every": 1, "eval_every": 3},
-                      "engine": {"monitor": {"system_every_s": 0, "progress_bar": False}}})  # fmt: skip
-ON_SLURM = ["--config", "launch={nproc_per_node: 2, threads_per_rank: 1, mem_mb: 1500, runtime_min: 10}",
-            "train={micro_batch_size: 2}"]  # fmt: skip
+def _documented_command(path: Path, marker: str) -> str:
+    """The first command of the first ```bash block after `marker` in a Markdown file, as written there (its
+    continuation lines joined, a trailing comment left out): what a user following that page types."""
+    text = path.read_text()
+    block = text[text.index(marker) :].split("```bash\n", 1)[1].split("```", 1)[0]
+    command = []
+    for line in block.splitlines():
+        command.append(line.rstrip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.join(shlex.split(" ".join(command), comments=True))
 
 
-def test_train_runs_as_a_two_task_slurm_job(tmp_path: Path, slurm_cluster: Cluster) -> None:
-    root = _project(tmp_path, TRAIN)
-    # The data stages run here (same --config, so the SLURM run finds them up to date): tokenize asks a cluster
-    # for 4 CPUs, more than this node may have.
-    _run([sys.executable, "-m", "snakemake", "--cores", "2", "tokenize", *ON_SLURM], root, timeout=STEP_TIMEOUT_S)
+# The tiny end-to-end pipeline, with a loss per step. Train and finetune run as 2-task jobs (one rank a task, a
+# CPU each): the same global batch (4 windows) as one rank of micro batch 4, in two ranks of micro batch 2. The
+# other stages ask for launch.cluster's defaults (2 CPUs, 4 GB, an hour): they must fit this 2-CPU node.
+PIPELINE = _merge(TINY, {"train": {"max_steps": 6, "log_every": 1, "eval_every": 3, "micro_batch_size": 2},
+                         "engine": {"monitor": {"system_every_s": 0, "progress_bar": False}},
+                         "launch": {"nproc_per_node": 2, "threads_per_rank": 1, "mem_mb": 1500, "runtime_min": 10}})  # fmt: skip
+UNFINISHED = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING")
 
-    # One rank, here: micro batch 4 = the same global batch as 2 ranks x 2.
+
+def _job_state(job_id: str) -> str:
+    shown = _cmd("scontrol", "show", "job", job_id).stdout
+    return m.group(1) if (m := re.search(r"JobState=(\w+)", shown)) else ""
+
+
+def _wait(what: str, ready: Callable[[], object], timeout: float, cluster: Cluster) -> object:
+    deadline = time.monotonic() + timeout
+    while not (value := ready()):
+        assert time.monotonic() < deadline, f"{what}: not after {timeout:.0f} s" + cluster.logs()
+        time.sleep(0.3)
+    return value
+
+
+@pytest.mark.timeout(START_TIMEOUT_S + 2 * STEP_TIMEOUT_S + 300 + SNAKEMAKE_TIMEOUT_S)
+def test_the_readme_slurm_command_runs_the_whole_pipeline(tmp_path: Path, slurm_cluster: Cluster) -> None:
+    """The README's SLURM command, as written, on a cluster without accounting and no account to charge: every
+    stage one SLURM job, train a 2-task job whose losses match one rank run locally. The run is first killed
+    outright mid-job: the next one names the job still running and the command that stops it, and once that
+    ran, removes the lock the killed run left and runs to the end."""
+    command = _documented_command(REPO / "README.md", "**SLURM.**")
+    assert command == _documented_command(REPO / "docs" / "scaling.md", "\n## SLURM\n"), "README and docs disagree"
+    argv = shlex.split(command)
+    assert argv[0] == "snakemake", command  # the venv's, first on stage_env()'s PATH
+    root = _project(tmp_path, PIPELINE)
+    node, asks = _cmd("scontrol", "show", "node").stdout, ClusterJobConfig()  # what the data stages ask for
+    memory = int(re.search(r"RealMemory=(\d+)", node).group(1))
+    assert memory >= asks.mem_mb, f"the node has {memory} MB, less than launch.cluster.mem_mb's default: {node}"
+
+    # Killed outright (SIGKILL: no cleanup) while its first job runs; the job is held (suspended) so that it
+    # is still unfinished when the next run looks.
+    killed = subprocess.Popen(argv, cwd=root, env=stage_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # fmt: skip
+    try:
+        here = str(root.resolve())
+        job_id = _wait("a running job of the first run", lambda: next(
+            (j for j, state, where in (ln.split("|") for ln in _cmd("squeue", "-h", "-o", "%i|%T|%Z").stdout.split())
+             if state == "RUNNING" and where == here), None), STEP_TIMEOUT_S, slurm_cluster)  # fmt: skip
+        assert _cmd("scontrol", "suspend", job_id).returncode == 0
+    finally:
+        killed.kill()
+        killed.wait(timeout=30)
+    assert list((root / ".snakemake" / "locks").glob("*.lock")), "the killed run left no lock to test"
+    refused = subprocess.run(argv, cwd=root, env=stage_env(), capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0, refused.stderr[-3000:]
+    assert f"its work still runs here: SLURM job {job_id};" in refused.stderr, refused.stderr[-3000:]
+    stop = re.search(r"\(or stop it: (scancel \d+)\)", refused.stderr).group(1)
+    assert _cmd(*shlex.split(stop)).returncode == 0  # the one command the message names
+    _wait(f"job {job_id} over", lambda: _job_state(job_id) not in UNFINISHED, 60, slurm_cluster)
+
+    started = time.monotonic()
+    proc = subprocess.run(argv, cwd=root, env=stage_env(), capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S)
+    print(f"{command}: {time.monotonic() - started:.0f} s")
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"{command} failed:\n{out[-6000:]}{slurm_cluster.logs()}")
+    assert f"removed the lock left in {here} by an interrupted run" in proc.stderr, proc.stderr[-3000:]
+    assert "job states come from squeue" in proc.stderr, proc.stderr[-3000:]  # this cluster has no accounting
+
+    # Every stage ran as a SLURM job (the killed run's one again: its output was incomplete), each completed.
+    jobs = dict(re.findall(r"SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", out))
+    assert sorted(jobs.values()) == sorted(STAGES), out[-3000:]
+    shown = {rule: _cmd("scontrol", "show", "job", job).stdout for job, rule in jobs.items()}
+    assert all("JobState=COMPLETED" in job for job in shown.values()), shown
+    # launch.cluster's defaults: 2 CPUs for a multithreaded stage (its threads: --workers), 1 for the others, 4 GB
+    assert asks.cpus == 2 and f"CPUs/Task={asks.cpus}" in shown["tokenize"] and "CPUs/Task=1" in shown["prepare"]
+    assert "frontier tokenize --params params.yaml" in out and f"--workers {asks.cpus} " in out, out[-3000:]
+    assert asks.mem_mb == 4096 and all("MinMemoryNode=4G" in shown[r] for r in ("prepare", "tokenize", "report"))
+    # train: two tasks, whose ranks srun started as step 0 of that job
+    train_job = next(job for job, rule in jobs.items() if rule == "train")
+    assert "NumTasks=2" in shown["train"] and "CPUs/Task=1" in shown["train"], shown["train"]
+    assert "srun -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 frontier train" in out, out[-3000:]
+    assert f"StepId={train_job}.0" in slurm_cluster.slurmd_log(), slurm_cluster.logs()
+    assert all((root / p).is_dir() for p in STAGE_OUTPUTS), [p for p in STAGE_OUTPUTS if not (root / p).is_dir()]
+
+    metrics = json.loads((root / "runs/train/metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6, metrics
+    # One rank, here, on the same tokens: micro batch 4 = the same global batch as 2 ranks x 2. Per-step
+    # loss, gradient norm and learning rate match (fp32 summation order aside).
     reference = yaml.safe_load((root / "params.yaml").read_text())
     reference["launch"]["nproc_per_node"] = 1
+    reference["train"]["micro_batch_size"] = 4
     (root / "reference.yaml").write_text(yaml.safe_dump(reference, sort_keys=False))
-    proc = subprocess.run(
+    ref = subprocess.run(
         [sys.executable, "-m", "frontier", "train", "--params", "reference.yaml", "--data", "data/tokens",
          "--tokenizer", "data/tokenizer", "--out", "reference/train", "--checkpoints", "reference/ckpt"],
         cwd=root, env={**stage_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=STEP_TIMEOUT_S,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-    started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "train", "--executor", "slurm", "--workflow-profile",
-         "workflow/profiles/slurm", *ON_SLURM,
-         # a small test cluster: quick polls, no accounting (squeue answers), no account to charge
-         "--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks",
-         "2", "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs"],
-        cwd=root, env=stage_env(), capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S,
-    )  # fmt: skip
-    print(f"snakemake --executor slurm train: {time.monotonic() - started:.0f} s")
-    if proc.returncode != 0:
-        job_logs = "".join(f"\n--- {p} ---\n{p.read_text(errors='replace')[-4000:]}"
-                           for p in sorted((root / ".snakemake" / "slurm_logs").rglob("*.log")))  # fmt: skip
-        pytest.fail(f"snakemake --executor slurm failed:\n{proc.stderr[-5000:]}{job_logs}{slurm_cluster.logs()}")
-
-    # It ran as a SLURM job of two tasks, whose ranks srun started as step 0 of that job.
-    logs = sorted((root / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert [p.parent.name for p in logs] == ["rule_train"], logs  # the data stages were not resubmitted
-    job_id = logs[0].stem
-    job = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=20).stdout
-    assert "JobState=COMPLETED" in job and "NumTasks=2" in job and "CPUs/Task=1" in job, job
-    assert "srun -n 2 --cpus-per-task=1 --kill-on-bad-exit=1 frontier train" in logs[0].read_text(), logs[0].read_text()
-    assert f"StepId={job_id}.0" in slurm_cluster.slurmd_log(), slurm_cluster.logs()
-
-    metrics = json.loads((root / "runs/train/metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["steps"] == 6, metrics
-    # Same global batch, same run: per-step loss, gradient norm and learning rate (fp32 summation order aside).
+    assert ref.returncode == 0, ref.stderr[-4000:]
     expected, got = read_rows(root / "reference/train/plots/train.csv"), read_rows(root / "runs/train/plots/train.csv")
     assert [r["step"] for r in got] == [r["step"] for r in expected] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     for a, b in zip(expected, got):
@@ -285,7 +350,7 @@ def test_train_runs_as_a_two_task_slurm_job(tmp_path: Path, slurm_cluster: Clust
             assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a, b)
 
     # Snakemake's report of that run, without --cores (the threads of a rule must not need them).
-    _run([sys.executable, "-m", "snakemake", "train", "--report", "report.zip", *ON_SLURM], root, timeout=60)
+    _run([sys.executable, "-m", "snakemake", "--report", "report.zip"], root, timeout=60)
     with zipfile.ZipFile(root / "report.zip") as archive:
         assert any(n.endswith("/metrics.json") for n in archive.namelist()), archive.namelist()
 

@@ -21,6 +21,7 @@ import yaml
 import frontier.config
 import frontier.config.load
 from frontier.config import Params, load_params
+from frontier.config.launch import LaunchConfig
 from frontier.pipeline import STAGES
 
 pytestmark = pytest.mark.slow
@@ -137,8 +138,9 @@ def _dry_run(tmp_path: Path, *args: str) -> dict[str, dict[str, object]]:
 @pytest.mark.parametrize(
     ("launch", "expected"),
     [
-        # the defaults: one CPU rank, what a modest job asks for; no GPU request at all
-        ({}, {"nodes": 1, "tasks": 1, "cpus_per_task": 4, "mem_mb": 8192, "runtime": 120}),
+        # the defaults: one CPU rank, what a small node has (2 CPUs, 4 GB); no GPU request, no partition (the
+        # cluster's default)
+        ({}, {"nodes": 1, "tasks": 1, "cpus_per_task": 2, "mem_mb": 4096, "runtime": 120, "slurm_partition": None}),
         # nproc auto on GPU nodes: one rank per GPU on each node (tasks per node: a total could be packed
         # unevenly); gres counts per node; tasks_per_gpu 0 keeps the plugin from passing --ntasks-per-gpu
         (GPU_NODES, GPU_NODES_JOB),
@@ -168,8 +170,51 @@ def test_train_and_finetune_ask_for_what_launch_describes(tmp_path: Path, launch
         assert jobs[name]["threads"] == 2  # every core of the local run (the stage divides them among its ranks)
     for name in ("prepare", "tokenize", "sft_data"):
         resources = jobs[name]["resources"]
+        # launch.cluster's defaults: 2 CPUs where the stage uses threads, 1 where it cannot, 4 GB, an hour
         assert resources["mem_mb"] == 4096 and resources["runtime"] == 60, (name, resources)
-        assert not {"tasks", "nodes", "mpi", "gres"} & set(resources), (name, resources)
+        assert resources["cpus_per_task"] == (2 if name == "tokenize" else 1), (name, resources)
+        assert not {"tasks", "nodes", "mpi", "gres", "slurm_partition"} & set(resources), (name, resources)
+
+
+def test_every_rule_asks_for_what_params_say(tmp_path: Path) -> None:
+    """CPUs, memory, time and partition of every rule come from launch: (train and finetune its top-level keys,
+    the others launch.cluster). (A dry run's threads are a local run's: tests/workflow/test_slurm.py checks that
+    a SLURM job's are the CPUs it asks for.)"""
+    launch = ("launch={partition: gpu, mem_mb: 2000, runtime_min: 30, threads_per_rank: 0, "
+              "cluster: {cpus: 3, mem_mb: 1000, runtime_min: 7, partition: 'cpu,short'}}")  # fmt: skip
+    jobs = _dry_run(tmp_path, "--executor", "slurm", "--jobs", "1", "--config", launch)
+    for name in ("train", "finetune"):
+        resources = jobs[name]["resources"]
+        expected = {"slurm_partition": "gpu", "mem_mb": 2000, "runtime": 30, "cpus_per_task": 3}
+        assert {k: resources.get(k) for k in expected} == expected, (name, resources)  # 3: cluster.cpus a rank
+    for name in ("prepare", "tokenizer", "tokenize", "sft_data"):
+        resources = jobs[name]["resources"]
+        cpus = 3 if name == "tokenize" else 1
+        expected = {"slurm_partition": "cpu,short", "mem_mb": 1000, "runtime": 7, "cpus_per_task": cpus}
+        assert {k: resources.get(k) for k in expected} == expected, (name, resources)
+
+
+def test_what_a_job_asks_for_is_no_stage_dependency() -> None:
+    """Cluster resources change where a stage runs, not what it makes: a stage declaring one would be rerun (a
+    model retrained) by DVC and Snakemake when only the job's size changed."""
+    asks = {f"launch.{f.name}" for f in dataclasses.fields(LaunchConfig)} - {
+        "launch.launcher", "launch.nproc_per_node", "launch.nnodes"}  # fmt: skip
+    assert {"launch.cluster", "launch.mem_mb", "launch.partition", "launch.threads_per_rank"} <= asks
+    for stage in STAGES.values():
+        assert "launch" not in stage.params, stage.name  # the whole section would include the job's size
+        assert not {p for p in stage.params if p in asks or p.startswith("launch.cluster.")}, stage.name
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("launch.partition=a b", "launch.partition"), ("launch.cluster.partition=", "launch.cluster.partition"),
+     ("launch.cluster.cpus=0", "launch.cluster.cpus"), ("launch.cluster.mem_mb=0", "launch.cluster.mem_mb"),
+     ("launch.cluster.runtime_min=0", "launch.cluster.runtime_min")],
+)  # fmt: skip
+def test_bad_cluster_resources_are_refused_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(frontier.config.ConfigError) as refused:
+        load_params(REPO / "params.yaml", [override])
+    assert f" {key}: " in str(refused.value), refused.value
 
 
 def test_an_mpi_resource_starts_the_ranks_as_the_plugin_documents(tmp_path: Path) -> None:

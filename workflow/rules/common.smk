@@ -1,32 +1,42 @@
 # Helpers shared by the rules files (no rules here). Params are validated once, at parse time,
 # so a bad params.yaml stops the workflow with one clear line before any job starts.
-import copy
 import os
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import available_cpu_count, update_config
+from snakemake.utils import available_cpu_count
 
 from frontier.config import build_params, read_params_data, to_dict
 from frontier.errors import ConfigError
-from frontier.pipeline import PARAMS_FILE, STAGES, command, fingerprint, params_file_for, typed_cli_config
+from frontier.params_files import mark_outdated
+from frontier.pipeline import PARAMS_FILE, STAGES, command, params_file_for, typed_cli_config
+from frontier.provenance import outdated_outputs
 from frontier.train.launch.environment import read_launcher_env, resolve_nproc_per_node
+from frontier.utils.stale_lock import clear_stale_lock, mark_executor, write_note
 
 
-def _read_config() -> tuple[dict, dict | None, str]:
+def _read_config() -> tuple[dict, dict | None, "Origins"]:
     """params.yaml, then each --configfile, then --config, every file read as plain data by Frontier's
     strict loader (Snakemake's own, behind a `configfile:` directive, would evaluate YTE templates).
-    Returns the merged config, params.yaml's own content (None when absent) and where they came from."""
+    Returns the merged config, params.yaml's own content (None when absent) and which layer supplied each
+    value, so a refusal names the one to fix (a typo in --config is --config's, not params.yaml's)."""
+    from frontier.config.load import Origins
+
     settings = workflow.config_settings
     files = [str(f) for f in settings.configfiles]
     base = read_params_data(PARAMS_FILE) if os.path.exists(PARAMS_FILE) or not files else None
-    data = copy.deepcopy(base or {})
-    for path in files:
-        update_config(data, read_params_data(path))
-    update_config(data, typed_cli_config(dict(settings.config)))
-    extra = [f"--configfile {f}" for f in files] + (["--config"] if settings.config else [])
-    return data, base, PARAMS_FILE + (f" with {' and '.join(extra)}" if extra else "")
+    data: dict = {}
+    origins = Origins(PARAMS_FILE)
+    if base is not None:
+        origins.merge(data, PARAMS_FILE, base)
+    for path in files:  # Snakemake hands them over absolute: named as the user would, below the workdir
+        rel = os.path.relpath(path)
+        origins.merge(data, path if rel.startswith("..") else rel, read_params_data(path))
+    origins.merge(data, "--config", typed_cli_config(dict(settings.config)))
+    return data, base, origins
 
 
 try:
@@ -40,10 +50,38 @@ except ConfigError as _exc:
     sys.stderr.write(f"snakemake: error: {_exc}\n")
     sys.exit(2)
 
+# Jobs run `frontier ...`: the one installed beside the Python running this Snakemake goes first on the PATH
+# they inherit, however Snakemake was started (`bash run.sh snakemake`, .venv/bin/snakemake without activating
+# the venv, a cluster job's `python -m snakemake`), so a job runs the Frontier this Snakefile imported.
+_BIN = os.path.dirname(sys.executable)
+if os.access(os.path.join(_BIN, "frontier"), os.X_OK) and os.environ.get("PATH", "").split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
-def stage_inputs(name):
-    """The paths a stage reads."""
-    return list(STAGES[name].deps)
+
+def stage_inputs(name: str) -> list[str]:
+    """The paths a stage reads, and its stamp: newer than its output when that was not built from this run's params.
+
+    Snakemake's metadata says what Snakemake last ran for an output, not what is there now: after `dvc checkout`,
+    a copy, or a run under another --config, it would take a result built from other params as up to date. Each
+    output records the params its stage read (params.resolved.yaml, compared by frontier.provenance), and that
+    record decides, whichever tool made or restored the output: where it differs, the stamp is dated now, so
+    Snakemake reruns the stage and what follows it (frontier.params_files.mark_outdated says why not its params
+    trigger). A Snakemake that runs one job (a cluster job's, a subprocess) leaves the stamps as the one that
+    scheduled it dated them.
+    """
+    scheduling = not (workflow.remote_exec or workflow.subprocess_exec)
+    why = []
+    for out, differences in (outdated_outputs(STAGES[name], PARAMS) if scheduling else {}).items():
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        sys.stderr.write(f"snakemake: {out} was not built from this run's params ({'; '.join(differences[:3])}{more}): "
+                         f"{name} is out of date, and what follows it\n")  # fmt: skip
+        why += [f"{out}: {d}" for d in differences]
+    try:
+        stamp = mark_outdated(name, why, touch=scheduling)
+    except (ConfigError, OSError) as exc:
+        sys.stderr.write(f"snakemake: error: {exc}\n")
+        sys.exit(2)
+    return [*STAGES[name].deps, str(stamp)]
 
 
 def stage_outputs(name):
@@ -54,30 +92,50 @@ def stage_outputs(name):
     return [directory(p) for p in stage.outs]
 
 
-def stage_cmd(name):
-    """The stage's command line (dvc.yaml's, with the params file this run validated)."""
-    return command(STAGES[name], PARAMS_PATH)
+def stage_cmd(name: str) -> str:
+    """The stage's command as dvc.yaml has it: in Snakemake's params trigger, so a stage whose command line
+    changes runs again (the params file a run passes, stage_run's, does not count)."""
+    return command(STAGES[name])
+
+
+def stage_run(name: str) -> Callable[..., str]:
+    """What the job runs: the command with the params file this run validated (params.yaml, or with --config
+    the one under .snakemake/frontier-params, named by its content's hash).
+
+    A params function of the job's output, which Snakemake leaves out of its params rerun trigger: that file's
+    name changes with any --config, and would rerun every stage. Whether a stage's params changed is what its
+    output records (stage_inputs).
+    """
+    line = command(STAGES[name], PARAMS_PATH)
+
+    def run(wildcards: object, output: object) -> str:
+        return line
+
+    return run
 
 
 def stage_shell(name):
     """The rule's shell line: the rank launcher (srun in a SLURM job), the command, the cores as --workers
     for parallel stages, and its log."""
     workers = " --workers {threads}" if STAGES[name].parallel else ""
-    return "{params.launcher}{params.cmd}" + workers + " 2>&1 | tee {log}"
+    return "{params.launcher}{params.run}" + workers + " 2>&1 | tee {log}"
 
 
 # ---- Cluster jobs -------------------------------------------------------------------------------------
 # Executor plugins read a rule's resources: (snakemake-executor-plugin-slurm turns nodes, tasks,
-# cpus_per_task, mem_mb, runtime and gres into sbatch options). Train and finetune ask for what params'
-# launch: section describes; a profile's set-resources (workflow/profiles/slurm) can override any of it.
+# cpus_per_task, mem_mb, runtime, gres and slurm_partition into sbatch options). Every value comes from
+# params' launch: section (train and finetune: its top-level keys; every other stage: launch.cluster), so a
+# small cluster is described in params.yaml, not by editing rules; a profile's set-resources can still
+# override any of it. None of it changes what a stage makes (frontier/pipeline.py's LAUNCH_LAYOUT).
 
 # Stages that start their ranks (frontier/pipeline.py): one job = launch.nnodes x ranks per node ranks.
 LAUNCHED = tuple(name for name, stage in STAGES.items() if stage.launches)
-# What the one-process stages ask a cluster for: their data fits a few GB (streamed or memory-mapped).
-SMALL_JOB = {"mem_mb": 4096, "runtime": 60}
-# CPUs a cluster job's process gets when params do not say (launch.threads_per_rank = 0): --cores describes
-# the submitting machine, not a compute node, and under an executor it is unset (or "unlimited").
-CLUSTER_CPUS = 4
+
+
+def _partition(partition: str | None) -> dict:
+    """The slurm_partition resource where params name one; none where they do not, so the plugin submits to
+    the cluster's default partition (or to a profile's default-resources slurm_partition)."""
+    return {} if partition is None else {"slurm_partition": partition}
 
 
 def job_ranks_per_node(launch: dict) -> int:
@@ -90,8 +148,9 @@ def job_ranks_per_node(launch: dict) -> int:
 
 
 def cpus_per_rank(launch: dict) -> int:
-    """CPUs (and threads) of one rank in a cluster job."""
-    return launch["threads_per_rank"] or CLUSTER_CPUS
+    """CPUs (and threads) of one rank in a cluster job: threads_per_rank, else launch.cluster.cpus (--cores
+    describes the submitting machine, not a compute node, and under an executor it is unset or "unlimited")."""
+    return launch["threads_per_rank"] or launch["cluster"]["cpus"]
 
 
 def in_slurm() -> bool:
@@ -115,15 +174,23 @@ def _srun_ranks(launch: dict) -> bool:
 
 def stage_resources(name: str) -> dict:
     """The rule's resources: (plain values, or callables Snakemake evaluates per job once the executor is known)."""
-    if name not in LAUNCHED:
-        return dict(SMALL_JOB)
     launch = PARAMS["launch"]
+    if name not in LAUNCHED:
+        job = launch["cluster"]  # one task; a single-threaded stage would leave any further CPU idle
+        cpus = job["cpus"] if STAGES[name].parallel or STAGES[name].multithreaded else 1
+        return {
+            "cpus_per_task": cpus,
+            "mem_mb": job["mem_mb"],
+            "runtime": job["runtime_min"],
+            **_partition(job["partition"]),
+        }
     nodes, per_node = launch["nnodes"], job_ranks_per_node(launch)
     resources = {
         "nodes": nodes,
         "cpus_per_task": cpus_per_rank(launch),
         "mem_mb": launch["mem_mb"],  # per node, as sbatch --mem
         "runtime": launch["runtime_min"],
+        **_partition(launch["partition"]),
         # The MPI-job convention of snakemake-executor-plugin-slurm: with an `mpi` resource the job's
         # Snakemake runs the rule directly in the batch script (no srun -n1 around it) and the rule's shell
         # starts the tasks with `{mpi} -n {tasks}`. None (no such resource) everywhere else, so the same
@@ -191,13 +258,63 @@ def stage_threads(name: str) -> int | Callable[..., int]:
         if not (workflow.non_local_exec or workflow.remote_exec):
             return _local_cores()
         if name not in LAUNCHED:
-            return CLUSTER_CPUS
+            return PARAMS["launch"]["cluster"]["cpus"]
         launch = PARAMS["launch"]
         return cpus_per_rank(launch) * (1 if _srun_ranks(launch) else job_ranks_per_node(launch))
 
     return threads
 
 
-def stage_fingerprint(name):
-    """A hash of the params sections the stage reads: changing one reruns that stage and what follows."""
-    return fingerprint(PARAMS, STAGES[name])
+def _slurm_config() -> dict[str, str]:
+    """`scontrol show config` as key -> value; {} where scontrol cannot answer."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    pairs = (line.partition("=") for line in shown.stdout.splitlines())
+    return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+
+
+def _on_start(log: str) -> None:
+    """When a run starts (its executor known; before its first job): for a SLURM run, note that its jobs
+    outlive it, and read job states the one way the cluster offers.
+
+    snakemake-executor-plugin-slurm asks sacct whenever the command exists; a cluster without an accounting
+    database answers "Slurm accounting storage is disabled", and the plugin would wait forever for jobs
+    that finished long ago. There squeue answers instead: slurmctld shows a finished job for MinJobAge
+    seconds (SLURM's default 300), longer than the plugin's longest wait between checks (180 s). Where the
+    cluster has accounting, the plugin's own choice stands. The plugin reads the setting at every status
+    check, and none has happened yet. Snakemake keeps one onstart hook per workflow: this is it.
+    """
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.name != "slurm" or workflow.remote_exec:
+        return
+    if _RUN_NOTE is not None:
+        mark_executor(_RUN_NOTE, "slurm")
+    settings = workflow.executor_settings
+    slurm = _slurm_config()
+    if slurm.get("AccountingStorageType") != "accounting_storage/none" or not hasattr(settings, "status_command"):
+        return
+    settings.status_command = "squeue"
+    sys.stderr.write("snakemake: no SLURM accounting here (AccountingStorageType=accounting_storage/none): "
+                     "job states come from squeue\n")  # fmt: skip
+    age = slurm.get("MinJobAge", "").split()
+    if age and age[0].isdigit() and int(age[0]) < 180:
+        sys.stderr.write(f"snakemake: warning: no SLURM accounting here, and slurmctld forgets a finished job "
+                         f"after MinJobAge={age[0]} s: a job that ends between two status checks (up to 180 s "
+                         "apart) may never be seen to end; ask for MinJobAge >= 300 (SLURM's default)\n")  # fmt: skip
+
+
+# A run killed outright leaves Snakemake's lock behind; the submitting Snakemake removes it when the run
+# that took it is gone and nothing it started still works here (frontier/utils/stale_lock.py), else says
+# what still runs. Jobs' own Snakemake processes (remote, without a lock) take no part.
+_RUN_NOTE = None
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    try:
+        _lock_news = clear_stale_lock(Path(".snakemake").resolve())
+        if _lock_news:
+            sys.stderr.write(f"snakemake: {_lock_news}\n")
+        _RUN_NOTE = write_note(Path(".snakemake").resolve())
+    except OSError as _exc:  # a directory this user cannot write: Snakemake says so itself when it matters
+        sys.stderr.write(f"snakemake: warning: cannot keep a note of this run in .snakemake ({_exc})\n")
+    workflow.onstart(_on_start)

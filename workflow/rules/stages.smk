@@ -2,7 +2,9 @@
 # the CLI's subcommands come from the same declarations). Outputs that `snakemake --report` should show are
 # tagged with report(); multithreaded stages get all the cores Snakemake may use (a cluster job's CPUs under
 # an executor), and parallel ones pass them on as --workers. resources: is what a cluster executor asks for
-# (stages that launch ranks: params' launch: section).
+# (stages that launch ranks: params' launch: section). input: also holds the stage's stamp, newer than its
+# output when that was built from other params; params: cmd is dvc.yaml's command (in Snakemake's params
+# trigger), run what the job runs (with this run's params file; left out of the trigger).
 for _stage in STAGES.values():
 
     rule:
@@ -14,7 +16,7 @@ for _stage in STAGES.values():
             stage_outputs(_stage.name),
         params:
             cmd=stage_cmd(_stage.name),
-            fingerprint=stage_fingerprint(_stage.name),
+            run=stage_run(_stage.name),
             launcher=rank_launcher,
         threads: stage_threads(_stage.name)
         resources:

@@ -12,8 +12,9 @@ filesystem, as DeepSpeed's own checkpoints assume)::
     .reshard/step_.../       a ZeRO checkpoint converted for another rank count while it is loaded (reshard)
     .step_00000100.deleting/ a pruned checkpoint being deleted (ignored)
     logs/                    live logs of the run (frontier.train.monitor.monitor)
-    archived/<time>/         an earlier run's checkpoints and logs, moved aside by train.resume=none (or
-                             another run's checkpoint at a step this run saves)
+    archived/<time>/         an earlier run's checkpoints and logs, moved aside by resume: none, by
+                             resume: auto when all of them are another run's (params changed), or
+                             another run's checkpoint at a step this run saves
     .lock                    held (flock) by the run using this directory; names its host and pid
 
 A save writes into the temporary directory, fsyncs it, then renames it into place, so a crash
@@ -299,19 +300,21 @@ class CheckpointStore:
         and (rank 0, under auto) the one scan of the directory's manifests it was chosen from.
 
         auto: the newest verified checkpoint of this run's params; a directory whose complete checkpoints are
-        all other runs' (params changed) has them archived, with one line, and the run starts fresh.
+        all other runs' (params changed) has them archived, with one line in auto's own words (a user who never
+        set resume: none, say under `dvc exp run -S optimizer.lr=...`, must not read that they did).
         """
         self.lock()
         self._guard_layout()
         if resume == "none":
-            self._archive_previous_run()
+            self._archive_previous_run(f"resume: none: the checkpoints and logs in {self.root} are not resumed")
             return None, []
         if resume == "auto":
             scan = self._scan() if self.info.is_main else []
             foreign = broadcast_object(self._only_foreign(scan) if self.info.is_main else None, self.info)
             if foreign:  # nothing of this run's params is here: the params changed since those were made
-                log.warning("checkpoint %s was made with other params (%s): starting a fresh run", *foreign)
-                self._archive_previous_run()
+                newest, changed = foreign
+                self._archive_previous_run(f"resume: auto: the checkpoints and logs in {self.root} belong to another "
+                                           f"run (its params differ: {changed}; newest {newest})")  # fmt: skip
                 return None, []
             return self.newest_valid(scan=scan), scan
         path = Path(os.path.realpath(resume))  # the user's own link to a checkpoint is theirs to follow
@@ -370,15 +373,14 @@ class CheckpointStore:
                 drop_planted_link(leftover, "a save's temporary directory")
         barrier(self.info)
 
-    def _archive_previous_run(self) -> None:
+    def _archive_previous_run(self, why: str) -> None:
         """Move an earlier run's checkpoints and logs to archived/<time>/ so that the fresh run's saves are
-        never pruned in favour of (or resumed from) them; nothing is deleted."""
+        never pruned in favour of (or resumed from) them; nothing is deleted. Rank 0 says `why` with where
+        they went, once per run, when there was anything to move."""
         if self.info.is_main:
             old = [*self.checkpoints(), *([self.root / "logs"] if (self.root / "logs").exists() else [])]
             if old:
-                log.warning(
-                    "train.resume=none: the previous run's checkpoints and logs moved to %s", self._archive(old)
-                )
+                log.warning("%s; archived as %s, starting fresh", why, self._archive(old))
         barrier(self.info)
 
     def _archive(self, paths: list[Path]) -> Path:

@@ -124,7 +124,7 @@ def test_explicit_resume_of_a_corrupt_checkpoint_is_an_error(tmp_path, saved, co
               tmp_path / "out", ckpt)  # fmt: skip
 
 
-def test_resuming_a_different_model_is_a_clear_error(tmp_path, saved, corpus):
+def test_resuming_a_different_model_is_a_clear_error(tmp_path, saved, corpus, caplog):
     import shutil
 
     ckpt = tmp_path / "ckpt"
@@ -133,10 +133,14 @@ def test_resuming_a_different_model_is_a_clear_error(tmp_path, saved, corpus):
     with pytest.raises(CheckpointError, match=r"written for a different model \(hidden_size=32 there, 48 now\)"):
         train(params("engine.zero_stage=1", "model.hidden_size=48", explicit), corpus.tokens, corpus.tokenizer,
               tmp_path / "out", ckpt)  # fmt: skip
-    metrics = train(params("engine.zero_stage=1", "model.hidden_size=48", "train.resume=none"), corpus.tokens,
-                    corpus.tokenizer, tmp_path / "out", ckpt)  # fmt: skip
+    with caplog.at_level("WARNING", logger="frontier.train"):
+        metrics = train(params("engine.zero_stage=1", "model.hidden_size=48", "train.resume=none"), corpus.tokens,
+                        corpus.tokenizer, tmp_path / "out", ckpt)  # fmt: skip
     assert metrics["steps"] == 6  # started over
     (archived,) = (ckpt / "archived").iterdir()  # the old run moved aside, not deleted nor pruned against
+    said = [r.getMessage() for r in caplog.records if "archived as" in r.getMessage()]
+    assert said == [f"resume: none: the checkpoints and logs in {ckpt} are not resumed; archived as {archived}, "
+                    "starting fresh"]  # fmt: skip
     assert sorted(p.name for p in archived.iterdir()) == ["logs", "step_00000006"]
     assert [p.name for p in CheckpointStore(ckpt, init_distributed()).checkpoints()] == ["step_00000006"]
     assert manifest.verify(archived / "step_00000006") is None
@@ -151,14 +155,18 @@ def test_auto_resume_starts_fresh_when_params_changed(tmp_path, saved, corpus, c
     with caplog.at_level("WARNING", logger="frontier.train"):
         metrics = train(params("engine.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
                         tmp_path / "out", ckpt)  # fmt: skip
-    assert "made with other params (optimizer.lr)" in caplog.text
     assert metrics["steps"] == 6
-    assert (ckpt / "archived").is_dir()  # the earlier run is kept aside, not resumed
+    (archived,) = (ckpt / "archived").iterdir()  # the earlier run is kept aside, not resumed
+    # In auto's own words: the user never set resume: none (dvc exp run -S optimizer.lr=... under the default).
+    said = [r.getMessage() for r in caplog.records if "archived as" in r.getMessage()]
+    assert said == [f"resume: auto: the checkpoints and logs in {ckpt} belong to another run (its params differ: "
+                    f"optimizer.lr; newest {ckpt / 'step_00000006'}); archived as {archived}, starting fresh"]  # fmt: skip
+    assert "resume=none" not in caplog.text and "resume: none" not in caplog.text
     # With the same params, auto resumes the finished run instead of training again.
     caplog.clear()
     with caplog.at_level("INFO", logger="frontier.train"):
         again = train(params("engine.zero_stage=1", "optimizer.lr=0.002"), corpus.tokens, corpus.tokenizer,
                       tmp_path / "out2", ckpt)  # fmt: skip
     assert again["steps"] == 6
-    assert "made with other params" not in caplog.text
+    assert "belong to another run" not in caplog.text
     assert "resumed from" in caplog.text

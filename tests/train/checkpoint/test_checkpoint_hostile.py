@@ -329,7 +329,7 @@ def test_a_directory_of_only_another_runs_checkpoints_is_reported_once(tmp_path,
     with caplog.at_level(logging.INFO, logger="frontier.train"):
         assert _run(corpus, tmp_path / "out", ckpt)["steps"] == 6
     about = [r.message for r in caplog.records if r.levelno >= logging.WARNING and step_dir_name(8) in r.message]
-    assert len(about) == 1 and "made with other params (optimizer.lr" in about[0], about
+    assert len(about) == 1 and "belong to another run (its params differ: optimizer.lr" in about[0], about
     (archived,) = (ckpt / "archived").iterdir()
     assert {p.name for p in archived.iterdir()} >= {step_dir_name(s) for s in (4, 6, 8)}
 
