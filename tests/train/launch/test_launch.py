@@ -76,8 +76,8 @@ def test_stop_signals_become_a_flag_and_handlers_are_restored(sig):
 _HUP = (
     "import os, signal, sys\n"
     "from frontier.train.launch.signals import StopRequest\n"
-    "if sys.argv[1] == 'nohup':\n"
-    "    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    # each case sets SIGHUP's disposition itself: pytest may run under nohup (SIG_IGN inherited)
+    "signal.signal(signal.SIGHUP, signal.SIG_IGN if sys.argv[1] == 'nohup' else signal.SIG_DFL)\n"
     "with StopRequest() as stop:\n"
     "    os.kill(os.getpid(), signal.SIGHUP)\n"
     "    print(stop.name or 'not requested', flush=True)\n"
