@@ -246,6 +246,14 @@ def _documented_command(path: Path, marker: str) -> str:
     return shlex.join(shlex.split(" ".join(command), comments=True))
 
 
+def test_the_readme_slurm_block_holds_only_the_command_the_cluster_test_runs() -> None:
+    """Every command of the README's SLURM block runs in the test below: a second one could not drift unseen."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("**SLURM.**") :].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith((" ", "\t"))]
+    assert len(commands) == 1, commands
+
+
 # The tiny end-to-end pipeline, with a loss per step. Train and finetune run as 2-task jobs (one rank a task, a
 # CPU each): the same global batch (4 windows) as one rank of micro batch 4, in two ranks of micro batch 2. The
 # other stages ask for launch.cluster's defaults (2 CPUs, 4 GB, an hour): they must fit this 2-CPU node.
