@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -159,7 +160,9 @@ def stage(
     cmd = [sys.executable, "-m", "frontier", "train", "--params", str(params_file), "--data", str(corpus.tokens),
            "--tokenizer", str(corpus.tokenizer), "--out", str(out), "--checkpoints", str(checkpoints)]  # fmt: skip
     log = open(out.parent / f"{out.name}.{log_name or 'stage'}.log", "w")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    # SIGHUP at its default, as a terminal session starts the stage, whatever the test runner inherited (nohup)
+    hup_default = lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=hup_default)
 
 
 def stage_log(out: Path, log_name: str | None = None) -> str:
