@@ -18,3 +18,4 @@ class KernelsConfig:
     rms_norm: Impl = "auto"
     rope: Impl = "auto"
     swiglu: Impl = "auto"
+    geglu: Impl = "auto"

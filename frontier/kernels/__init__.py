@@ -6,6 +6,7 @@ so importing it costs nothing):
 - ``frontier.kernels.rms_norm``: ``rms_norm`` / ``rms_norm_reference``;
 - ``frontier.kernels.rope``: ``rope`` / ``rope_reference``;
 - ``frontier.kernels.swiglu``: ``swiglu`` / ``swiglu_reference``;
+- ``frontier.kernels.geglu``: ``geglu`` / ``geglu_reference`` (the tanh-GELU gate of Gemma's MLP);
 - ``frontier.kernels.attention``: ``attention`` (flash attention; SDPA fallback), its kernels in
   ``attention_triton`` (forward) and ``attention_triton_bwd`` (backward);
 - ``frontier.kernels.cross_entropy``: ``cross_entropy`` / ``cross_entropy_reference``;
@@ -13,5 +14,6 @@ so importing it costs nothing):
 
 Shared machinery: ``dispatch`` (``resolve_impl``, ``triton_available``: which implementation runs),
 ``library`` (registration as torch.library ops), ``interpreter`` (TRITON_INTERPRET=1 workarounds),
-``triton_utils`` (the Triton import and helpers). The section schema is ``frontier.config.kernels``.
+``triton_utils`` (the Triton import and helpers), ``gated_activation`` (the kernels and registration
+behind swiglu and geglu). The section schema is ``frontier.config.kernels``.
 """

@@ -20,6 +20,7 @@ op                          Triton kernel handles                          fallb
 rms_norm                    rows of at most ``MAX_FUSED_COLS`` elements    ``torch`` (rms_norm_reference)
 rope                        everything the op accepts                      ``torch`` (rope_reference)
 swiglu                      everything the op accepts                      ``torch`` (swiglu_reference)
+geglu                       everything the op accepts                      ``torch`` (geglu_reference)
 cross_entropy               fp32 / fp16 / bf16 logits                      ``torch`` (cross_entropy_reference)
 fused_linear_cross_entropy  fp32 / fp16 / bf16 hidden and weight           ``torch`` (the eager linear + loss)
 attention                   power-of-two head dim in [16, 128],            ``sdpa`` (attention_sdpa: the
@@ -48,6 +49,7 @@ AUTO_FALLBACK: dict[str, str] = {
     "rms_norm": "torch",
     "rope": "torch",
     "swiglu": "torch",
+    "geglu": "torch",
     "cross_entropy": "torch",
     "fused_linear_cross_entropy": "torch",
     "attention": "sdpa",

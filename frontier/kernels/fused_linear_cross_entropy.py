@@ -1,4 +1,5 @@
-"""Fused linear + cross-entropy: ``cross_entropy(hidden @ weight.T + bias, targets)`` without the (N, V) logits.
+"""Fused linear + cross-entropy: ``cross_entropy(hidden @ weight.T + bias, targets)`` without the (N, V) logits,
+optionally with Gemma 2's final-logit softcapping (``logits = c * tanh(logits / c)``) in between.
 
 Three faces, one name:
   * ``fused_linear_cross_entropy_reference`` -- the eager computation (linear in the input dtype, then
@@ -13,19 +14,30 @@ kernel turns it into loss and, in place, the logits gradient (already scaled by 
 two more matmuls add that chunk's share to dhidden (C, H rows) and dweight (V, H). Peak extra memory is
 O(C x V) + the gradients themselves; the (N, V) logits never exist.
 
+Softcapping: a small elementwise kernel caps the (C, V) buffer in place before the cross-entropy kernel and,
+when a gradient is wanted, writes the chain factor ``1 - tanh^2`` into a second (C, V) buffer; the logits
+gradient is multiplied by it before the two gradient matmuls. The factor is *kept*, not recomputed: recomputing
+tanh after the cross-entropy kernel has overwritten the buffer would need the logits again, i.e. one more
+(C x V x H) matmul per chunk (+33% of the op's FLOPs), while keeping it costs one more (C, V) buffer, bounded
+by chunk_size. It is computed from ``exp(-2|x|/c)`` without cancellation (``1 - tanh^2`` taken from a rounded
+tanh near +-1 loses every digit in half precision).
+
 For "mean"/"sum" the gradients are computed in the forward (3 matmuls in all, like eager) and the backward
 only scales them by grad_output (free when it is 1). For "none" a per-row grad_output cannot be applied to
 an already summed dweight, so the forward computes only the loss and the backward recomputes the logits
 chunk by chunk (4 matmuls in all).
 
-Precision: logits and their gradient are rounded to the input dtype (as eager does); dweight accumulates in
-the weight dtype across chunks (one rounding per chunk: fp32 accumulation would double its memory), dbias
-in fp32.
+Precision: logits and their gradient are rounded to the input dtype (as eager does; the capped logits and the
+factor once each, where eager rounds after each of /, tanh, *); dweight accumulates in the weight dtype across
+chunks (one rounding per chunk: fp32 accumulation would double its memory), dbias in fp32.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.library import wrap_triton
 
 from frontier.kernels.cross_entropy import (
     check_loss_args,
@@ -35,9 +47,11 @@ from frontier.kernels.cross_entropy import (
 )
 from frontier.kernels.dispatch import empty_output, resolve_impl
 from frontier.kernels.library import define_op
+from frontier.kernels.triton_utils import jit, tl, to_dtype, triton
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MIN_CHUNK = 256  # fewer rows than this underfeeds a GPU matmul
+_SOFTCAP_BLOCK = 4096  # elements per program of the elementwise softcap kernel (16 per thread at 8 warps)
 
 
 def fused_linear_cross_entropy_reference(
@@ -49,10 +63,14 @@ def fused_linear_cross_entropy_reference(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Eager linear + cross-entropy; materialises the (N, V) logits."""
+    """Eager linear (+ softcap, in the logits dtype as Gemma 2 computes it) + cross-entropy; materialises the
+    (N, V) logits."""
     logits = torch.nn.functional.linear(hidden, weight, bias)  # (N, V)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     return cross_entropy_reference(
         logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         reduction=reduction,
@@ -69,6 +87,32 @@ def default_chunk_size(n_rows: int, hidden_size: int) -> int:
     return max(1, min(n_rows, chunk))
 
 
+@jit
+def _softcap_kernel(X, DCAP, n, cap, WRITE_DCAP: tl.constexpr, BLOCK: tl.constexpr):
+    # X <- cap * tanh(X / cap) in place; DCAP <- 1 - tanh^2, d(capped)/dX. With e = exp(-2|X|/cap) (in (0, 1],
+    # no overflow): |tanh| = (1 - e) / (1 + e) and 1 - tanh^2 = 4e / (1 + e)^2, neither cancelling.
+    cap = tl.cast(cap, tl.float32)  # Inductor passes Python floats as fp64
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    e = tl.exp(-2.0 * tl.abs(x) / cap)
+    t = (1.0 - e) / (1.0 + e)
+    t = tl.where(x < 0, -t, t)
+    tl.store(X + offs, to_dtype(cap * t, X.dtype.element_ty), mask=mask)
+    if WRITE_DCAP:
+        tl.store(DCAP + offs, to_dtype(4.0 * e / ((1.0 + e) * (1.0 + e)), DCAP.dtype.element_ty), mask=mask)
+
+
+def _softcap_(logits: torch.Tensor, softcap: float, dcap: torch.Tensor | None) -> None:
+    """Cap contiguous `logits` in place; write ``1 - tanh^2`` into `dcap` (same shape) when given."""
+    n = logits.numel()
+    if n:
+        wrap_triton(_softcap_kernel)[(triton.cdiv(n, _SOFTCAP_BLOCK),)](
+            logits, logits if dcap is None else dcap, n, softcap,
+            WRITE_DCAP=dcap is not None, BLOCK=_SOFTCAP_BLOCK, num_warps=8,
+        )  # fmt: skip
+
+
 def _chunked(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -81,9 +125,11 @@ def _chunked(
     label_smoothing: float,
     z_loss: float,
     chunk_size: int,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The loop: per-row loss (N,) fp32 and, where `want` says so (and grad_scale is given), dhidden,
-    dweight, dbias of ``sum(grad_scale * loss_rows)``; unwanted gradients are empty tensors.
+    dweight, dbias of ``sum(grad_scale * loss_rows)``; unwanted gradients are empty tensors. `softcap`: the
+    logits are ``softcap * tanh(logits / softcap)`` (None: uncapped).
 
     grad_scale: fp32 of shape () (1/n_valid or 1) or (N,) (a per-row grad_output).
     """
@@ -96,7 +142,8 @@ def _chunked(
     d_hidden = empty_output(hidden.shape, dtype=hidden.dtype, device=hidden.device) if want_h else hidden.new_empty(0)
     d_weight = empty_output(weight.shape, dtype=weight.dtype, device=weight.device) if want_w else weight.new_empty(0)
     d_bias = hidden.new_zeros(n_vocab, dtype=torch.float32) if want_b else hidden.new_empty(0)
-    buf = hidden.new_empty(min(chunk_size, n_rows), n_vocab)  # (C, V): the only vocabulary-sized buffer
+    buf = hidden.new_empty(min(chunk_size, n_rows), n_vocab)  # (C, V): the logits, then their gradient
+    dcap_buf = buf.new_empty(buf.shape) if softcap is not None and grad else None  # (C, V): 1 - tanh^2
     for start in range(0, n_rows, chunk_size):
         end = min(start + chunk_size, n_rows)
         h = hidden[start:end]  # (c, H)
@@ -105,6 +152,9 @@ def _chunked(
             torch.mm(h, weight.t(), out=logits)
         else:
             torch.addmm(bias, h, weight.t(), out=logits)
+        dcap = None if dcap_buf is None else dcap_buf[: end - start]  # (c, V)
+        if softcap is not None:
+            _softcap_(logits, softcap, dcap)
         scale = None
         if grad:
             scale = grad_scale if grad_scale.dim() == 0 else grad_scale[start:end]
@@ -113,7 +163,9 @@ def _chunked(
             grad_out=logits if grad else None, grad_scale=scale,
             ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss,
         )  # fmt: skip
-        # logits now holds d(loss)/d(logits) for this chunk, scaled
+        # logits now holds d(loss)/d(logits) for this chunk, scaled (of the capped logits: chain to the raw ones)
+        if dcap is not None:
+            logits.mul_(dcap)
         if want_h:
             torch.mm(logits, weight, out=d_hidden[start:end])  # (c, V) @ (V, H)
         if want_w and start == 0:
@@ -146,6 +198,7 @@ def _flce_op(
     ignore_index: int,
     label_smoothing: float,
     z_loss: float,
+    softcap: float | None,
     reduction: str,
     chunk_size: int,
     grad_hidden: bool,
@@ -163,6 +216,7 @@ def _flce_op(
     loss_rows, d_hidden, d_weight, d_bias = _chunked(
         hidden, weight, targets, bias, grad_scale, (grad_hidden, grad_weight, grad_bias),
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=chunk_size,
+        softcap=softcap,
     )  # fmt: skip
     return _reduce(loss_rows, targets, ignore_index, reduction), d_hidden, d_weight, d_bias
 
@@ -177,6 +231,7 @@ def _flce_bwd_op(
     ignore_index: int,
     label_smoothing: float,
     z_loss: float,
+    softcap: float | None,
     chunk_size: int,
     grad_hidden: bool,
     grad_weight: bool,
@@ -186,6 +241,7 @@ def _flce_bwd_op(
     _loss, d_hidden, d_weight, d_bias = _chunked(
         hidden, weight, targets, bias, grad_rows.float(), (grad_hidden, grad_weight, grad_bias),
         ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=chunk_size,
+        softcap=softcap,
     )  # fmt: skip
     return d_hidden, d_weight, d_bias
 
@@ -200,19 +256,19 @@ def _fake_grads(hidden, weight, bias, reduction, want):  # type: ignore[no-untyp
 
 
 @_flce_op.register_fake
-def _(hidden, weight, targets, bias, ignore_index, label_smoothing, z_loss, reduction, chunk_size, *want):  # type: ignore[no-untyped-def]
+def _(hidden, weight, targets, bias, ignore_index, label_smoothing, z_loss, softcap, reduction, chunk_size, *want):  # type: ignore[no-untyped-def]
     loss = hidden.new_empty(hidden.shape[:1] if reduction == "none" else (), dtype=torch.float32)
     return (loss, *_fake_grads(hidden, weight, bias, reduction, want))
 
 
 @_flce_bwd_op.register_fake
-def _(hidden, weight, targets, bias, grad_rows, ignore_index, label_smoothing, z_loss, chunk_size, *want):  # type: ignore[no-untyped-def]
+def _(hidden, weight, targets, bias, grad_rows, ignore_index, label_smoothing, z_loss, softcap, chunk_size, *want):  # type: ignore[no-untyped-def]
     return _fake_grads(hidden, weight, bias, "sum", want)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     hidden, weight, targets, bias, *ctx.options = inputs
-    ctx.reduction = ctx.options[3]
+    ctx.reduction = ctx.options[4]
     _loss, *grads = output
     ctx.mark_non_differentiable(*grads)
     if ctx.reduction == "none":
@@ -235,14 +291,14 @@ def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
 def _backward(ctx, grad_loss, *_grad_grads):  # type: ignore[no-untyped-def]
     if ctx.reduction == "none":
         hidden, weight, targets, bias = ctx.saved_tensors
-        ignore_index, label_smoothing, z_loss, _reduction, chunk_size, *want = ctx.options
+        ignore_index, label_smoothing, z_loss, softcap, _reduction, chunk_size, *want = ctx.options
         grads = torch.ops.frontier.fused_linear_cross_entropy_bwd(
-            hidden, weight, targets, bias, grad_loss, ignore_index, label_smoothing, z_loss, chunk_size, *want
+            hidden, weight, targets, bias, grad_loss, ignore_index, label_smoothing, z_loss, softcap, chunk_size, *want
         )
     else:
         grads = [_scaled(g, grad_loss) for g in ctx.saved_tensors]
     d_hidden, d_weight, d_bias = (g if g.numel() else None for g in grads)
-    return d_hidden, d_weight, None, d_bias, None, None, None, None, None, None, None, None
+    return d_hidden, d_weight, None, d_bias, None, None, None, None, None, None, None, None, None
 
 
 _flce_op.register_autograd(_backward, setup_context=_setup_context)
@@ -267,12 +323,14 @@ def fused_linear_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
     impl: str = "auto",
 ) -> torch.Tensor:
     """``cross_entropy(hidden @ weight.T + bias, targets, ...)`` for hidden (N, H), weight (V, H) (the lm_head),
     with loss and gradients computed chunk by chunk (`chunk_size` rows; default ``default_chunk_size``).
+    `softcap` c (Gemma 2's final_logit_softcapping) takes the loss of ``c * tanh(logits / c)`` instead.
 
     Same conventions as ``frontier.kernels.cross_entropy.cross_entropy`` (fp32 loss; "mean" over non-ignored
     rows, 0 when all are ignored). impl: "auto" (Triton on CUDA for fp32/fp16/bf16, else the reference),
@@ -282,11 +340,13 @@ def fused_linear_cross_entropy(
     check_loss_args("fused_linear_cross_entropy", hidden.shape[0], targets, label_smoothing, z_loss, reduction)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"fused_linear_cross_entropy: chunk_size={chunk_size} must be >= 1")
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"fused_linear_cross_entropy: softcap={softcap} must be a positive finite number or None")
     unsupported = None if hidden.dtype in _DTYPES else f"takes fp32/fp16/bf16, got {hidden.dtype}"
     if resolve_impl(impl, hidden.device, op="fused_linear_cross_entropy", unsupported=unsupported) == "torch":
         return fused_linear_cross_entropy_reference(
             hidden, weight, targets, bias=bias, ignore_index=ignore_index, label_smoothing=label_smoothing,
-            z_loss=z_loss, reduction=reduction,
+            z_loss=z_loss, softcap=softcap, reduction=reduction,
         )  # fmt: skip
     dtypes = {hidden.dtype, weight.dtype} | ({bias.dtype} if bias is not None else set())
     if len(dtypes) != 1:
@@ -294,7 +354,8 @@ def fused_linear_cross_entropy(
     grad_on = torch.is_grad_enabled()
     loss, *_grads = torch.ops.frontier.fused_linear_cross_entropy(
         hidden.contiguous(), weight.contiguous(), targets.contiguous(), bias, ignore_index, label_smoothing, z_loss,
-        reduction, chunk_size or default_chunk_size(hidden.shape[0], hidden.shape[1]),
+        None if softcap is None else float(softcap), reduction,
+        chunk_size or default_chunk_size(hidden.shape[0], hidden.shape[1]),
         grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
         grad_on and bias is not None and bias.requires_grad,
     )  # fmt: skip

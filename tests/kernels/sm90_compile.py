@@ -119,6 +119,7 @@ def _cases() -> list[tuple[str, Callable[[], None]]]:
     from frontier.kernels.attention import attention
     from frontier.kernels.cross_entropy import cross_entropy
     from frontier.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+    from frontier.kernels.geglu import geglu
     from frontier.kernels.rms_norm import rms_norm
     from frontier.kernels.rope import rope
     from frontier.kernels.swiglu import swiglu
@@ -168,8 +169,16 @@ def _cases() -> list[tuple[str, Callable[[], None]]]:
         targets = torch.randint(0, 1000, (64,))
         backward(fused_linear_cross_entropy(leaf(64, 128), leaf(1000, 128), targets, reduction="sum", impl="triton"))
 
+    def flce_softcap_case() -> None:
+        targets = torch.randint(0, 1000, (64,))
+        h, w = leaf(64, 128), leaf(1000, 128)
+        backward(fused_linear_cross_entropy(h, w, targets, softcap=30.0, reduction="sum", impl="triton"))
+
     def swiglu_case() -> None:
         backward(swiglu(leaf(8, 352), leaf(8, 352), impl="triton"))
+
+    def geglu_case() -> None:
+        backward(geglu(leaf(8, 352), leaf(8, 352), impl="triton"))
 
     return [
         ("attention D64 bf16", attention_case(64, torch.bfloat16, False)),
@@ -181,7 +190,9 @@ def _cases() -> list[tuple[str, Callable[[], None]]]:
         ("rms_norm 192 fp32", rms_case(192, torch.float32)),
         ("cross_entropy V32000", ce_case(32000)),
         ("fused_linear_cross_entropy", flce_case),
+        ("fused_linear_cross_entropy softcap", flce_softcap_case),
         ("swiglu", swiglu_case),
+        ("geglu", geglu_case),
     ]
 
 

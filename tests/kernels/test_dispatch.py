@@ -124,6 +124,7 @@ AUTO_FALLBACKS = {
     "rms_norm": "torch",
     "rope": "torch",
     "swiglu": "torch",
+    "geglu": "torch",
     "cross_entropy": "torch",
     "fused_linear_cross_entropy": "torch",
     "attention": "sdpa",
@@ -157,6 +158,7 @@ def test_the_ops_follow_the_rule_on_the_cpu() -> None:
         fused_linear_cross_entropy,
         fused_linear_cross_entropy_reference,
     )
+    from frontier.kernels.geglu import geglu, geglu_reference
     from frontier.kernels.rms_norm import rms_norm, rms_norm_reference
     from frontier.kernels.rope import rope, rope_reference
     from frontier.kernels.swiglu import swiglu, swiglu_reference
@@ -170,6 +172,7 @@ def test_the_ops_follow_the_rule_on_the_cpu() -> None:
     pairs = [
         (rms_norm(x, w), rms_norm_reference(x, w)),
         (swiglu(x, x), swiglu_reference(x, x)),
+        (geglu(x, x), geglu_reference(x, x)),
         (torch.cat(rope(q, k, cos, sin), 1), torch.cat(rope_reference(q, k, cos, sin), 1)),
         (attention(q, k, k), attention_sdpa(q, k, k)),
         (cross_entropy(x, targets), cross_entropy_reference(x, targets)),

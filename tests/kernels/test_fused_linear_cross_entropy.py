@@ -1,5 +1,5 @@
-"""fused_linear_cross_entropy: chunked loss and gradients against the float64 eager reference, the
-no-(N, V)-tensor memory property, frozen weights, schema checks, torch.compile."""
+"""fused_linear_cross_entropy: chunked loss and gradients against the float64 eager reference (with and without
+Gemma 2's logit softcap), the no-(N, V)-tensor memory property, frozen weights, schema checks, torch.compile."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -29,14 +30,12 @@ def _inputs(n: int, h: int, v: int, dtype: torch.dtype, *, bias: bool, seed: str
     return tensors, targets
 
 
-def _ops(targets: torch.Tensor, unit_grad: bool, chunk_size: int | None, **kw):  # type: ignore[no-untyped-def]
+def _ops(targets: torch.Tensor, unit_grad: bool, chunk_size: int | None, impl: str = "triton", **kw):  # type: ignore[no-untyped-def]
     wrap = _UnitGrad.apply if unit_grad else (lambda y: y)
 
     def kernel(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         t = targets.to(hidden.device)
-        return wrap(
-            fused_linear_cross_entropy(hidden, weight, t, bias=bias, chunk_size=chunk_size, impl="triton", **kw)
-        )
+        return wrap(fused_linear_cross_entropy(hidden, weight, t, bias=bias, chunk_size=chunk_size, impl=impl, **kw))
 
     def reference(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return wrap(fused_linear_cross_entropy_reference(hidden, weight, targets.to(hidden.device), bias=bias, **kw))
@@ -64,6 +63,62 @@ def test_matches_reference(case: tuple) -> None:
     unit_grad = dtype != torch.float32 and reduction != "none"
     kernel, reference = _ops(targets, unit_grad, chunk, reduction=reduction, label_smoothing=smoothing, z_loss=z)
     check_against_reference(kernel, reference, leaves(*tensors))
+
+
+SOFTCAP = 2.0  # logits of a few units then span tanh's linear, curved and saturated parts (Gemma 2 uses 30)
+
+SOFTCAP_CASES = [  # (N, H, V, chunk, dtype, reduction, bias): every reduction, with and without bias, ragged chunks
+    (37, 16, 300, 16, torch.float32, "mean", True),
+    (37, 16, 300, 16, torch.float32, "sum", False),
+    (20, 8, 100, 6, torch.float32, "none", True),
+    (30, 16, 257, 7, torch.bfloat16, "mean", True),
+    (20, 8, 100, 6, torch.float16, "sum", True),
+    (20, 8, 100, 6, torch.bfloat16, "none", False),
+]
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+@pytest.mark.parametrize("case", SOFTCAP_CASES, ids=str)
+def test_softcap_matches_reference(case: tuple, impl: str) -> None:
+    # the loss of c * tanh(logits / c): loss and the gradients of hidden, weight and bias (same grad_output
+    # convention as test_matches_reference)
+    n, h, v, chunk, dtype, reduction, bias = case
+    tensors, targets = _inputs(n, h, v, dtype, bias=bias, seed="softcap")
+    unit_grad = dtype != torch.float32 and reduction != "none"
+    kernel, reference = _ops(
+        targets, unit_grad, chunk, impl=impl, reduction=reduction, label_smoothing=0.1, z_loss=1e-3, softcap=SOFTCAP
+    )
+    check_against_reference(kernel, reference, leaves(*tensors))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_softcap_with_bias_is_the_loss_of_capped_logits(reduction: str) -> None:
+    # the truth written out independently of the reference: F.cross_entropy(c * tanh(linear(h, W, b) / c), t)
+    (hidden, weight, bias), targets = _inputs(23, 8, 150, torch.float32, bias=True, seed="formula")
+
+    def formula(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        logits = SOFTCAP * torch.tanh(F.linear(h, w, b) / SOFTCAP)
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction=reduction)
+
+    def kernel(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return fused_linear_cross_entropy(
+            h, w, targets, bias=b, softcap=SOFTCAP, reduction=reduction, chunk_size=5, impl="triton"
+        )
+
+    check_against_reference(kernel, formula, leaves(hidden, weight, bias))
+    # the cap changes the loss (else this test would not see a missing cap)
+    uncapped = fused_linear_cross_entropy(hidden, weight, targets, bias=bias, reduction="sum", impl="triton")
+    capped = fused_linear_cross_entropy(hidden, weight, targets, bias=bias, softcap=SOFTCAP, reduction="sum")
+    assert (capped - uncapped).abs() > 1.0
+
+
+def test_softcap_extreme_logits_stay_finite() -> None:
+    # logits of +-1e4 (and 0): tanh saturates, the chain factor underflows to 0 instead of going NaN
+    hidden = torch.tensor([[1e4], [-1e4], [0.0]])
+    weight = torch.tensor([[1.0], [-1.0], [0.5]])
+    targets = torch.tensor([0, 1, 2])
+    kernel, reference = _ops(targets, False, 2, reduction="sum", softcap=SOFTCAP)
+    check_against_reference(kernel, reference, leaves(hidden, weight))
 
 
 def test_frozen_weight_and_eval_compute_only_what_is_needed() -> None:
@@ -108,8 +163,9 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("softcap", [None, SOFTCAP], ids=["plain", "softcap"])
 @pytest.mark.parametrize("per_row_scale", [False, True], ids=["forward", "recompute"])
-def test_no_tensor_of_n_by_v_is_ever_allocated(per_row_scale: bool) -> None:
+def test_no_tensor_of_n_by_v_is_ever_allocated(per_row_scale: bool, softcap: float | None) -> None:
     # The loop behind both ops (forward with gradients, and the backward recompute of "none"), watched
     # op by op: nothing may be larger than the (chunk, V) buffer or the (V, H) weight gradient, both well
     # below the (N, V) logits. The same watcher sees the eager reference build them (it can fail).
@@ -120,7 +176,7 @@ def test_no_tensor_of_n_by_v_is_ever_allocated(per_row_scale: bool) -> None:
     with watch:
         _chunked(
             hidden, weight, targets, bias, scale, (True, True, True),
-            ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3, chunk_size=chunk,
+            ignore_index=IGNORE, label_smoothing=0.1, z_loss=1e-3, chunk_size=chunk, softcap=softcap,
         )  # fmt: skip
     allowed = 4 * max(chunk * v, v * h, n * h)
     assert watch.largest <= allowed < 4 * n * v
@@ -130,11 +186,12 @@ def test_no_tensor_of_n_by_v_is_ever_allocated(per_row_scale: bool) -> None:
     assert eager.largest >= 4 * n * v
 
 
-def test_opcheck() -> None:
+@pytest.mark.parametrize("softcap", [None, SOFTCAP], ids=["plain", "softcap"])
+def test_opcheck(softcap: float | None) -> None:
     (hidden, weight, bias), targets = _inputs(6, 8, 40, torch.float32, bias=True)
     h, w, b = leaves(hidden, weight, bias)
     frontier = torch.ops.frontier
-    opts = (IGNORE, 0.1, 1e-3)
+    opts = (IGNORE, 0.1, 1e-3, softcap)
     torch.library.opcheck(
         frontier.fused_linear_cross_entropy.default, (h, w, targets, b, *opts, "mean", 4, True, True, True)
     )
@@ -144,12 +201,14 @@ def test_opcheck() -> None:
     )
 
 
-@pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_compiled_fullgraph_matches_eager(reduction: str) -> None:
+@pytest.mark.parametrize(("reduction", "softcap"), [("sum", None), ("none", SOFTCAP)])
+def test_compiled_fullgraph_matches_eager(reduction: str, softcap: float | None) -> None:
     (hidden, weight, bias), targets = _inputs(20, 8, 100, torch.float32, bias=True)
 
     def step(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        loss = fused_linear_cross_entropy(h * 2, w, targets, bias=b, reduction=reduction, chunk_size=8, impl="triton")
+        loss = fused_linear_cross_entropy(
+            h * 2, w, targets, bias=b, softcap=softcap, reduction=reduction, chunk_size=8, impl="triton"
+        )
         return loss.sum()
 
     results = []
@@ -171,6 +230,9 @@ def test_bad_arguments_are_named() -> None:
         fused_linear_cross_entropy(hidden, weight.half(), targets, impl="triton")
     with pytest.raises(ValueError, match="reduction='avg'"):
         fused_linear_cross_entropy(hidden, weight, targets, reduction="avg")
+    for softcap in (0.0, -30.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"softcap={softcap} must be a positive finite number"):
+            fused_linear_cross_entropy(hidden, weight, targets, softcap=softcap)
 
 
 @pytest.mark.gpu

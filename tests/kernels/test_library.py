@@ -20,6 +20,7 @@ from frontier.kernels.attention_triton import attn_fwd_kernel
 from frontier.kernels.cross_entropy import cross_entropy
 from frontier.kernels.dispatch import triton_available
 from frontier.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+from frontier.kernels.geglu import geglu
 from frontier.kernels.interpreter import INTERPRETED
 from frontier.kernels.rms_norm import rms_norm
 from frontier.kernels.rope import rope
@@ -43,8 +44,10 @@ OPS = {
     "rope_backward": (),
     "swiglu": (),
     "swiglu_backward": (),
+    "geglu": (),
+    "geglu_backward": (),
 }
-OP_MODULES = ("attention", "cross_entropy", "fused_linear_cross_entropy", "rms_norm", "rope", "swiglu")
+OP_MODULES = ("attention", "cross_entropy", "fused_linear_cross_entropy", "rms_norm", "rope", "swiglu", "geglu")
 
 # Run without the interpreter: which kind of op torch.library registered, and each op's mutated arguments.
 _INTROSPECT = f"""
@@ -136,6 +139,7 @@ def _cases() -> dict[str, tuple[Callable[..., torch.Tensor], list[torch.Tensor]]
     return {
         "rms_norm": (lambda x, w: rms_norm(x, w, 1e-5, impl="triton"), [_rand(3, 5, 24, seed=3), _rand(24, seed=4)]),
         "swiglu": (lambda a, b: swiglu(a, b, impl="triton"), [_rand(3, 37, seed=5), _rand(3, 37, seed=6)]),
+        "geglu": (lambda a, b: geglu(a, b, impl="triton"), [_rand(3, 37, seed=13), _rand(3, 37, seed=14)]),
         "rope": _rope_case(),
         "attention": (
             lambda q, k, v: attention(q, k, v, doc_ids=docs, impl="triton"),
