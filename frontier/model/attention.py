@@ -74,28 +74,72 @@ def frontier_attention_forward(
     impl: str,
     doc_ids: torch.Tensor | None = None,
     **kwargs: object,
-) -> tuple[torch.Tensor, None]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers attention-interface entry: q (B, Hq, S, D), k/v (B, Hkv, S, D) -> (B, S, Hq, D).
 
     `impl` is bound at registration (one function per name); `doc_ids` (B, S) is the forward keyword of a
     packed batch. The fused kernel covers training and full-sequence evaluation: causal, no padding mask, no
     dropout, as many keys as queries, with the document mask from `doc_ids`. Anything else (padded batches,
-    decoding with a KV cache, attention dropout) goes to transformers' SDPA with the mask transformers built
-    for it, narrowed to each token's own document when ids were given.
+    decoding with a KV cache, attention dropout, a sliding window shorter than the sequence: the mask builder
+    below then makes a mask) goes to transformers' SDPA with the mask transformers built for it, narrowed to each
+    token's own document when ids were given. A layer that softcaps its logits (``softcap``, Gemma 2) runs the
+    eager formula with the cap (:func:`softcapped_attention`): no fused kernel caps.
     """
     causal = bool(kwargs.get("is_causal", module.is_causal))  # transformers' per-module convention, as its SDPA
+    softcap = kwargs.pop("softcap", None)  # the family's attention-logit cap (Gemma 2); the window is in the mask
+    kwargs.pop("sliding_window", None)
     same_length = query.shape[2] == key.shape[2]
     doc_ids = doc_ids if same_length else None  # decoding from a cache: the prompt's documents are not in view
+    if softcap is not None:  # no fused kernel caps logits: the eager formula, documents and window in its mask
+        mask = (
+            _with_documents(attention_mask, doc_ids, causal, query)
+            if same_length or attention_mask is not None
+            else None
+        )
+        return softcapped_attention(module, query, key, value, mask, dropout, scaling, softcap)
     if attention_mask is not None or dropout > 0.0 or not same_length:
-        if doc_ids is not None:
-            documents = visibility_mask(query.shape[2], causal=causal, doc_ids=doc_ids, device=query.device)
-            if attention_mask is None or attention_mask.dtype == torch.bool:
-                attention_mask = documents if attention_mask is None else attention_mask & documents
-            else:  # an additive float mask (a caller's own 4D mask)
-                attention_mask = attention_mask.masked_fill(~documents, torch.finfo(attention_mask.dtype).min)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+        mask = _with_documents(attention_mask, doc_ids, causal, query) if doc_ids is not None else attention_mask
+        return sdpa_attention_forward(module, query, key, value, mask, dropout, scaling, **kwargs)
     out = attention(query, key, value, causal=causal, doc_ids=doc_ids, scale=scaling, impl=impl)
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, S, D) -> (B, S, Hq, D)
+
+
+def _with_documents(
+    attention_mask: torch.Tensor | None, doc_ids: torch.Tensor | None, causal: bool, query: torch.Tensor
+) -> torch.Tensor | None:
+    """transformers' mask for this layer (None: plain causal), narrowed to each token's own document."""
+    if attention_mask is None:
+        return visibility_mask(query.shape[2], causal=causal, doc_ids=doc_ids, device=query.device)
+    if doc_ids is None:
+        return attention_mask
+    documents = visibility_mask(query.shape[2], causal=causal, doc_ids=doc_ids, device=query.device)
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & documents
+    return attention_mask.masked_fill(~documents, torch.finfo(attention_mask.dtype).min)  # an additive float mask
+
+
+def softcapped_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float | None,
+    softcap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma 2's eager attention: softmax(cap * tanh(q k^T * scaling / cap) + mask) v; q (B, Hq, S, D), k/v
+    (B, Hkv, L, D), mask bool or additive (B|1, 1, S, L) -> ((B, S, Hq, D), the weights)."""
+    group = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(group, dim=1)  # (B, Hkv, L, D) -> (B, Hq, L, D)
+    value = value.repeat_interleave(group, dim=1)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.tanh((query @ key.transpose(-1, -2)) * scaling / softcap) * softcap  # (B, Hq, S, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights  # (B, Hq, S, D) -> (B, S, Hq, D)
 
 
 def _bound(impl: str) -> Callable[..., tuple[torch.Tensor, None]]:
@@ -132,11 +176,13 @@ def frontier_attention_mask(
 ) -> torch.Tensor | None:
     """Mask builder of the frontier entries: none for full causal sequences (the kernel masks, documents from
     ``doc_ids`` included); SDPA's mask where SDPA will run (padding, cache offsets)."""
+    local_size = kwargs.get("local_size")  # a sliding-window layer's window (create_sliding_window_causal_mask)
     plain = (
         (attention_mask is None or bool(attention_mask.all()))
         and q_length == kv_length
         and isinstance(q_offset, int)
         and q_offset == 0
+        and (local_size is None or kv_length <= local_size)  # a window shorter than the sequence must mask
     )
     if plain:
         return None

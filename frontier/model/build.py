@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from frontier.config.model import ModelConfig
-from frontier.errors import ConfigError
 from frontier.model.presets import resolve
+from frontier.model.vocab import check_vocabulary
 
 log = logging.getLogger("frontier.model")
 
@@ -73,14 +73,27 @@ def build_model(
     bos_id: int | None = None,
     eos_id: int | None = None,
     pad_id: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    zero3_config: dict[str, Any] | None = None,
 ) -> Any:
-    """A fp32 causal LM: fresh from `cfg` (seed torch first for a reproducible init) or `cfg.init_from`."""
+    """A causal LM with weights in `dtype` (the run's precision): fresh from `cfg` (seed torch first for a
+    reproducible init) or loaded from `cfg.init_from` (partitioned as it is built when `zero3_config`, the run's
+    ZeRO-3 DeepSpeed config, is given: frontier.model.load).
+
+    A fresh model is initialised in fp32 and then cast, whatever the precision and ZeRO stage: the same seed
+    gives the same weights at every stage and rank count (DeepSpeed would cast them the same way). Constructing
+    it partitioned instead would make transformers initialise it module by module on rank 0, a different
+    random stream, so a ZeRO-3 run would no longer start where the same run at another stage does.
+    """
     if cfg.init_from:
-        return load_pretrained(Path(cfg.init_from), vocab_size)
+        return load_pretrained(Path(cfg.init_from), vocab_size, dtype=dtype, zero3_config=zero3_config)
     from transformers import AutoModelForCausalLM
 
     config = hf_config(cfg, vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if dtype != torch.float32:  # the weights only, as DeepSpeed's cast at initialize (buffers such as RoPE's
+        for param in model.parameters():  # inverse frequencies stay fp32); halves what the rank holds
+            param.data = param.data.to(dtype)
     if model.generation_config is not None:  # generate() stops at EOS and pads with PAD after export
         model.generation_config.bos_token_id = bos_id
         model.generation_config.eos_token_id = eos_id
@@ -88,28 +101,14 @@ def build_model(
     return model
 
 
-def load_pretrained(path: Path, vocab_size: int) -> Any:
+def load_pretrained(
+    path: Path, vocab_size: int, *, dtype: torch.dtype = torch.float32, zero3_config: dict[str, Any] | None = None
+) -> Any:
     """Continue from a local HF model directory; its own config decides the architecture and sizes."""
-    from transformers import AutoModelForCausalLM
+    from frontier.model.load import load_causal_lm
 
-    from frontier.eval.model_io import from_pretrained_checked
-
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"model.init_from: {path} is not a Hugging Face model directory (config.json missing)")
-    model = from_pretrained_checked(
-        AutoModelForCausalLM.from_pretrained,
-        path,
-        f"model.init_from: cannot load {path}",
-        ConfigError,
-        local_files_only=True,
-        dtype=torch.float32,
-    )
-    rows = model.get_input_embeddings().num_embeddings
-    if rows < vocab_size:
-        raise ConfigError(
-            f"model.init_from: {path} has {rows} embedding rows but the tokens use a {vocab_size}-token vocabulary; "
-            "tokenize with that model's tokenizer (tokenizer.kind: pretrained)"
-        )
+    model = load_causal_lm(path, dtype=dtype, zero3_config=zero3_config, what="model.init_from")
+    check_vocabulary(path, model.get_input_embeddings().num_embeddings, vocab_size)
     log.info("continuing from %s (%s); model.* sizes are taken from its config", path, type(model).__name__)
     return model
 

@@ -114,3 +114,16 @@ def test_mlp_activation_errors_name_the_key(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         load_params(None, overrides)
+
+
+def test_a_fresh_model_in_half_precision_is_the_fp32_init_rounded_once():
+    """The same seed gives the same weights at every precision (DeepSpeed's own cast at initialize); buffers
+    such as RoPE's inverse frequencies stay fp32, as DeepSpeed leaves them."""
+    torch.manual_seed(4)
+    full = build_model(LLAMA, 70)
+    torch.manual_seed(4)
+    half = build_model(LLAMA, 70, dtype=torch.bfloat16)
+    for (name, a), (_, b) in zip(full.named_parameters(), half.named_parameters(), strict=True):
+        assert b.dtype == torch.bfloat16 and torch.equal(b, a.to(torch.bfloat16)), name
+    assert half.lm_head.weight is half.model.embed_tokens.weight  # still tied
+    assert half.model.rotary_emb.inv_freq.dtype == torch.float32
