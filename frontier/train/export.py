@@ -1,7 +1,9 @@
 """The train stage's out_dir, written atomically once training ends.
 
-model/               Hugging Face directory: config.json, generation_config.json, model.safetensors
-                     and the tokenizer files (loads with transformers alone, no frontier import)
+model/               Hugging Face directory in the model family's own format: its config.json,
+                     generation_config.json, safetensors weights (model.safetensors, or shards of at most
+                     EXPORT_SHARD_SIZE with model.safetensors.index.json) and the tokenizer files (loads
+                     with transformers alone, no frontier import)
 metrics.json         final results (frontier.train.run.final_metrics): identical for identical inputs
 speed.json           tokens/s, FLOP/s, MFU, times: measured, so they differ run to run
 run.json             what describes the run: stop reason, device, precision, ZeRO stage (not numbers)
@@ -27,11 +29,39 @@ from frontier.errors import TrainingError
 from frontier.model.loss import CausalLMWithLoss
 from frontier.provenance import PROVENANCE_FILE, record_stage
 from frontier.train.checkpoint.state import TrainerState
-from frontier.train.engine.engine import gathered_params
+from frontier.train.engine.engine import zero_stage
 from frontier.train.launch.distributed import DistInfo, barrier, broadcast_object
 from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
 from frontier.utils.atomic import atomic_dir
 from frontier.utils.metrics_files import write_metrics
+
+# The Hub's shard size (transformers 4's save_pretrained default; transformers 5's is 50GB): shards that a
+# download resumes and a loader maps one at a time.
+EXPORT_SHARD_SIZE = "5GB"
+
+
+def full_state_dict(lm: torch.nn.Module, *, partitioned: bool, is_main: bool) -> dict[str, torch.Tensor] | None:
+    """`lm`'s whole weights on the CPU on the main rank (None elsewhere). Collective when `partitioned` (ZeRO-3):
+    one tensor is gathered at a time and only the main rank keeps a copy, so no rank ever holds a second whole
+    model. A weight tied under two names is copied under each (so the export keeps the bytes it always had: a
+    shared copy would make save_pretrained drop the tied head)."""
+    import deepspeed
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in lm.state_dict(keep_vars=True).items():  # the same order on every rank
+        gather = [tensor] if partitioned and hasattr(tensor, "ds_id") else []
+        with deepspeed.zero.GatheredParameters(gather, modifier_rank=None):
+            if is_main:
+                out[name] = tensor.detach().to("cpu", copy=True)
+    return out if is_main else None
+
+
+def save_model(
+    lm: Any, state_dict: dict[str, torch.Tensor], model_dir: Path, *, max_shard_size: int | str = EXPORT_SHARD_SIZE
+) -> None:
+    """`lm`'s family format in `model_dir`: config.json, generation_config.json and safetensors (sharded with an
+    index above `max_shard_size`) holding `state_dict`."""
+    lm.save_pretrained(str(model_dir), state_dict=state_dict, max_shard_size=max_shard_size)
 
 
 def _copy_if_exists(src: Path, dst: Path) -> None:
@@ -65,10 +95,7 @@ def export_run(
     provenance: dict[str, Any] | None = None,
 ) -> None:
     """Collective (ZeRO-3 gathers the weights on every rank); rank 0 writes `out_dir`."""
-    state_dict = None
-    with gathered_params(engine):
-        if info.is_main:
-            state_dict = {k: v.detach().to("cpu", copy=True) for k, v in module.lm.state_dict().items()}
+    state_dict = full_state_dict(module.lm, partitioned=zero_stage(engine) == 3, is_main=info.is_main)
     bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())] if (
         info.is_main) else []  # fmt: skip
     bad = broadcast_object(bad, info)
@@ -80,7 +107,7 @@ def export_run(
     if info.is_main:
         with atomic_dir(out_dir) as tmp:
             model_dir = tmp / "model"
-            module.lm.save_pretrained(str(model_dir), state_dict=state_dict)
+            save_model(module.lm, state_dict, model_dir)
             copy_tokenizer(tokenizer_dir, model_dir)
             write_metrics(tmp, metrics)
             write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)

@@ -47,7 +47,7 @@ log = logging.getLogger("frontier.train")
 @dataclass(frozen=True)
 class Budget:
     """How far a run goes and what it does on the way: its stage's own section (train: or finetune:), as the
-    loop reads it. Each stage makes its one (frontier.train.run, frontier.finetune.lora); the engine's
+    loop reads it. Each stage makes its one (frontier.train.run, frontier.finetune.run); the engine's
     settings are the shared engine: section."""
 
     stage: str  # "train" | "finetune": names the run in its messages

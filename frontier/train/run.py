@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontier.config import Params, to_dict
 from frontier.config.engine import EngineConfig
+from frontier.config.model import ModelConfig
 from frontier.config.train import TrainConfig
 from frontier.data.tokens import TokenShards
 from frontier.errors import ConfigError, DataError
@@ -84,9 +85,27 @@ def _open_tokens(tokens_dir: Path) -> tuple[TokenShards, TokenShards]:
     return train, val
 
 
-def _check(seq_len: int, max_seq_len: int) -> None:
-    if seq_len > max_seq_len:
-        raise ConfigError(f"train.seq_len: {seq_len} exceeds the model's context model.max_seq_len={max_seq_len}")
+def train_seq_len(model: ModelConfig, cfg: TrainConfig) -> int:
+    """The training window: train.seq_len, else model.max_seq_len (a fresh model's context; with
+    model.init_from, the window the user trains the checkpoint on). Never the checkpoint's own context (32,768
+    for Qwen2.5) by default. ConfigError when it exceeds the model's context: model.max_seq_len for a fresh
+    model, the checkpoint's max_position_embeddings with model.init_from (naming both)."""
+    seq_len = cfg.seq_len or resolve(model).max_seq_len
+    source = f"train.seq_len: {seq_len}" if cfg.seq_len else f"model.max_seq_len: {seq_len} (train.seq_len unset)"
+    if not model.init_from:
+        limit = resolve(model).max_seq_len
+        if seq_len > limit:
+            raise ConfigError(f"{source} exceeds the model's context model.max_seq_len={limit}")
+        return seq_len
+    from frontier.model.load import context_length, read_config
+
+    limit = context_length(read_config(Path(model.init_from)))
+    if limit is not None and seq_len > limit:
+        raise ConfigError(
+            f"{source} exceeds the context of model.init_from ({model.init_from}): its config.json has "
+            f"max_position_embeddings={limit}; train on windows of at most {limit} tokens"
+        )
+    return seq_len
 
 
 def train_budget(cfg: TrainConfig) -> Budget:
@@ -100,11 +119,13 @@ def train_budget(cfg: TrainConfig) -> Budget:
 
 def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, checkpoints_dir: Path) -> dict:
     """Train per params; returns the final metrics (also in out_dir/metrics.json)."""
+    from frontier.model.kernels import coverage_record
+    from frontier.model.load import shape_twin
     from frontier.provenance import collect_provenance
     from frontier.train.batches.data import TrainBatches, WindowSampler, val_batches
     from frontier.train.engine.schedule import LRSchedule
     from frontier.train.export import export_run
-    from frontier.train.wiring import assemble, prepare_model, start_ranks
+    from frontier.train.wiring import assemble, placement, prepare_model, start_ranks
 
     tokens_dir, tokenizer_dir = Path(tokens_dir), Path(tokenizer_dir)
     out_dir, checkpoints_dir = Path(out_dir), Path(checkpoints_dir)
@@ -114,17 +135,18 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     provenance = collect_provenance() if info.is_main else None
     train_tokens, val_tokens = _open_tokens(tokens_dir)
 
+    seq_len = train_seq_len(params.model, cfg)  # before the model: a checkpoint's context is read, not loaded
+    place = placement(params.engine, info)  # the run's precision; under ZeRO-3, partitioned as it is built
     seed_all(params.seed)  # identical initial weights on every rank
     lm = build_model(
         params.model, train_tokens.vocab_size,
         bos_id=train_tokens.bos_id, eos_id=train_tokens.eos_id, pad_id=train_tokens.pad_id,
+        dtype=place.dtype, zero3_config=place.zero3_config,
     )  # fmt: skip
-    max_seq_len = lm.config.max_position_embeddings if params.model.init_from else resolve(params.model).max_seq_len
-    seq_len = cfg.seq_len or max_seq_len
-    _check(seq_len, max_seq_len)
-    lm = prepare_model(lm, params.kernels, params.engine)
-    n_params = sum(p.numel() for p in {id(p): p for p in lm.parameters()}.values())
-    flops_per_token = model_flops_per_token(lm, seq_len)
+    coverage = prepare_model(lm, params.kernels, params.engine, seq_len=seq_len)
+    shapes = shape_twin(lm)  # a partitioned model's shapes, on the meta device
+    n_params = sum(p.numel() for p in {id(p): p for p in shapes.parameters()}.values())
+    flops_per_token = model_flops_per_token(shapes, seq_len)
     module = CausalLMWithLoss(lm, params.kernels)
     identity = run_params(params, [tokens_dir / "train" / "meta.json", tokens_dir / "val" / "meta.json"],
                           global_batch=global_batch(cfg, info.world_size))  # fmt: skip
@@ -154,8 +176,9 @@ def train(params: Params, tokens_dir: Path, tokenizer_dir: Path, out_dir: Path, 
     )
     state, parts = trainer.state, trainer.p
     metrics = final_metrics(state, trainer.stop_reason, parts, params.engine, n_params=n_params,
-                            matmul_params=matmul_parameters(lm))  # fmt: skip
+                            matmul_params=matmul_parameters(shapes))  # fmt: skip
     metrics["batch"] = dataclasses.asdict(wiring.split)  # machine-dependent under auto: run.json, not metrics.json
+    metrics["kernels"] = coverage_record(coverage)  # what was fused, module by module: run.json
     export_run(
         out_dir=out_dir, engine=wiring.engine, module=module, params=params, tokenizer_dir=tokenizer_dir,
         logs_dir=checkpoints_dir / "logs", state=state, metrics=metrics, info=info, provenance=provenance,

@@ -6,6 +6,8 @@ the batches, and what identifies the run for a resume. The engine: and kernels: 
 Everything else is put together here, once, the same way for both:
 
     start_ranks()    the rank from the launcher's environment, and the log lines (setup_logging)
+    placement()      how the stage builds its model for the engine: the weights' dtype (engine.precision)
+                     and, under ZeRO-3, the DeepSpeed config it is partitioned under as it is constructed
     seed_all()       python's, numpy's and torch's RNGs: the weights alike on every rank
     prepare_model()  the fused kernels (kernels:) and activation checkpointing (engine:) on the model
     assemble()       the micro-batch and accumulation (micro_batch_size auto: chosen by
@@ -21,6 +23,7 @@ resuming.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from frontier.config.kernels import KernelsConfig
     from frontier.config.optimizer import OptimizerConfig
     from frontier.config.train import BatchConfig
+    from frontier.model.kernels import KernelCoverage
     from frontier.model.loss import CausalLMWithLoss
     from frontier.train.batches.batch_size import Split
     from frontier.train.batches.data import Batch, Layout, TrainBatches
@@ -49,6 +53,8 @@ if TYPE_CHECKING:
     from frontier.train.engine.stability import StepGate
     from frontier.train.launch.distributed import DistInfo
     from frontier.train.loop import Budget, Trainer
+
+log = logging.getLogger("frontier.train")
 
 
 def setup_logging(rank: int) -> None:
@@ -78,18 +84,47 @@ def start_ranks() -> DistInfo:
     return info
 
 
-def prepare_model(lm: nn.Module, kernels: KernelsConfig, engine: EngineConfig) -> nn.Module:
-    """Swap in the fused kernels (`kernels`) and, per engine.activation_checkpointing, checkpoint activations;
-    the weights and their names are unchanged. Before an adapter is attached: the kernels call the projection
-    modules, so the adapter's layers stay in the path."""
-    from frontier.model.kernels import apply_kernels
+@dataclass(frozen=True)
+class Placement:
+    """How a stage builds its model, decided from the engine: section before the model exists."""
 
-    lm = apply_kernels(lm, kernels)
+    dtype: torch.dtype  # the weights' dtype: engine.precision's (a bf16 run never holds fp32 weights)
+    zero3_config: dict[str, Any] | None  # ZeRO-3: the DeepSpeed config the model is constructed under
+
+
+def _check_precision(engine_cfg: EngineConfig, info: DistInfo) -> None:
+    if engine_cfg.precision == "fp16" and info.device.type != "cuda":
+        raise ConfigError(
+            "engine.precision: fp16 needs a CUDA device (DeepSpeed has no fp16 on the CPU); use fp32 or bf16"
+        )
+
+
+def placement(engine_cfg: EngineConfig, info: DistInfo) -> Placement:
+    """What the model is built as for `engine_cfg` on these ranks (frontier.model.build / frontier.model.load)."""
+    from frontier.model.load import precision_dtype
+    from frontier.train.engine.ds_config import construction_config
+
+    _check_precision(engine_cfg, info)
+    return Placement(precision_dtype(engine_cfg.precision), construction_config(engine_cfg, info.world_size))
+
+
+def prepare_model(
+    lm: nn.Module, kernels: KernelsConfig, engine: EngineConfig, *, seq_len: int | None = None
+) -> KernelCoverage:
+    """Route `lm`'s modules through the fused kernels (`kernels`, decided from each module's structure; `seq_len`,
+    the training window, decides whether a sliding window binds) and, per engine.activation_checkpointing,
+    checkpoint activations; in place: the weights and their names are unchanged. Before an adapter is attached:
+    the kernels call the projection modules, so the adapter's layers stay in the path. Returns what was fused,
+    also logged as one line (``kernels: rms_norm 17/17, ...``) for the run's log; run.json keeps it too."""
+    from frontier.model.kernels import route_kernels
+
+    coverage = route_kernels(lm, kernels, seq_len=seq_len)
+    log.info("kernels: %s", coverage.line())
     if engine.activation_checkpointing:
         from frontier.model.checkpointing import enable_activation_checkpointing
 
         enable_activation_checkpointing(lm)
-    return lm
+    return coverage
 
 
 @dataclass
@@ -207,15 +242,13 @@ def assemble(
     from frontier.train.engine.optimizer import build_client_optimizer
     from frontier.train.engine.stability import StepGate
 
-    if engine_cfg.precision == "fp16" and info.device.type != "cuda":
-        raise ConfigError(
-            "engine.precision: fp16 needs a CUDA device (DeepSpeed has no fp16 on the CPU); use fp32 or bf16"
-        )
-    split = resolve_split(
-        batch, module, info, seq_len=seq_len, precision=engine_cfg.precision, zero_stage=engine_cfg.zero_stage,
-        state_bytes=2 if optimizer_cfg.state_dtype == "bf16" else 4, logs_dir=checkpoints_dir / "logs",
-        identity=identity, resume=budget.resume, section=budget.stage,
-    )  # fmt: skip
+    _check_precision(engine_cfg, info)
+    with _whole_for_measuring(module, batch):
+        split = resolve_split(
+            batch, module, info, seq_len=seq_len, precision=engine_cfg.precision, zero_stage=engine_cfg.zero_stage,
+            state_bytes=2 if optimizer_cfg.state_dtype == "bf16" else 4, logs_dir=checkpoints_dir / "logs",
+            identity=identity, resume=budget.resume, section=budget.stage,
+        )  # fmt: skip
     optimizer = build_client_optimizer(module, optimizer_cfg)
     gate = StepGate(optimizer)
     ds_config = build_ds_config(engine_cfg, info.world_size, micro_batch_size=split.micro_batch_size,
@@ -228,3 +261,16 @@ def assemble(
     seed_all(seed + 1000 * info.rank)  # distinct dropout streams per rank (the weights were seeded alike)
     return Wiring(engine_cfg=engine_cfg, budget=budget, split=split, info=info, module=module, engine=engine,
                   gate=gate, checkpoints_dir=Path(checkpoints_dir), identity=identity, seed=seed)  # fmt: skip
+
+
+def _whole_for_measuring(module: nn.Module, batch: BatchConfig) -> contextlib.AbstractContextManager[Any]:
+    """Under micro_batch_size auto, a model partitioned at construction (ZeRO-3) is gathered while the choice
+    measures it (a forward of one sample outside the engine, and its parameter counts): a passing full copy
+    per rank, in the run's precision. A given micro-batch measures nothing."""
+    from frontier.model.load import is_partitioned
+
+    if batch.micro_batch_size != "auto" or not is_partitioned(module):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)

@@ -21,7 +21,7 @@ import torch
 import transformers.modeling_utils
 from torch import nn
 
-import frontier.model.kernels as routing
+import frontier.model.fused_modules as routing
 from frontier.model.build import build_model
 from frontier.model.checkpointing import enable_activation_checkpointing
 from frontier.model.kernels import apply_kernels
@@ -214,7 +214,7 @@ def test_zero_run_has_the_same_losses(
 def test_finetune_takes_the_switch_from_train(tmp_path: Path, checkpoint_calls: Callable[[], int]) -> None:
     """LoRA (adapter dropout on) over the frozen base: the same per-step and held-out losses with it on."""
     from frontier.config import load_params
-    from frontier.finetune.lora import finetune
+    from frontier.finetune.run import finetune
     from frontier.finetune.sft_data import build_sft_pairs
     from tests.eval.tiny import trained_run
     from tests.finetune.test_lora import FT_OVERRIDES

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import frontier.finetune.lora
+import frontier.finetune.run
 import frontier.train
 import frontier.train.run
 import frontier.train.wiring
@@ -29,7 +29,7 @@ from tests.train.helpers import VOCAB, Corpus, params
 # What assembling a run takes: a stage that names one of these builds (part of) its own engine, gate,
 # store, monitor or loop instead of taking frontier.train.wiring's.
 ASSEMBLY = {
-    "init_distributed", "setup_logging", "apply_kernels", "enable_activation_checkpointing",
+    "init_distributed", "setup_logging", "route_kernels", "enable_activation_checkpointing",
     "build_client_optimizer", "StepGate", "make_engine", "build_ds_config", "compile_for_training",
     "CheckpointStore", "TrainerState", "LoopParts", "Trainer", "RunMonitor", "device_peak_flops",
     "resolve_split", "write_record",
@@ -57,9 +57,9 @@ def _names(module: object) -> set[str]:
 def test_the_assembly_is_named_in_the_wiring_and_in_neither_stage() -> None:
     """Static half of the proof: the wiring uses every piece of the assembly; train and finetune none of them."""
     assert ASSEMBLY <= _names(frontier.train.wiring)
-    assert not ASSEMBLY & _names(frontier.finetune.lora)
+    assert not ASSEMBLY & _names(frontier.finetune.run)
     assert not ASSEMBLY & _names(frontier.train.run)
-    for stage in (frontier.finetune.lora, frontier.train.run):
+    for stage in (frontier.finetune.run, frontier.train.run):
         assert {"assemble", "begin", "run"} <= _names(stage)
 
 
@@ -72,7 +72,7 @@ def test_below_the_stages_no_module_takes_the_whole_train_section() -> None:
     assert below
     for path in below:
         assert "TrainConfig" not in path.read_text(encoding="utf-8"), path
-    lora = _names(frontier.finetune.lora)
+    lora = _names(frontier.finetune.run)
     assert "TrainConfig" not in lora and "train" not in lora  # no params.train, no `from ... import train`
 
 
@@ -104,7 +104,7 @@ def test_train_and_finetune_build_their_engine_store_and_loop_in_the_wiring(
     """Dynamic half: a real train and a real fine-tune each build one engine, one checkpoint store and one
     loop, every one of them from frontier.train.wiring."""
     from frontier.config import load_params
-    from frontier.finetune.lora import finetune
+    from frontier.finetune.run import finetune
     from frontier.finetune.sft_data import build_sft_pairs
     from frontier.train.run import train
     from tests.eval.tiny import trained_run
@@ -129,7 +129,8 @@ def test_train_and_finetune_build_their_engine_store_and_loop_in_the_wiring(
 def _module(seed: int = 0) -> tuple[CausalLMWithLoss, torch.nn.Module]:
     p = params()
     seed_all(seed)
-    lm = prepare_model(build_model(p.model, VOCAB), p.kernels, p.engine)
+    lm = build_model(p.model, VOCAB)
+    prepare_model(lm, p.kernels, p.engine)
     return CausalLMWithLoss(lm, p.kernels), lm
 
 

@@ -165,3 +165,23 @@ def build_ds_config(
     user = read_user_config(engine.deepspeed_config)
     view = _params_view(engine, world_size, micro_batch_size, grad_accum_steps, section)
     return merge(generated, user, view, f"engine.deepspeed_config ({engine.deepspeed_config})")
+
+
+# What deepspeed.zero.Init reads when it partitions a model as it is constructed: the ZeRO settings (stage 3,
+# offload_param, persistence thresholds, ...) and the precision (the partitions' dtype).
+_CONSTRUCTION_BLOCKS = ("zero_optimization", "bf16", "fp16")
+
+
+def construction_config(engine: EngineConfig, world_size: int) -> dict[str, Any] | None:
+    """The DeepSpeed config a ZeRO-3 model is constructed under (partitioned as it is built, before the run's
+    batch is resolved); None below stage 3. The engine section and the user JSON's ZeRO and precision blocks,
+    as build_ds_config makes them; the batch keys are a placeholder batch of 1 per rank (DeepSpeed's config
+    parser wants one; zero.Init reads none) and the engine's own config is still build_ds_config's."""
+    if engine.zero_stage != 3:
+        return None
+    generated = generate(engine, world_size, micro_batch_size=1, grad_accum_steps=1)
+    if not engine.deepspeed_config:
+        return generated
+    user = {k: v for k, v in read_user_config(engine.deepspeed_config).items() if k in _CONSTRUCTION_BLOCKS}
+    view = _params_view(engine, world_size, 1, 1, "train")  # only the ZeRO and precision keys can be compared
+    return merge(generated, user, view, f"engine.deepspeed_config ({engine.deepspeed_config})")
