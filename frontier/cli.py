@@ -59,6 +59,9 @@ def _run_stage(ns: argparse.Namespace) -> Any:
     args: list[Any] = []
     if stage.params:
         params = _params(ns)
+        from frontier.pipeline import check_dvc_deps
+
+        check_dvc_deps(stage, params)  # under `dvc repro`: dvc.yaml lists the checkpoint files it reads
         if stage.launches and _launched(ns, params):
             return None
         args.append(params)
@@ -89,9 +92,13 @@ def cmd_env(ns: argparse.Namespace) -> Any:
 
 
 def cmd_dvc_yaml(ns: argparse.Namespace) -> Any:
+    from frontier.config import load_params, to_dict
     from frontier.pipeline import render_dvc_yaml
 
-    text = render_dvc_yaml()
+    # params decide one thing here: the files of a model.init_from directory, deps of the stages reading it
+    absent = ns.params == "params.yaml" and not Path(ns.params).is_file()  # the default file: the defaults
+    params = load_params(None if absent else ns.params, ns.overrides)
+    text = render_dvc_yaml(to_dict(params))
     if ns.check:
         current = Path(ns.path).read_text(encoding="utf-8") if Path(ns.path).is_file() else ""
         if current != text:
@@ -163,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(p)
     p = sub.add_parser("env", help="versions, extension ops, GPU and its peak figures")
     p.set_defaults(fn=cmd_env, address_floor_mib=TORCH_FLOOR_MIB)
-    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from frontier/pipeline.py")
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from frontier/pipeline.py (and params' model.init_from)")
     p.set_defaults(fn=cmd_dvc_yaml, address_floor_mib=None)
+    _add_params(p)
     p.add_argument("--path", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file differs instead of writing it")
     from frontier import exp_view  # stdlib only: DVC runs in a subprocess

@@ -11,7 +11,8 @@ Entry functions are "module:function" strings: this module imports no stage pack
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from frontier.params_files import write_resolved
 
@@ -68,6 +69,9 @@ class Stage:
     launches: bool = False
     cli: str | None = None  # the subcommand, when not the name with dashes (sft_data is `frontier sft-data`)
     in_pipeline: bool = True  # a Snakemake rule and a dvc.yaml stage; False: a subcommand run by hand only
+    # reads a local model directory that params name (model.init_from; the tokenizer stage: the one its
+    # tokenizer comes from): "tokenizer" its tokenizer files, "model" all of it. They are deps too (stage_deps).
+    reads_checkpoint: Literal["tokenizer", "model"] | None = None
 
     @property
     def subcommand(self) -> str:
@@ -166,7 +170,8 @@ ALL_STAGES: dict[str, Stage] = _index(
             ),
             deps=("data/prepared",),
             outs=("data/tokenizer",),
-            params=("tokenizer",),
+            params=("tokenizer", "model.init_from"),
+            reads_checkpoint="tokenizer",
         ),
         Stage(
             "tokenize",
@@ -205,6 +210,7 @@ ALL_STAGES: dict[str, Stage] = _index(
             report=("{name}.json", "plots/{name}.csv"),
             multithreaded=True,
             launches=True,
+            reads_checkpoint="model",
         ),
         _EVALUATE,
         Stage(
@@ -221,8 +227,8 @@ ALL_STAGES: dict[str, Stage] = _index(
         ),
         Stage(
             "finetune",
-            "frontier.finetune.lora:finetune",
-            "LoRA fine-tune a model on prompt/response pairs",
+            "frontier.finetune.run:finetune",
+            "fine-tune a model on prompt/response pairs (finetune.method: full, lora, qlora)",
             (
                 Flag("model", "base Hugging Face model directory", "runs/train/model"),
                 Flag("data", "fine-tune data directory", "data/sft"),
@@ -245,8 +251,8 @@ ALL_STAGES: dict[str, Stage] = _index(
         ),
         Stage(
             "merge",
-            "frontier.finetune.lora:merge",
-            "merge a LoRA adapter into its base model",
+            "frontier.finetune.merge:merge",
+            "the fine-tuned full model: the adapter merged into its base (method full: the model itself)",
             (
                 Flag("adapter", "adapter directory", "runs/finetune"),
                 Flag("out", "output model directory", "runs/merged"),
@@ -353,15 +359,79 @@ def params_file_for(config: dict[str, Any], on_disk: dict[str, Any] | None) -> s
     return PARAMS_FILE if config == on_disk else str(write_resolved(config))
 
 
-def dvc_yaml() -> dict[str, Any]:
-    """The dvc.yaml document for all stages (params per key, metrics and plots declared)."""
+def checkpoint_dir(stage: Stage, params: dict[str, Any]) -> str | None:
+    """The local model directory `stage` reads by `params` (as a dict), or None."""
+    from frontier.config.data import tokenizer_source
+
+    if stage.reads_checkpoint == "tokenizer":
+        tok = params["tokenizer"]
+        return tokenizer_source(tok["kind"], tok["path"], params["model"]["init_from"])
+    return params["model"]["init_from"] if stage.reads_checkpoint == "model" else None
+
+
+def stage_deps(stage: Stage, params: dict[str, Any] | None = None) -> list[str]:
+    """What `stage` reads: its declared deps, and the files it reads of a model directory `params` name (each
+    file: a file rewritten in place leaves its directory's date alone, and Snakemake compares dates)."""
+    directory = checkpoint_dir(stage, params) if params is not None else None
+    if directory is None:
+        return list(stage.deps)
+    from frontier.config.data import TEMPLATES_DIR, TOKENIZER_FILES
+
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        return [*stage.deps, str(root)]  # missing: Snakemake and DVC name it; the stage says what it expected
+
+    def visible(path: Path) -> bool:  # a hub cache's bookkeeping, an editor's files: no input
+        return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+    if stage.reads_checkpoint == "tokenizer":
+        files = [root / name for name in TOKENIZER_FILES] + sorted((root / TEMPLATES_DIR).glob("*"))
+    else:
+        files = sorted(filter(visible, root.rglob("*")))
+    return [*stage.deps, *(str(f) for f in files if f.is_file())]
+
+
+def check_dvc_deps(stage: Stage, params: Any, dvc_file: str = "dvc.yaml") -> None:
+    """Under `dvc repro`, refuse to run a stage whose dvc.yaml entry lacks the model files it reads (dvc.yaml is
+    generated, and only `frontier dvc-yaml` reads params.yaml's model.init_from): without them DVC would not
+    rerun it when the checkpoint changes. `params`: Params."""
+    import os
+
+    import yaml
+
+    from frontier.config import to_dict
+    from frontier.errors import ConfigError
+
+    if os.environ.get("DVC_STAGE", "").rpartition(":")[2] != stage.name:
+        return
+    params = to_dict(params)
+    if checkpoint_dir(stage, params) is None:
+        return
+    try:
+        declared = yaml.safe_load(Path(dvc_file).read_text(encoding="utf-8"))["stages"][stage.name].get("deps", [])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return  # not our dvc.yaml: DVC itself reports what is wrong with it
+    missing = [d for d in stage_deps(stage, params) if d not in declared]
+    if missing:
+        raise ConfigError(
+            f"{dvc_file}: stage {stage.name} does not list {missing[0]}"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + f" as a dependency (it reads {checkpoint_dir(stage, params)}), so DVC would not rerun it when that "
+            "checkpoint changes; run `frontier dvc-yaml` to write them in, then `dvc repro` again"
+        )
+
+
+def dvc_yaml(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dvc.yaml document for all stages (params per key, metrics and plots declared); with `params` (as a
+    dict), the files of the model directory they name are deps of the stages that read it."""
     from frontier.config import section_keys
 
     stages: dict[str, Any] = {}
     for stage in STAGES.values():
         entry: dict[str, Any] = {"cmd": command(stage)}
-        if stage.deps:
-            entry["deps"] = list(stage.deps)
+        deps = stage_deps(stage, params)
+        if deps:
+            entry["deps"] = deps
         keys: list[str] = []
         for section in stage.params:
             keys += section_keys(section)
@@ -383,8 +453,8 @@ def dvc_yaml() -> dict[str, Any]:
     return {"stages": stages, "metrics": metrics, "plots": plots}
 
 
-def render_dvc_yaml() -> str:
+def render_dvc_yaml(params: dict[str, Any] | None = None) -> str:
     import yaml
 
     header = "# Generated by `frontier dvc-yaml` from frontier/pipeline.py: edit there, then regenerate.\n"
-    return header + yaml.safe_dump(dvc_yaml(), sort_keys=False, width=120)
+    return header + yaml.safe_dump(dvc_yaml(params), sort_keys=False, width=120)

@@ -109,8 +109,8 @@ def test_stage_subcommands_are_built_from_the_declarations() -> None:
          ["P", "m", "d", "o", None], {}),
         (["sft-data", "--data", "d", "--out", "o"], "frontier.finetune.sft_data:build_sft_pairs", ["P", "d", "o"], {}),
         (["finetune", "--model", "m", "--data", "d", "--out", "o", "--checkpoints", "c"],
-         "frontier.finetune.lora:finetune", ["P", "m", "d", "o", "c"], {}),
-        (["merge", "--adapter", "a", "--out", "o"], "frontier.finetune.lora:merge", ["a", "o"], {}),  # no params
+         "frontier.finetune.run:finetune", ["P", "m", "d", "o", "c"], {}),
+        (["merge", "--adapter", "a", "--out", "o"], "frontier.finetune.merge:merge", ["a", "o"], {}),  # no params
         (["passk", "--model", "m", "--problems", "p.jsonl", "--out", "o"], "frontier.eval.passk:run_passk",
          ["P", "m", "p.jsonl", "o"], {}),
         (["report", "--train", "t", "--eval", "e", "--out", "o", "--eval-finetuned", "ef"],

@@ -112,10 +112,30 @@ class PrepareConfig:
             raise ValueError(f"sources: source names must be unique, {sorted(dup)[0]!r} repeats")
 
 
+# The files of a Hugging Face model directory that make up its tokenizer (transformers 4.x and 5.x names),
+# copied unchanged by the tokenizer stage; the weights and config.json are not among them.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+TEMPLATES_DIR = "additional_chat_templates"  # transformers 5: named chat templates, one .jinja file each
+
+
 @dataclass
 class TokenizerConfig:
     """kind: bpe (byte-level BPE trained on train.jsonl), char (the distinct characters of the train
-    text + specials + unk), byte (256 bytes + specials), pretrained (a local tokenizer directory)."""
+    text + specials + unk), byte (256 bytes + specials), pretrained (the tokenizer of a local directory,
+    `path`, copied unchanged). With model.init_from set, the tokenizer stage copies that model's own
+    tokenizer whatever the kind (tokenizer_source): a tokenizer trained here would not match its embeddings.
+    The *_token names are the specials of our own kinds; a pretrained tokenizer keeps its own."""
 
     kind: Literal["bpe", "char", "byte", "pretrained"] = "bpe"
     vocab_size: int = field(default=4096, metadata=bounds(ge=64, le=1 << 20))  # bpe only, specials included
@@ -135,10 +155,20 @@ class TokenizerConfig:
             raise ValueError("bos_token: bos/eos/pad/unk tokens must be non-empty and distinct")
 
 
+def tokenizer_source(kind: str, path: str | None, init_from: str | None) -> str | None:
+    """The local directory whose tokenizer the tokenizer stage copies: `path` for kind pretrained, else the
+    model.init_from directory (continued pretraining), else None (a tokenizer of our own kind is made)."""
+    if kind == "pretrained":
+        return path
+    return init_from or None
+
+
 @dataclass
 class TokenizeConfig:
     workers: int = field(default=0, metadata=bounds(ge=0))  # 0: the cores the stage was given
     shard_tokens: int = field(default=1 << 24, metadata=bounds(ge=1024))
-    append_eos: bool = True  # an EOS after every document (the boundary the model sees)
-    prepend_bos: bool = False
+    # an EOS after every document (the boundary the model sees). A pretrained tokenizer's own template ids
+    # (Llama's, Gemma's BOS) frame every document whatever these say, as tokenizer(text) has them.
+    append_eos: bool = True
+    prepend_bos: bool = False  # a BOS before every document that the template does not already begin with
     batch_docs: int = field(default=256, metadata=bounds(ge=1))

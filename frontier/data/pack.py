@@ -51,7 +51,7 @@ def _init_worker(tokenizer_json: str, prefix: list[int], suffix: list[int], dtyp
     from tokenizers import Tokenizer
 
     global _TOK, _PREFIX, _SUFFIX, _DTYPE
-    _TOK = Tokenizer.from_file(tokenizer_json)
+    _TOK = Tokenizer.from_str(tokenizer_json)
     _PREFIX, _SUFFIX, _DTYPE = prefix, suffix, np.dtype(dtype)
 
 
@@ -175,6 +175,32 @@ def tokenizer_info(tokenizer_dir: Path) -> dict[str, Any]:
     }
 
 
+def encoder(tokenizer_dir: Path, info: dict[str, Any]) -> tuple[str, list[int], list[int]]:
+    """What encodes a document: the tokenizers pipeline (JSON) and the ids around every document's own.
+
+    Our kinds: tokenizer.json, nothing around. A pretrained tokenizer: the pipeline transformers builds
+    from its files (transformers 5 rebuilds some families' normalizer and pre-tokenizer) and its template's
+    ids (Llama's BOS), so a document packs as ``tokenizer(text)["input_ids"]`` of the model's own tokenizer.
+    """
+    from frontier.data.tokenizer import OWN_KINDS, framing, load_tokenizer
+
+    if info.get("kind") in OWN_KINDS:
+        return (tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"), [], []
+    fast = load_tokenizer(tokenizer_dir)
+    before, after = framing(fast)
+    return fast.backend_tokenizer.to_str(), before, after
+
+
+def document_frame(
+    before: list[int], after: list[int], bos: int | None, eos: int | None, *, prepend_bos: bool, append_eos: bool
+) -> tuple[list[int], list[int]]:
+    """The ids before and after every document: the tokenizer's template's, then a BOS / EOS where asked and
+    the template has none there (documents are separated by EOS; a Llama tokenizer's BOS is not doubled)."""
+    prefix = ([bos] if prepend_bos and before[:1] != [bos] else []) + before
+    suffix = after + ([eos] if append_eos and after[-1:] != [eos] else [])
+    return prefix, suffix
+
+
 def _merge_counts(into: dict[str, list[int]], counts: dict[str, list[int]]) -> None:
     for source, c in counts.items():
         acc = into.setdefault(source, [0, 0, 0])
@@ -207,10 +233,10 @@ def tokenize(
         raise DataError(f"{tokenizer_dir}: tokenizer has no eos token but tokenize.append_eos is true")
     if cfg.prepend_bos and bos is None:
         raise DataError(f"{tokenizer_dir}: tokenizer has no bos token but tokenize.prepend_bos is true")
-    prefix = [bos] if cfg.prepend_bos else []
-    suffix = [eos] if cfg.append_eos else []
+    pipeline, before, after = encoder(tokenizer_dir, info)
+    prefix, suffix = document_frame(before, after, bos, eos, prepend_bos=cfg.prepend_bos, append_eos=cfg.append_eos)
     vocab = int(info["vocab_size"])
-    initargs = (str(tokenizer_dir / "tokenizer.json"), prefix, suffix, token_dtype(vocab).str)
+    initargs = (pipeline, prefix, suffix, token_dtype(vocab).str)
     inputs = {split: prepared_dir / f"{split}.jsonl" for split in SPLITS}
     for path in inputs.values():
         if not path.is_file():

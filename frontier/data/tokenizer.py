@@ -5,11 +5,15 @@ Kinds (params.tokenizer.kind):
 - char: one token per distinct character of the train text (the nanoGPT shakespeare_char
         setting), plus an unk token for characters only val (or later input) contains;
 - byte: the 256 byte values; any text round-trips, nothing is trained;
-- pretrained: a local tokenizer directory, copied, with missing bos/eos/pad tokens added.
+- pretrained: the tokenizer of a local directory (tokenizer.path, or model.init_from's when that is set:
+  continued pretraining), its files copied unchanged. No token is added: a tokenizer without a pad token
+  pads with its eos (recorded as such), one without BOS (Qwen) has none, and the vocabulary stays the
+  model's.
 
 Our own kinds put the specials first: pad=0, bos=1, eos=2 (char: unk=3). The directory holds
-tokenizer.json, tokenizer_config.json, special_tokens_map.json and frontier_tokenizer.json (the
-kind, ids and what it was trained on), plus params.resolved.yaml.
+tokenizer.json, tokenizer_config.json, special_tokens_map.json (a pretrained one: the files it came with)
+and frontier_tokenizer.json (the kind, vocabulary size, ids and what it was trained on or copied from),
+plus params.resolved.yaml.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from frontier.config import Params
+from frontier.config.data import TEMPLATES_DIR, TOKENIZER_FILES, tokenizer_source
 from frontier.data.progress import Progress, bars_enabled
 from frontier.errors import DataError
 from frontier.provenance import record_stage
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("frontier.data.tokenizer")
 
 INFO_FILE = "frontier_tokenizer.json"
+OWN_KINDS = ("bpe", "char", "byte")  # made here, specials first; "pretrained" is copied from a directory
 
 
 def iter_texts(path: Path, max_bytes: int | None = None, desc: str | None = None) -> Iterator[str]:
@@ -140,64 +147,99 @@ def _wrap(tok: Tokenizer, cfg: Any) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **kwargs)
 
 
-def _load_pretrained(cfg: Any) -> PreTrainedTokenizerFast:
-    path = Path(cfg.path).expanduser()
-    if not path.is_dir():
-        raise DataError(f"tokenizer.path {cfg.path!r}: not a directory (expected a local tokenizer directory)")
-    fast = load_tokenizer(path)
-    missing = {
-        f"{role}_token": getattr(cfg, f"{role}_token")
-        for role in ("bos", "eos", "pad")
-        if getattr(fast, f"{role}_token", None) is None
+def _copy_pretrained(source: Path, key: str, out: Path) -> PreTrainedTokenizerFast:
+    """Copy the tokenizer files of `source` (named by params `key`) into `out` byte for byte; the tokenizer."""
+    if not source.is_dir():
+        raise DataError(f"{key} {str(source)!r}: not a directory (expected a local tokenizer or model directory)")
+    if not (source / "tokenizer.json").is_file():
+        raise DataError(
+            f"{key}: {source} has no tokenizer.json (a fast tokenizer is needed); save the model's tokenizer "
+            "there (tokenizer.save_pretrained), or set tokenizer.kind: pretrained and tokenizer.path to where it is"
+        )
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    if (source / TEMPLATES_DIR).is_dir():
+        shutil.copytree(source / TEMPLATES_DIR, out / TEMPLATES_DIR)
+    return load_tokenizer(out)
+
+
+def pretrained_info(fast: PreTrainedTokenizerFast, source: Path) -> dict[str, Any]:
+    """Vocabulary size and special ids of a pretrained tokenizer as it defines them; a missing pad is its eos."""
+    info: dict[str, Any] = {
+        "kind": "pretrained",
+        "source": str(source.resolve()),
+        "vocab_size": len(fast),
+        "bos_id": fast.bos_token_id,
+        "eos_id": fast.eos_token_id,
+        "pad_id": fast.pad_token_id,
+        "pad_is": "pad",
     }
-    if missing:
-        log.info("tokenizer: adding missing special tokens %s to %s", missing, path)
-        fast.add_special_tokens(missing)
-    return fast
+    if info["pad_id"] is None and info["eos_id"] is not None:
+        # Padding positions are masked out of the loss: any existing id serves, and a new one would need a row.
+        info.update(pad_id=info["eos_id"], pad_is="eos")
+        log.info("tokenizer: %s has no pad token; padding uses its eos %r (id %d), no token added",
+                 source, fast.eos_token, info["eos_id"])  # fmt: skip
+    return info
 
 
-def _save(fast: PreTrainedTokenizerFast, out: Path, info: dict[str, Any], own_class: bool) -> None:
+def framing(fast: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's own template puts before and after a text: Llama, Mistral, Gemma [bos] and [];
+    Qwen, phi-2, GPT-2 none (what ``tokenizer(text)`` adds to ``tokenizer(text, add_special_tokens=False)``)."""
+    probe = "def frontier(): pass"
+    bare = fast(probe, add_special_tokens=False)["input_ids"]
+    full = fast(probe)["input_ids"]
+    for i in range(len(full) - len(bare) + 1):
+        if full[i : i + len(bare)] == bare:
+            return full[:i], full[i + len(bare) :]
+    raise DataError(f"{fast.name_or_path}: its template changes the text's own tokens; cannot frame documents")
+
+
+def _save(fast: PreTrainedTokenizerFast, out: Path, info: dict[str, Any]) -> None:
     fast.save_pretrained(str(out))
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    if own_class:
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"  # a name transformers 4.x and 5.x both load
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # a name transformers 4.x and 5.x both load
     write_json(config_path, config)
     special_map = {k: v for k, v in fast.special_tokens_map.items() if isinstance(v, str)}
     write_json(out / "special_tokens_map.json", special_map)
     if not (out / "tokenizer.json").is_file():
         raise DataError(f"{out}: tokenizer has no tokenizer.json (a fast tokenizer is needed)")
-    info.update(
-        vocab_size=len(fast),
-        bos_id=fast.bos_token_id,
-        eos_id=fast.eos_token_id,
-        pad_id=fast.pad_token_id,
-        sha256=hashlib.sha256((out / "tokenizer.json").read_bytes()).hexdigest(),
-    )
-    write_json(out / INFO_FILE, info)
+    info.update(vocab_size=len(fast), bos_id=fast.bos_token_id, eos_id=fast.eos_token_id, pad_id=fast.pad_token_id)
+
+
+def _own_kind(cfg: TokenizerConfig, train_path: Path) -> tuple[PreTrainedTokenizerFast, dict[str, Any]]:
+    """A bpe, char or byte tokenizer made here, and what it was made from."""
+    info: dict[str, Any] = {"kind": cfg.kind}
+    if cfg.kind == "byte":
+        tok = build_byte(cfg)
+    else:
+        texts = iter_texts(train_path, cfg.train_max_bytes, desc=f"tokenizer {cfg.kind}")
+        tok = build_bpe(texts, cfg) if cfg.kind == "bpe" else build_char(texts, cfg)
+        info["trained_on"] = str(train_path)
+    return _wrap(tok, cfg), info
 
 
 def train_tokenizer(params: Params, prepared_dir: Path, out_dir: Path) -> Path:
     """Run the tokenizer stage: write a loadable tokenizer directory to `out_dir` (atomically)."""
     cfg = params.tokenizer
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
-    train_path = prepared_dir / "train.jsonl"
-    info: dict[str, Any] = {"kind": cfg.kind}
-    if cfg.kind == "pretrained":
-        fast = _load_pretrained(cfg)
-        info["source"] = str(Path(cfg.path).expanduser().resolve())
-    else:
-        if cfg.kind == "byte":
-            tok = build_byte(cfg)
-        else:
-            texts = iter_texts(train_path, cfg.train_max_bytes, desc=f"tokenizer {cfg.kind}")
-            tok = build_bpe(texts, cfg) if cfg.kind == "bpe" else build_char(texts, cfg)
-            info["trained_on"] = str(train_path)
-        fast = _wrap(tok, cfg)
+    source = tokenizer_source(cfg.kind, cfg.path, params.model.init_from)
+    key = "tokenizer.path" if cfg.kind == "pretrained" else "model.init_from"
+    if source is not None and cfg.kind != "pretrained":
+        log.info("tokenizer: model.init_from is set: the model's own tokenizer from %s, unchanged "
+                 "(tokenizer.kind %s applies to a model trained from scratch)", source, cfg.kind)  # fmt: skip
     with atomic_dir(out_dir) as tmp:
-        _save(fast, tmp, info, own_class=cfg.kind != "pretrained")
+        if source is None:
+            fast, info = _own_kind(cfg, prepared_dir / "train.jsonl")
+            _save(fast, tmp, info)
+        else:
+            source_dir = Path(source).expanduser()
+            info = pretrained_info(_copy_pretrained(source_dir, key, tmp), source_dir)
+        info["sha256"] = hashlib.sha256((tmp / "tokenizer.json").read_bytes()).hexdigest()
+        write_json(tmp / INFO_FILE, info)
         record_stage(params, tmp, "tokenizer")
-    log.info("tokenizer: %s, vocab %d -> %s", cfg.kind, info["vocab_size"], out_dir)
+    log.info("tokenizer: %s, vocab %d -> %s", info["kind"], info["vocab_size"], out_dir)
     return out_dir
 
 

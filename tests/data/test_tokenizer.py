@@ -85,7 +85,11 @@ def test_byte(tmp_path, prepared):
     assert ids == [b + 3 for b in UNSEEN.encode()] and tok.decode(ids) == UNSEEN
 
 
-def test_pretrained_copy_adds_missing_specials(tmp_path, prepared):
+def _files(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def test_pretrained_is_copied_unchanged_and_pads_with_its_eos(tmp_path, prepared):
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     base = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2, "</s>": 3}, unk_token="[UNK]"))
@@ -93,11 +97,50 @@ def test_pretrained_copy_adds_missing_specials(tmp_path, prepared):
     src = tmp_path / "external"
     PreTrainedTokenizerFast(tokenizer_object=base, eos_token="</s>", unk_token="[UNK]").save_pretrained(str(src))
     directory = _train(tmp_path, prepared, kind="pretrained", path=str(src))
+    copied = _files(directory)
+    assert {k: v for k, v in copied.items() if k in _files(src)} == _files(src)  # byte for byte, every file
     tok = load_tokenizer(directory)
-    assert tok.eos_token == "</s>" and tok.eos_token_id == 3  # kept
-    assert tok.bos_token == "<|bos|>" and tok.pad_token == "<|pad|>"  # added
-    assert len(tok) == 6 and tok.encode("hello world", add_special_tokens=False) == [1, 2]
-    assert AutoTokenizer.from_pretrained(str(directory)).pad_token_id == tok.pad_token_id
+    assert len(tok) == 4 and (tok.bos_token, tok.pad_token) == (None, None)  # nothing added
+    assert tok.encode("hello world", add_special_tokens=False) == [1, 2]
+    info = json.loads(copied[INFO_FILE])
+    ids = [info[k] for k in ("vocab_size", "bos_id", "eos_id", "pad_id", "pad_is")]
+    assert ids == [4, None, 3, 3, "eos"]  # the same vocabulary; pad: its eos, recorded as such
+
+
+# A tokenizer without BOS (Qwen), one without pad (Mistral, phi-2, Llama 3), one whose template adds BOS (Gemma,
+# Mistral, Llama 3); every family's own special tokens.
+FAMILIES = ("qwen2", "mistral", "phi2", "gemma2", "llama3")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_init_from_packs_with_the_models_own_tokenizer(tmp_path, prepared, family):
+    """Only model.init_from set: the tokenizer stage copies the model's tokenizer unchanged, and every packed
+    document is tokenizer(text)["input_ids"] of that tokenizer, then its EOS; the vocabulary is the model's."""
+    from frontier.data.pack import tokenize
+    from frontier.data.tokens import TokenShards
+    from tests.model.families import FAMILIES as TABLE
+    from tests.model.families import build_checkpoint
+
+    model_dir = build_checkpoint(family, tmp_path / family, extra_rows=3)
+    params = make_params(model={"init_from": str(model_dir)})  # tokenizer: the defaults (kind bpe)
+    directory = train_tokenizer(params, prepared, tmp_path / "tokenizer")
+    copied = _files(directory)
+    assert all(copied[name] == data for name, data in _files(model_dir).items() if name.startswith("tokenizer"))
+    own = AutoTokenizer.from_pretrained(str(model_dir))
+    info = json.loads(copied[INFO_FILE])
+    assert info["vocab_size"] == len(own) and (info["bos_id"], info["eos_id"]) == (own.bos_token_id, own.eos_token_id)
+    fam = TABLE[family]
+    assert info["pad_id"] == (own.pad_token_id if fam.pad else own.eos_token_id)
+
+    tokenize(params, prepared, directory, tmp_path / "tokens", workers=1)
+    shards = TokenShards(tmp_path / "tokens" / "train")
+    assert (shards.vocab_size, shards.bos_id, shards.eos_id) == (len(own), own.bos_token_id, own.eos_token_id)
+    ends = [*shards.doc_starts.tolist()[1:], len(shards)]
+    docs = [shards.read(a, b - a).tolist() for a, b in zip(shards.doc_starts.tolist(), ends)]
+    assert len(docs) == len(TRAIN)
+    for text, doc in zip(TRAIN, docs):
+        assert doc == own(text)["input_ids"] + [own.eos_token_id]
+    assert (docs[0][0] == own.bos_token_id) == fam.add_bos  # Gemma, Mistral, Llama 3 begin with BOS; Qwen never
 
 
 def test_bad_inputs(tmp_path, prepared):

@@ -66,7 +66,8 @@ def test_every_stage_declares_the_sections_it_reads(tmp_path: Path, monkeypatch:
     from frontier.data.prepare import prepare
     from frontier.data.tokenizer import train_tokenizer
     from frontier.eval.evaluate import evaluate
-    from frontier.finetune.lora import finetune, merge
+    from frontier.finetune.merge import merge
+    from frontier.finetune.run import finetune
     from frontier.finetune.sft_data import build_sft_pairs
     from frontier.report.build import build_report
     from frontier.train.launch.launch import should_launch

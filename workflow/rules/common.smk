@@ -12,7 +12,7 @@ from snakemake.utils import available_cpu_count
 from frontier.config import build_params, read_params_data, to_dict
 from frontier.errors import ConfigError
 from frontier.params_files import mark_outdated
-from frontier.pipeline import PARAMS_FILE, STAGES, command, params_file_for, typed_cli_config
+from frontier.pipeline import PARAMS_FILE, STAGES, command, params_file_for, stage_deps, typed_cli_config
 from frontier.provenance import outdated_outputs
 from frontier.train.launch.environment import read_launcher_env, resolve_nproc_per_node
 from frontier.utils.stale_lock import clear_stale_lock, mark_executor, write_note
@@ -81,7 +81,7 @@ def stage_inputs(name: str) -> list[str]:
     except (ConfigError, OSError) as exc:
         sys.stderr.write(f"snakemake: error: {exc}\n")
         sys.exit(2)
-    return [*STAGES[name].deps, str(stamp)]
+    return [*stage_deps(STAGES[name], PARAMS), str(stamp)]
 
 
 def stage_outputs(name):
