@@ -290,9 +290,9 @@ def test_out_of_memory_in_any_model_load_is_not_called_a_bad_model(tmp_path: Pat
     elif site == "finetune":
         from frontier.finetune.adapter import load_base
 
-        call = functools.partial(load_base, model, "none", 0, torch.device("cpu"))
+        call = functools.partial(load_base, model, "none", torch.device("cpu"))
     elif site == "merge":
-        from frontier.finetune.lora import merge
+        from frontier.finetune.merge import merge
 
         call = functools.partial(merge, tmp_path / "adapter", tmp_path / "merged")
     else:

@@ -1,4 +1,5 @@
-"""Schema of the LoRA fine-tune stage: the adapter, the run's budget and the demo data (docstring -> body pairs).
+"""Schema of the fine-tune stage: the method (full, LoRA, QLoRA), the adapter, the run's budget and the demo data
+(docstring -> body pairs).
 
 The run's engine (precision, ZeRO stage, clipping, activation checkpointing, compile, NaN guard,
 alerts, monitoring) is the engine: section, shared with train; the AdamW settings and the schedule's
@@ -26,12 +27,17 @@ class FinetuneConfig(BatchConfig):
 
     # the batch: BatchConfig's keys, with a fine-tune's own default micro-batch
     micro_batch_size: int | Literal["auto"] = field(default=8, metadata=bounds(ge=1))
-    # the adapter (peft.LoraConfig)
+    # full: every parameter trains, a full model is exported; lora: an adapter on the frozen base;
+    # qlora: an adapter on a frozen base quantized by bitsandbytes (quantize: 4bit NF4 or 8bit)
+    method: Literal["full", "lora", "qlora"] = "lora"
+    quantize: Literal["none", "4bit", "8bit"] = "none"  # qlora only
+    # the adapter (peft.LoraConfig), for lora and qlora
     r: int = field(default=8, metadata=bounds(ge=1))
     alpha: float = field(default=16.0, metadata=bounds(gt=0))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    quantize: Literal["none", "4bit", "8bit"] = "none"  # QLoRA base through bitsandbytes (CUDA only)
+    # all-linear: peft's choice, every linear layer of the blocks (not the output head), so fused projections
+    # (Phi-3's qkv_proj, gate_up_proj) are covered without naming them; or a list of module names
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
     # the run
     lr: float = field(default=1e-3, metadata=bounds(gt=0))
     warmup_steps: int = field(default=10, metadata=bounds(ge=0))
@@ -53,8 +59,20 @@ class FinetuneConfig(BatchConfig):
         super().validate()
         check_resume(self.resume)
         if not self.target_modules:
-            raise ValueError("target_modules: expected at least one module name (e.g. q_proj, v_proj)")
+            raise ValueError("target_modules: expected 'all-linear' or at least one module name (e.g. q_proj, v_proj)")
+        if self.method == "qlora" and self.quantize == "none":
+            raise ValueError("quantize: method qlora quantizes the base: expected quantize 4bit (NF4) or 8bit")
+        if self.method != "qlora" and self.quantize != "none":
+            raise ValueError(
+                f"quantize: {self.quantize!r} applies to method qlora only (method is {self.method!r}); "
+                "set method: qlora, or quantize: none"
+            )
         if self.min_response_chars > self.max_response_chars:
             raise ValueError(
                 f"min_response_chars: {self.min_response_chars} exceeds max_response_chars={self.max_response_chars}"
             )
+
+    @property
+    def adapter(self) -> bool:
+        """Whether the run trains a LoRA adapter on a frozen base (lora, qlora) rather than every weight (full)."""
+        return self.method != "full"

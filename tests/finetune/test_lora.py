@@ -1,4 +1,4 @@
-"""LoRA fine-tuning through the training engine, the masked dataset, QLoRA's error, and merging."""
+"""LoRA fine-tuning through the training engine, the masked dataset and merging (QLoRA, full: test_qlora, test_full)."""
 
 from __future__ import annotations
 
@@ -15,29 +15,15 @@ import torch
 from frontier.config import load_params
 from frontier.errors import ConfigError
 from frontier.finetune.dataset import ExampleSampler, encode, eval_batches, read_records
-from frontier.finetune.lora import finetune, merge
+from frontier.finetune.merge import merge
+from frontier.finetune.run import finetune
 from frontier.finetune.sft_data import build_sft_pairs
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.batches.data import Layout
 from frontier.utils.metrics_files import read_metrics
-from tests.eval.tiny import TRAIN_OVERRIDES, corpus_texts, make_tokenizer, trained_run
+from tests.eval.tiny import corpus_texts, make_tokenizer, trained_run
+from tests.finetune.helpers import FT_OVERRIDES, heldout_loss
 from tests.finetune.test_sft_data import MODULES, prepared_dir
-
-FT_OVERRIDES = (
-    *TRAIN_OVERRIDES,
-    "finetune.r=4",
-    "finetune.alpha=8",
-    "finetune.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
-    "finetune.lr=2e-2",
-    "finetune.warmup_steps=2",
-    "finetune.max_steps=40",
-    "finetune.micro_batch_size=8",
-    "finetune.eval_every=10",
-    "finetune.log_every=5",
-    "finetune.heldout_fraction=0.2",
-    "finetune.max_prompt_chars=150",  # short pairs: most fit the tiny model's 64-token context
-    "finetune.max_response_chars=300",
-)
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +55,8 @@ def test_base_loss_is_the_base_models_own_loss_on_response_tokens(tuned):
 
     tokenizer = AutoTokenizer.from_pretrained(tuned["base"])
     model = AutoModelForCausalLM.from_pretrained(tuned["base"]).eval()
-    total, count = 0.0, 0
-    limit = model.config.max_position_embeddings + 1  # examples are cut to the context (+1 for the shift)
-    with torch.no_grad():
-        for prompt, response in read_records(tuned["root"] / "sft" / "heldout.jsonl", tokenizer):
-            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            ids = (p + tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:limit]
-            if len(p) >= len(ids):
-                continue
-            labels = torch.tensor([[-100] * len(p) + ids[len(p) :]])
-            n = int((labels[0, 1:] != -100).sum())
-            total += float(model(input_ids=torch.tensor([ids]), labels=labels).loss) * n
-            count += n
-    assert tuned["metrics"]["base_heldout_loss"] == pytest.approx(total / count, rel=1e-4)
+    loss = heldout_loss(model, tokenizer, tuned["root"] / "sft" / "heldout.jsonl")
+    assert tuned["metrics"]["base_heldout_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 def test_outputs_reuse_the_training_monitoring_and_checkpoints(tuned):
@@ -133,26 +108,6 @@ def test_merged_model_matches_the_adapter_and_loads_without_frontier(tuned, tmp_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-4
-
-
-def test_quantized_base_without_cuda_is_a_clear_error(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: the CPU error path does not apply")
-    params = load_params(None, [*FT_OVERRIDES, "finetune.quantize=4bit"])
-    with pytest.raises(ConfigError, match=r"finetune.quantize: '4bit' \(QLoRA\) needs a CUDA device"):
-        finetune(params, trained_run()["out"] / "model", tmp_path / "sft", tmp_path / "out", tmp_path / "ckpt")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", ["4bit", "8bit"])
-def test_qlora_on_cuda_trains_and_merges(tuned, tmp_path, bits):
-    """QLoRA proper (bitsandbytes base): only where CUDA and bitsandbytes exist."""
-    pytest.importorskip("bitsandbytes")
-    params = load_params(None, [*FT_OVERRIDES, f"finetune.quantize={bits}", "finetune.max_steps=20"])
-    metrics = finetune(params, tuned["base"], tuned["root"] / "sft", tmp_path / "out", tmp_path / "ckpt")
-    assert metrics["quantize"] == bits
-    assert metrics["finetuned_heldout_loss"] < metrics["base_heldout_loss"]
-    assert (merge(tmp_path / "out", tmp_path / "merged") / "model.safetensors").is_file()
 
 
 def test_unknown_target_modules_are_named(tuned, tmp_path):
