@@ -411,10 +411,13 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_report(results: Mapping[str, Any], top: int = 6) -> list[str]:
-    """Per Llama row and side (its first process): ms per step, matmul and attention shares, the top ops."""
+def profile_report(
+    results: Mapping[str, Any], top: int = 6, keys: Sequence[str] = ("llama", "llama_compiled")
+) -> list[str]:
+    """Per Llama row (`keys` of `results`) and side (its first process): ms per step, matmul and attention
+    shares, the top ops."""
     out = []
-    for key in ("llama", "llama_compiled"):
+    for key in keys:
         for side, pair in (results.get(key) or {}).items():
             prof = (pair.get("runs") or [{}])[0].get("profile") if isinstance(pair, dict) else None
             if not prof:
@@ -425,8 +428,8 @@ def profile_report(results: Mapping[str, Any], top: int = 6) -> list[str]:
     return out
 
 
-def thread_report(results: Mapping[str, Any]) -> list[str]:
-    """OMP_NUM_THREADS and torch.get_num_threads() of every measured process."""
+def thread_report(results: Mapping[str, Any], keys: Sequence[str] = ("llama", "llama_compiled")) -> list[str]:
+    """OMP_NUM_THREADS and torch.get_num_threads() of every measured process (Llama rows: `keys` of `results`)."""
     out = []
     sh = results.get("shakespeare") or {}
     for side in ("frontier", "nanogpt"):
@@ -434,7 +437,7 @@ def thread_report(results: Mapping[str, Any]) -> list[str]:
         if row:
             out.append(f"shakespeare_char {side}: OMP_NUM_THREADS={row['omp_num_threads']}, "
                        f"torch threads {row.get('torch_threads')}, CPUs {row.get('cpus')}")  # fmt: skip
-    for key in ("llama", "llama_compiled"):
+    for key in keys:
         for side, pair in (results.get(key) or {}).items():
             if isinstance(pair, dict) and "runs" in pair:
                 seen = sorted({(r["omp_num_threads"], r["torch_threads"], str(r.get("cpus"))) for r in pair["runs"]})
