@@ -199,27 +199,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         *(side_lines(pair) if "error" not in pair else [f"Failed: {pair['error']}"]),
         "",
-        "## How measured",
-        "",
-        *[f"- {m}" for m in METHOD],
-        "",
-        "## Machine",
-        "",
-        *[f"- {k}: {v}" for k, v in meta.items()],
-        "",
-        "## Settings",
-        "",
-        "```json",
-        json.dumps(settings, indent=2),
-        "```",
+        *peers.run_sections(METHOD, meta, settings, report["results"], keys=(ROW,)),
     ]
-    profiles = peers.profile_report(report["results"], keys=(ROW,))
-    if profiles:
-        lines += ["", "## Where a step's time goes (torch.profiler, CPU self time, steps after the timed ones)", "",
-                  *profiles]  # fmt: skip
-    threads = peers.thread_report(report["results"], keys=(ROW,))
-    if threads:
-        lines += ["", "## Threads (as each process saw them)", "", *[f"- {t}" for t in threads]]
     return "\n".join(lines) + "\n"
 
 

@@ -367,6 +367,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"meta": meta, "settings": settings, "results": results, "table": table(results)}
 
 
+def run_sections(
+    method: Sequence[str],
+    meta: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    results: Mapping[str, Any],
+    keys: Sequence[str] = ("llama", "llama_compiled"),
+) -> list[str]:
+    """A report's closing markdown sections: how measured, the machine, the settings, and for the Llama-runner
+    rows (`keys` of `results`) where a step's time goes and the threads each process saw."""
+    lines = [
+        "## How measured", "", *[f"- {m}" for m in method], "",
+        "## Machine", "", *[f"- {k}: {v}" for k, v in meta.items()], "",
+        "## Settings", "", "```json", json.dumps(settings, indent=2), "```",
+    ]  # fmt: skip
+    profiles = profile_report(results, keys=keys)
+    if profiles:
+        lines += ["", "## Where a step's time goes (torch.profiler, CPU self time, steps after the timed ones)", "",
+                  *profiles]  # fmt: skip
+    threads = thread_report(results, keys=keys)
+    if threads:
+        lines += ["", "## Threads (as each process saw them)", "", *[f"- {t}" for t in threads]]
+    return lines
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     meta, settings = report["meta"], report["settings"]
     lines = [
@@ -376,27 +400,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         *[f"- {n}" for n in notes(report["table"])],
         "",
-        "## How measured",
-        "",
-        *[f"- {m}" for m in METHOD],
-        "",
-        "## Machine",
-        "",
-        *[f"- {k}: {v}" for k, v in meta.items()],
-        "",
-        "## Settings",
-        "",
-        "```json",
-        json.dumps(settings, indent=2),
-        "```",
+        *run_sections(METHOD, meta, settings, report["results"]),
     ]
-    profiles = profile_report(report["results"])
-    if profiles:
-        lines += ["", "## Where a step's time goes (torch.profiler, CPU self time, steps after the timed ones)", "",
-                  *profiles]  # fmt: skip
-    threads = thread_report(report["results"])
-    if threads:
-        lines += ["", "## Threads (as each process saw them)", "", *[f"- {t}" for t in threads]]
     check = ((report["results"].get("shakespeare") or {}).get("nanogpt") or {}).get("config_check")
     if check:
         lines += [
