@@ -7,18 +7,16 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from frontier.config import dump_resolved
 from frontier.finetune.merge import merge
 from frontier.finetune.run import finetune
 from tests.finetune.helpers import SHORT, ft_params
-from tests.train.helpers import REPO, losses, read_rows, weights
+from tests.finetune.ranks import assert_same_losses, finetune_stage, zero3_every_weight
+from tests.train.helpers import losses, weights
 
 FULL = ("finetune.method=full", "finetune.lr=3e-3")
 
@@ -83,23 +81,9 @@ def test_merge_hands_on_the_model_itself(full, tmp_path):
 def test_two_ranks_at_zero3_match_one_rank(full, sft, base, tmp_path):
     """`frontier finetune` on 2 ranks at ZeRO-3 with every weight partitioned (persistence threshold 0) gives
     one rank's per-step losses at the same global batch (2 x micro 4 = 1 x micro 8)."""
-    ds_json = tmp_path / "ds.json"
-    ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
-    zero3 = ("engine.zero_stage=3", f"engine.deepspeed_config={ds_json}")
-    params_file = dump_resolved(
-        ft_params(*FULL, *SHORT, *zero3, "finetune.micro_batch_size=4", "launch.nproc_per_node=2"), tmp_path / "p"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "frontier", "finetune", "--params", str(params_file), "--model", str(base), "--data",
-         str(sft), "--out", str(tmp_path / "two"), "--checkpoints", str(tmp_path / "ckpt_two")],
-        cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    one, two = read_rows(full["root"] / "out/plots/train.csv"), read_rows(tmp_path / "two/plots/train.csv")
-    assert [r["step"] for r in two] == [r["step"] for r in one] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    for a, b in zip(one, two):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (one, two)
+    zero3 = zero3_every_weight(tmp_path)
+    two = ft_params(*FULL, *SHORT, *zero3, "finetune.micro_batch_size=4", "launch.nproc_per_node=2")
+    finetune_stage(two, base, sft, tmp_path)
+    assert_same_losses(full["root"] / "out", tmp_path / "two")
     shapes = [{k: v.shape for k, v in weights(out).items()} for out in (tmp_path / "two", full["root"] / "out")]
     assert shapes[0] == shapes[1]  # gathered whole from the shards

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from frontier.train.batches.data import Layout
 from frontier.utils.metrics_files import read_metrics
 from tests.eval.tiny import corpus_texts, make_tokenizer, trained_run
 from tests.finetune.helpers import FT_OVERRIDES, heldout_loss
+from tests.finetune.ranks import assert_same_losses, finetune_stage
 from tests.finetune.test_sft_data import MODULES, prepared_dir
 
 
@@ -172,28 +172,13 @@ def test_a_moved_runs_folder_still_merges_and_holds_no_absolute_path(tuned, tmp_
 def test_finetune_stage_starts_two_ranks_that_match_one(tuned, tmp_path):
     """`frontier finetune` with launch.nproc_per_node=2 starts both ranks itself; at the same global batch
     (2 ranks x micro 4 = 1 rank x micro 8) its per-step losses are one rank's."""
-    from frontier.config import dump_resolved
-    from tests.train.helpers import REPO, read_rows
-
     short = [*FT_OVERRIDES, "finetune.max_steps=6", "finetune.log_every=1", "finetune.eval_every=0"]
     sft, base = tuned["root"] / "sft", tuned["base"]
     finetune(load_params(None, short), base, sft, tmp_path / "one", tmp_path / "ckpt_one")
-    params_file = dump_resolved(
-        load_params(None, [*short, "finetune.micro_batch_size=4", "launch.nproc_per_node=2"]), tmp_path / "p"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "frontier", "finetune", "--params", str(params_file), "--model", str(base), "--data",
-         str(sft), "--out", str(tmp_path / "two"), "--checkpoints", str(tmp_path / "ckpt_two")],
-        cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "finetune: starting 2 rank(s) on this node" in proc.stderr
-    one, two = read_rows(tmp_path / "one/plots/train.csv"), read_rows(tmp_path / "two/plots/train.csv")
-    assert [r["step"] for r in two] == [r["step"] for r in one] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    for a, b in zip(one, two):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (one, two)
+    two = load_params(None, [*short, "finetune.micro_batch_size=4", "launch.nproc_per_node=2"])
+    stderr = finetune_stage(two, base, sft, tmp_path, threads=2)
+    assert "finetune: starting 2 rank(s) on this node" in stderr
+    assert_same_losses(tmp_path / "one", tmp_path / "two")
 
 
 def test_finetune_takes_compile_from_the_engine_section(tuned, tmp_path):

@@ -3,22 +3,19 @@ adapter trained through the same wiring, and merge folding it into the base it w
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from frontier.config import dump_resolved
 from frontier.errors import ConfigError
 from frontier.finetune.adapter import load_base
 from frontier.finetune.merge import merge
 from frontier.finetune.quantize import QUANTIZATION_FILE, one_cpu_kernel, read_quantization
 from frontier.finetune.run import finetune
 from tests.finetune.helpers import SHORT, ft_params, heldout_loss
-from tests.train.helpers import REPO, losses, read_rows
+from tests.finetune.ranks import assert_same_losses, finetune_stage, zero3_every_weight
+from tests.train.helpers import losses
 
 
 def qlora(bits: str) -> tuple[str, ...]:
@@ -119,21 +116,8 @@ def test_a_device_bitsandbytes_cannot_run_on_is_a_clear_error(base):
 def test_two_ranks_at_zero3_partition_the_quantized_base_and_match_one_rank(sft, base, tmp_path):
     """ZeRO-3 partitions the frozen 4-bit weights too (persistence threshold 0: every one), gathers their bytes
     back for each forward: 2 ranks x micro 4 give 1 rank x micro 8's per-step losses, hence no ZeRO refusal."""
-    ds_json = tmp_path / "ds.json"
-    ds_json.write_text(json.dumps({"zero_optimization": {"stage3_param_persistence_threshold": 0}}))
-    run = (*qlora("4bit"), *SHORT, "engine.zero_stage=3", f"engine.deepspeed_config={ds_json}")
+    run = (*qlora("4bit"), *SHORT, *zero3_every_weight(tmp_path))
     finetune(ft_params(*run), base, sft, tmp_path / "one", tmp_path / "ckpt_one")
-    params_file = dump_resolved(ft_params(*run, "finetune.micro_batch_size=4", "launch.nproc_per_node=2"), tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "frontier", "finetune", "--params", str(params_file), "--model", str(base), "--data",
-         str(sft), "--out", str(tmp_path / "two"), "--checkpoints", str(tmp_path / "ckpt_two")],
-        cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    one, two = read_rows(tmp_path / "one/plots/train.csv"), read_rows(tmp_path / "two/plots/train.csv")
-    assert [r["step"] for r in two] == [r["step"] for r in one] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
-    for a, b in zip(one, two):
-        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (one, two)
+    finetune_stage(ft_params(*run, "finetune.micro_batch_size=4", "launch.nproc_per_node=2"), base, sft, tmp_path)
+    assert_same_losses(tmp_path / "one", tmp_path / "two")
     assert (tmp_path / "two" / "adapter" / QUANTIZATION_FILE).is_file()
