@@ -17,6 +17,11 @@ module and its config, never from its class name:
   logits (-> eager with the cap). GPT-2's attention (fused ``c_attn``, learned positions) takes the frontier
   entry with no rope to route. A layout not recognised keeps the model's own attention for every layer.
 
+Names find candidates; they are not proof. A candidate MLP or attention is routed only when a twin of it (its
+class, built from the model's config with fresh weights) computes the same through the frontier forward as
+through its own (frontier.model.twin_probe): Cohere's attention, Llama's names with interleaved RoPE, keeps
+its own forward, and says so.
+
 The result is a :class:`KernelCoverage`: per op, how many of the modules it could serve it serves and why the
 others run unfused; its :meth:`~KernelCoverage.line` goes to the train log and run.json. ``kernels.X: triton`` on
 a model with a module the op cannot serve is one ConfigError naming the module and why.
@@ -24,6 +29,7 @@ a model with a module the op cannot serve is one ConfigError naming the module a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -35,6 +41,7 @@ from frontier.errors import ConfigError
 from frontier.kernels.rms_norm import rms_norm_reference
 from frontier.model.attention import attention_name, register_attention
 from frontier.model.fused_modules import FrontierAttention, FrontierMLP, FrontierRMSNorm
+from frontier.model.twin_probe import attention_disagrees, mlp_disagrees
 
 _MIXINS = (FrontierRMSNorm, FrontierMLP, FrontierAttention)
 _ATTENTION_PARTS = {"q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "dense"}
@@ -174,14 +181,15 @@ def _activation_op(module: nn.Module) -> str | None:
     act = getattr(module, "act_fn", None) or getattr(module, "activation_fn", None)
     if not callable(act):
         return None
-    t = torch.linspace(-6.0, 6.0, 241)
+    # the curved region densely, and far tails: an activation that equals SiLU only near zero is not SiLU
+    t = torch.cat([torch.linspace(-6.0, 6.0, 241), torch.tensor([-1e4, -100.0, -30.0, -10.0, 10.0, 30.0, 100.0, 1e4])])
     try:
         got = act(t)
     except Exception:
         return None
-    if torch.allclose(got, torch.nn.functional.silu(t), atol=1e-6):
+    if got.shape == t.shape and torch.allclose(got, torch.nn.functional.silu(t), atol=1e-6):
         return "swiglu"
-    if torch.allclose(got, torch.nn.functional.gelu(t, approximate="tanh"), atol=1e-6):
+    if got.shape == t.shape and torch.allclose(got, torch.nn.functional.gelu(t, approximate="tanh"), atol=1e-6):
         return "geglu"
     return None
 
@@ -252,6 +260,39 @@ def _attention_fallback(layout: dict[str, object], seq_len: int | None) -> str |
 # ------------------------------------------------------------------------------------------------ routing
 
 
+class _Probes:
+    """The twin probes of one routing (frontier.model.twin_probe), one per distinct class and layout."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.config = getattr(model, "config", None)
+        # cos/sin width: the rotary inverse frequencies (Gemma 3: one set per layer type), one per rotated pair
+        self.rotary = {2 * b.shape[-1] for n, b in model.named_buffers() if n.endswith("inv_freq")}
+        self.seen: dict[tuple[object, ...], str | None] = {}
+
+    def _ask(self, key: tuple[object, ...], probe: Callable[[], str | None]) -> str | None:
+        if key not in self.seen:
+            self.seen[key] = probe()
+        return self.seen[key]
+
+    def mlp(self, module: nn.Module, fields: dict[str, object]) -> str | None:
+        original = _original_class(module)
+        if self.config is None:
+            return f"{original.__name__}: the model has no config to build a twin from"
+        key = ("mlp", original, *sorted(fields.items()))
+        return self._ask(key, lambda: mlp_disagrees(self.config, original, fields))
+
+    def attention(self, module: nn.Module, layout: dict[str, object]) -> str | None:
+        original = _original_class(module)
+        if self.config is None:
+            return f"{original.__name__}: the model has no config to build a twin from"
+        if len(self.rotary) != 1:
+            return f"{original.__name__}: no single rotary width among the model's inv_freq buffers"
+        (rotary_dim,) = self.rotary
+        key = ("attention", original, rotary_dim, *sorted(layout.items()))
+        layer = module.layer_idx
+        return self._ask(key, lambda: attention_disagrees(self.config, original, layer, layout, rotary_dim))
+
+
 def route_kernels(model: nn.Module, cfg: KernelsConfig, *, seq_len: int | None = None) -> KernelCoverage:
     """Route every module of `model` that a fused op serves through frontier.kernels; return what was fused.
 
@@ -261,6 +302,7 @@ def route_kernels(model: nn.Module, cfg: KernelsConfig, *, seq_len: int | None =
     decides whether a sliding window binds (None: assume it does). Idempotent: routing again re-decides.
     """
     coverage = KernelCoverage()
+    probes = _Probes(model)
     norms = coverage.op("rms_norm")
     for name, module in model.named_modules():
         if _is_norm(module):
@@ -268,6 +310,8 @@ def route_kernels(model: nn.Module, cfg: KernelsConfig, *, seq_len: int | None =
             offset = _rms_offset(module, eps)
             if offset is None:
                 norms.skip(name, f"{_original_class(module).__name__}: not an RMSNorm")
+            elif [n for n, _ in module.named_parameters(recurse=False)] != ["weight"]:  # a bias the probe cannot see
+                norms.skip(name, f"{_original_class(module).__name__}: parameters besides its weight")
             else:
                 _swap(module, FrontierRMSNorm, kernel_impl=cfg.rms_norm, weight_offset=offset, norm_eps=eps)
                 norms.fused.append(name)
@@ -277,7 +321,12 @@ def route_kernels(model: nn.Module, cfg: KernelsConfig, *, seq_len: int | None =
             if op is None:
                 coverage.op("mlp").skip(name, "not gated by SiLU or tanh GELU")
                 continue
-            _swap(module, FrontierMLP, kernel_op=op, kernel_impl=getattr(cfg, op), fused_gate_up=layout)
+            fields = {"kernel_op": op, "fused_gate_up": layout}
+            reason = probes.mlp(module, fields)
+            if reason is not None:
+                coverage.op("mlp").skip(name, reason)
+                continue
+            _swap(module, FrontierMLP, kernel_impl=getattr(cfg, op), **fields)
             coverage.op(op).fused.append(name)
     ropes, attention = coverage.op("rope"), coverage.op("attention")
     layouts = []
@@ -286,6 +335,8 @@ def route_kernels(model: nn.Module, cfg: KernelsConfig, *, seq_len: int | None =
             layouts.append((name, module, None))
             continue
         layout = _attention_layout(_unrouted(module))
+        if isinstance(layout, dict):
+            layout = probes.attention(module, layout) or layout  # the twin's disagreement, else the layout
         layouts.append((name, module, layout))
     unknown = next((layout for _, _, layout in layouts if isinstance(layout, str)), None)
     for name, module, layout in layouts:
