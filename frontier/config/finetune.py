@@ -48,6 +48,9 @@ class FinetuneConfig(BatchConfig):
     log_every: int = field(default=10, metadata=bounds(ge=1))
     checkpoint_every: int = field(default=0, metadata=bounds(ge=0))  # 0: at the end (and on a stop signal)
     resume: str = "auto"  # auto | none | a checkpoint directory
+    # what of a chat record is learned (frontier.finetune.sft_formats): assistant (every assistant turn),
+    # last_assistant (the last one), all (every token); each turn closed by the template's end-of-turn token
+    train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     # the demo data (frontier.finetune.sft_data)
     heldout_fraction: float = field(default=0.1, metadata=bounds(gt=0, lt=1))
     max_pairs: int | None = field(default=4000, metadata=bounds(ge=2))

@@ -1,14 +1,12 @@
-"""Prompt/response records -> token batches whose loss covers the response only.
+"""SFT records -> token batches whose loss covers the learned tokens only.
 
-Records are JSONL lines of either ``{"prompt": ..., "response": ...}`` or chat form
-``{"messages": [{"role": ..., "content": ...}, ..., {"role": "assistant", "content": ...}]}``;
-a chat record's last (assistant) message is the response and the rest, rendered by the
-tokenizer's chat template (or a plain "### Role:" template when it has none), the prompt.
+The records and what of each is learned are frontier.finetune.sft_formats' (JSONL or Parquet; messages,
+prompt/completion, prompt/response, text; `train_on`); this module turns them into examples and batches.
+A prompt/response pair is ``prompt ids + response ids + EOS`` with the prompt masked; a chat rendered by its
+template is its tokens with the assistant's (content + the template's end-of-turn token) learned.
 
-An example is ``prompt ids + response ids + EOS``; targets are the next tokens, with
-IGNORE_INDEX wherever the next token is still part of the prompt, so only response tokens (and
-the closing EOS) are learned and scored. Batches follow the trainer's contract
-(frontier.train.batches.data): samples are a pure function of (seed, global sample index).
+Targets are the next tokens, with IGNORE_INDEX wherever the next token is not learned. Batches follow the
+trainer's contract (frontier.train.batches.data): samples are a pure function of (seed, global sample index).
 """
 
 from __future__ import annotations
@@ -23,77 +21,68 @@ import numpy as np
 import torch
 
 from frontier.errors import DataError
+from frontier.finetune.chat_masks import ChatTokens
+from frontier.finetune.sft_formats import Parts, Record, read_sft_records
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.batches.data import Batch, Layout
-from frontier.utils.jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
 class Example:
     input_ids: np.ndarray  # (T,) int64
-    targets: np.ndarray  # (T,) int64, IGNORE_INDEX on prompt positions
+    targets: np.ndarray  # (T,) int64, IGNORE_INDEX where the next token is not learned
 
 
-def _plain_chat(messages: list[dict[str, str]]) -> str:
-    parts = [f"### {m['role'].capitalize()}:\n{m['content']}\n\n" for m in messages]
-    return "".join(parts) + "### Assistant:\n"
+def split_file(sft_dir: Path, split: str) -> Path:
+    """The first of `split`.jsonl, `split`.parquet, `split`/ (save_to_disk) in `sft_dir` that exists (else the
+    .jsonl, whose absence the reader reports)."""
+    jsonl, parquet, folder = (Path(sft_dir) / name for name in (f"{split}.jsonl", f"{split}.parquet", split))
+    return next((p for p in (parquet, folder) if p.exists() and not jsonl.is_file()), jsonl)
 
 
-def _record(rec: Any, tokenizer: Any, where: str) -> tuple[str, str]:
-    if isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str):
-        return rec["prompt"], rec["response"]
-    messages = rec.get("messages") if isinstance(rec, dict) else None
-    if (
-        isinstance(messages, list)
-        and messages
-        and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
-        )
-    ):
-        if messages[-1]["role"] != "assistant":
-            raise DataError(f"{where}: the last message must be the assistant's (it is the response to learn)")
-        history = messages[:-1]
-        if getattr(tokenizer, "chat_template", None):
-            prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
-        else:
-            prompt = _plain_chat(history)
-        return prompt, messages[-1]["content"]
-    raise DataError(
-        f'{where}: expected {{"prompt": str, "response": str}} or '
-        '{"messages": [{"role": str, "content": str}, ...]}'
-    )
+def read_records(path: Path, tokenizer: Any, train_on: str = "assistant") -> list[Record]:
+    """The records of a JSONL or Parquet file (a pair unpacks as (prompt, response)); DataError naming the line
+    that is wrong."""
+    return read_sft_records(Path(path), tokenizer, train_on)
 
 
-def read_records(path: Path, tokenizer: Any) -> list[tuple[str, str]]:
-    """(prompt, response) pairs of a JSONL file; DataError naming the line that is wrong."""
-    path = Path(path)
-    out = [
-        _record(rec, tokenizer, where)
-        for where, rec in iter_jsonl(path, "the sft-data stage writes train.jsonl and heldout.jsonl")
-    ]
-    if not out:
-        raise DataError(f"{path}: no records")
-    return out
+def _tokens(tokenizer: Any, record: Record) -> tuple[list[int], list[bool]]:
+    if isinstance(record, ChatTokens):
+        return record.ids.tolist(), record.learned.tolist()
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    learned: list[bool] = []
+    for text, learn, close in zip(record, record.learned, record.eos, strict=True):
+        part = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        part = part + ([eos] if close and eos is not None else [])
+        ids += part
+        learned += [learn] * len(part)
+    return ids, learned
+
+
+def encode_record(tokenizer: Any, record: Record, max_len: int) -> Example | None:
+    """One example of at most `max_len` positions; None when no learned token survives the cut."""
+    ids, learned = _tokens(tokenizer, record)
+    ids_a = np.asarray(ids[: max_len + 1], dtype=np.int64)
+    keep = np.asarray(learned[: max_len + 1], dtype=bool)
+    if ids_a.size < 2 or not keep[1:].any():
+        return None
+    targets = np.where(keep[1:], ids_a[1:], IGNORE_INDEX)  # position j predicts ids[j + 1]
+    return Example(input_ids=ids_a[:-1], targets=targets)
 
 
 def encode(tokenizer: Any, prompt: str, response: str, max_len: int) -> Example | None:
-    """One example of at most `max_len` positions; None when the prompt leaves no room for a response."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    ids = np.asarray(p + r + ([eos] if eos is not None else []), dtype=np.int64)[: max_len + 1]
-    if len(p) >= ids.size:  # no response token survives the cut
-        return None
-    targets = ids[1:].copy()
-    targets[: max(len(p) - 1, 0)] = IGNORE_INDEX  # position j predicts ids[j + 1]: a prompt token while j + 1 < len(p)
-    return Example(input_ids=ids[:-1], targets=targets)
+    """A prompt/response pair: the prompt masked, the response and EOS learned."""
+    return encode_record(tokenizer, Parts((prompt, response)), max_len)
 
 
-def encode_all(tokenizer: Any, records: Sequence[tuple[str, str]], max_len: int, where: Path) -> list[Example]:
-    examples = [e for prompt, response in records if (e := encode(tokenizer, prompt, response, max_len))]
+def encode_all(tokenizer: Any, records: Sequence[Record], max_len: int, where: Path) -> list[Example]:
+    examples = [e for record in records if (e := encode_record(tokenizer, record, max_len))]
     if not examples:
-        raise DataError(f"{where}: every prompt is longer than {max_len} tokens; raise finetune.max_seq_len")
+        raise DataError(
+            f"{where}: no record has a token to learn within {max_len} tokens (every prompt is longer); "
+            "raise finetune.max_seq_len"
+        )
     return examples
 
 

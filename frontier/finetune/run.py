@@ -70,7 +70,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         load_base,
         trainable_parameters,
     )
-    from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records
+    from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records, split_file
     from frontier.finetune.export import export_finetune
     from frontier.model.flops import model_flops_per_token
     from frontier.model.kernels import coverage_record
@@ -96,8 +96,10 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
                    zero3_config=None if ft.adapter else place.zero3_config)  # fmt: skip
     max_len = ft.max_seq_len or model_context(lm) or 1024
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    train_examples = encode_all(tokenizer, read_records(sft_dir / "train.jsonl", tokenizer), max_len, sft_dir)
-    held_examples = encode_all(tokenizer, read_records(sft_dir / "heldout.jsonl", tokenizer), max_len, sft_dir)
+    train_examples, held_examples = (
+        encode_all(tokenizer, read_records(split_file(sft_dir, split), tokenizer, ft.train_on), max_len, sft_dir)
+        for split in ("train", "heldout")
+    )
 
     train_len = max(e.input_ids.size for e in train_examples)  # the longest pair: the window a sliding one meets
     coverage = prepare_model(lm, params.kernels, params.engine, seq_len=train_len)  # checkpointing: engine's
@@ -112,7 +114,9 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     module = CausalLMWithLoss(lm, params.kernels)
     opt_cfg = dataclasses.replace(params.optimizer, lr=ft.lr, weight_decay=ft.weight_decay)
     # A changed base model, data or params starts a fresh fine-tune instead of resuming a stale one.
-    weights = sorted(base_model_dir.glob("*.safetensors")) + [sft_dir / "train.jsonl"]
+    train_data = split_file(sft_dir, "train")  # a file, or the files of a save_to_disk directory
+    data_files = sorted(f for f in train_data.rglob("*") if f.is_file()) if train_data.is_dir() else [train_data]
+    weights = sorted(base_model_dir.glob("*.safetensors")) + data_files
     ft_run = run_params(params, weights, sections=("finetune",), global_batch=global_batch(ft, info.world_size))
     seq_len = train_len  # the longest pair: what auto sizes the batch for
     wiring = assemble(module, params.engine, ft, budget, opt_cfg, info, seed=params.seed, seq_len=seq_len,
