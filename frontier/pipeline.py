@@ -260,15 +260,15 @@ ALL_STAGES: dict[str, Stage] = _index(
             deps=("runs/finetune",),
             outs=("runs/merged",),
         ),
-        # Run by hand on a problems file of one's own: no rule, no dvc.yaml stage.
+        # Run by hand: no rule, no dvc.yaml stage (yet: issue 28 makes it one).
         Stage(
             "passk",
             "frontier.eval.passk:run_passk",
-            "pass@k on HumanEval-format problems in a sandbox",
+            "pass@k in a sandbox on HumanEval (shipped; evaluate.passk.problems) or a HumanEval/MBPP-format file",
             (
                 Flag("model", "Hugging Face model directory"),
-                Flag("problems", "problems JSONL"),
                 Flag("out", "output directory"),
+                Flag("problems", "'humaneval' or a problems JSONL (default: evaluate.passk.problems)", required=False),
             ),
             params=("seed", "evaluate"),
             in_pipeline=False,

@@ -112,7 +112,8 @@ def test_stage_subcommands_are_built_from_the_declarations() -> None:
          "frontier.finetune.run:finetune", ["P", "m", "d", "o", "c"], {}),
         (["merge", "--adapter", "a", "--out", "o"], "frontier.finetune.merge:merge", ["a", "o"], {}),  # no params
         (["passk", "--model", "m", "--problems", "p.jsonl", "--out", "o"], "frontier.eval.passk:run_passk",
-         ["P", "m", "p.jsonl", "o"], {}),
+         ["P", "m", "o", "p.jsonl"], {}),
+        (["passk", "--model", "m", "--out", "o"], "frontier.eval.passk:run_passk", ["P", "m", "o", None], {}),
         (["report", "--train", "t", "--eval", "e", "--out", "o", "--eval-finetuned", "ef"],
          "frontier.report.build:build_report", ["P", "t", "e", "o", None, "ef"], {}),
     ],

