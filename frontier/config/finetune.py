@@ -44,6 +44,9 @@ class FinetuneConfig(BatchConfig):
     weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
     max_steps: int = field(default=100, metadata=bounds(ge=1))
     max_seq_len: int | None = field(default=None, metadata=bounds(ge=2))  # None: the model's context
+    # pack the training examples into windows of max_seq_len (frontier.finetune.packing): positions restart and
+    # attention is masked per example; false: right-pad each micro-batch to its longest example
+    packing: bool = False
     eval_every: int = field(default=25, metadata=bounds(ge=0))  # held-out loss every n steps; 0: at the end only
     log_every: int = field(default=10, metadata=bounds(ge=1))
     checkpoint_every: int = field(default=0, metadata=bounds(ge=0))  # 0: at the end (and on a stop signal)

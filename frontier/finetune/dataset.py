@@ -7,6 +7,8 @@ template is its tokens with the assistant's (content + the template's end-of-tur
 
 Targets are the next tokens, with IGNORE_INDEX wherever the next token is not learned. Batches follow the
 trainer's contract (frontier.train.batches.data): samples are a pure function of (seed, global sample index).
+Training batches are right-padded micro-batches here (ExampleSampler), or packed windows with finetune.packing
+(frontier.finetune.packing.PackedSampler); held-out batches are right-padded either way (eval_batches).
 """
 
 from __future__ import annotations

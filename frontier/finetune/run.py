@@ -5,20 +5,22 @@ code (frontier.train.wiring): the DeepSpeed engine (ZeRO 0-3), loss module (fron
 optimizer groups (every weight for full, the adapter's for lora/qlora: the base is frozen), training
 loop with its NaN guard, checkpoints, exact resume and stop signals (frontier.train.loop, .checkpoint),
 and monitoring (TensorBoard, CSV logs, alerts). What is finetune's own: the base (in the run's
-precision, or quantized by bitsandbytes for qlora) and its adapter, the pairs' batches, the held-out
-score before and after, and the export (frontier.finetune.export). Engine settings (precision, ZeRO
-stage, clipping, activation checkpointing, compile, NaN guard, alerts, monitoring) come from the
-engine: section, shared with train; the method, adapter, step budget, batch (micro_batch_size: auto
-included), learning rate, weight decay and warmup from the finetune: section; nothing from train:.
-The fused kernels are swapped in as in pre-training (frontier.model.kernels; they call the projection
-modules, so the adapter's layers stay in the path) before the adapter is attached.
+precision, or quantized by bitsandbytes for qlora) and its adapter, the pairs' batches (right-padded per
+micro-batch, or with finetune.packing packed into windows of max_seq_len, each example kept to itself:
+frontier.finetune.packing; held-out pairs stay right-padded), the held-out score before and after, and the
+export (frontier.finetune.export). Engine settings (precision, ZeRO stage, clipping, activation
+checkpointing, compile, NaN guard, alerts, monitoring) come from the engine: section, shared with train;
+the method, adapter, step budget, batch (micro_batch_size: auto included), learning rate, weight decay
+and warmup from the finetune: section; nothing from train:. The fused kernels are swapped in as in
+pre-training (frontier.model.kernels; they call the projection modules, so the adapter's layers stay in
+the path) before the adapter is attached.
 
 out_dir::
 
     adapter/             lora, qlora: adapter_config.json + adapter_model.safetensors (peft), the tokenizer,
                          and for qlora base_quantization.json (how the base was quantized, for merge)
     model/               full: the fine-tuned model (HF directory, tokenizer included)
-    metrics.json         base vs fine-tuned loss on the held-out pairs, counts
+    metrics.json         base vs fine-tuned loss on the held-out pairs, counts, padding fraction unpacked vs packed
     speed.json           training time
     run.json             method, LoRA settings, base model, stop reason
     plots/train.csv      step, loss, lr, grad_norm, tokens_per_s
@@ -72,6 +74,12 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     )
     from frontier.finetune.dataset import ExampleSampler, encode_all, eval_batches, read_records, split_file
     from frontier.finetune.export import export_finetune
+    from frontier.finetune.packing import (
+        PackedSampler,
+        check_document_masking,
+        packed_real_fraction,
+        padded_real_fraction,
+    )
     from frontier.model.flops import model_flops_per_token
     from frontier.model.kernels import coverage_record
     from frontier.model.load import shape_twin
@@ -101,8 +109,11 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         for split in ("train", "heldout")
     )
 
-    train_len = max(e.input_ids.size for e in train_examples)  # the longest pair: the window a sliding one meets
+    # the rows the model sees: the longest pair, or packed windows of max_len (the window a sliding one meets)
+    train_len = max_len if ft.packing else max(e.input_ids.size for e in train_examples)
     coverage = prepare_model(lm, params.kernels, params.engine, seq_len=train_len)  # checkpointing: engine's
+    if ft.packing:
+        check_document_masking(lm)  # an attention that cannot keep examples apart is refused, never mixed
     peft_model = None
     if ft.adapter:
         check_targets(lm, ft, fused_head=params.kernels.fused_linear_cross_entropy)
@@ -118,12 +129,19 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     data_files = sorted(f for f in train_data.rglob("*") if f.is_file()) if train_data.is_dir() else [train_data]
     weights = sorted(base_model_dir.glob("*.safetensors")) + data_files
     ft_run = run_params(params, weights, sections=("finetune",), global_batch=global_batch(ft, info.world_size))
-    seq_len = train_len  # the longest pair: what auto sizes the batch for
+    seq_len = train_len  # the longest pair, or the packed window: what auto sizes the batch for
     wiring = assemble(module, params.engine, ft, budget, opt_cfg, info, seed=params.seed, seq_len=seq_len,
                       checkpoints_dir=checkpoints_dir, identity=ft_run)  # fmt: skip
 
     layout = wiring.layout
+    # held-out pairs stay right-padded (the same loss as packed: each pair is scored alone either way)
     heldout = eval_batches(held_examples, layout, pad_id)
+    packed = PackedSampler(train_examples, max_len, params.seed, pad_id) if ft.packing else None
+    real_unpacked = padded_real_fraction(train_examples, params.seed, layout.micro_batch_size)
+    real_packed = packed_real_fraction(packed or PackedSampler(train_examples, max_len, params.seed, pad_id))
+    log.info("finetune: real tokens %.1f%% right-padded (micro-batch %d), %.1f%% packed into windows of %d%s",
+             100 * real_unpacked, layout.micro_batch_size, 100 * real_packed, max_len,
+             " (packing on)" if ft.packing else " (packing off)")  # fmt: skip
     # the base model, whatever state a resume brings: evaluated before begin() loads a checkpoint
     with peft_model.disable_adapter() if peft_model is not None else contextlib.nullcontext():
         base_loss = evaluate(wiring.engine, heldout, info)
@@ -134,7 +152,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     schedule_cfg = dataclasses.replace(params.schedule, warmup_steps=ft.warmup_steps)
     trainer = wiring.run(
         begun,
-        TrainBatches(ExampleSampler(train_examples, params.seed, pad_id), layout),
+        TrainBatches(packed or ExampleSampler(train_examples, params.seed, pad_id), layout),
         heldout,
         LRSchedule(schedule_cfg, ft.lr, budget.max_steps),
         seq_len=seq_len,
@@ -149,6 +167,9 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
         "heldout_loss_change": tuned_loss - base_loss,
         "heldout_pairs": len(held_examples),
         "train_pairs": len(train_examples),
+        "packing": ft.packing,
+        "padding_fraction_unpacked": 1.0 - real_unpacked,  # one epoch of right-padded micro-batches
+        "padding_fraction_packed": 1.0 - real_packed,  # one epoch of packed windows of max_seq_len
         "steps": state.step,
         "stop_reason": trainer.stop_reason,
         "train_loss": state.train_rows[-1]["loss"] if state.train_rows else None,
