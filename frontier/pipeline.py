@@ -260,6 +260,39 @@ ALL_STAGES: dict[str, Stage] = _index(
             deps=("runs/finetune",),
             outs=("runs/merged",),
         ),
+        # Run by hand on preference pairs of one's own (the demo data has none yet): no rule, no dvc.yaml stage.
+        Stage(
+            "preference",
+            "frontier.finetune.preference:preference",
+            "DPO or ORPO preference tuning on prompt/chosen/rejected pairs (preference.loss; method full, lora, qlora)",
+            (
+                Flag("model", "the SFT'd Hugging Face model directory", "runs/merged"),
+                Flag("data", "preference data directory (train.jsonl, heldout.jsonl)", "data/preference"),
+                Flag("out", "output directory", "runs/preference"),
+                Flag("checkpoints", _CHECKPOINTS + "; holds the reference log-probs cache", "checkpoints/preference"),
+            ),
+            deps=("runs/merged", "data/preference"),
+            outs=("runs/preference",),
+            params=("seed", "kernels", "optimizer", "schedule", "engine", "preference", *LAUNCH_LAYOUT),
+            metrics=("runs/preference/metrics.json", "runs/preference/speed.json"),
+            plots=(
+                (
+                    "preference_loss",
+                    (("runs/preference/plots/train.csv", "loss"), ("runs/preference/plots/val.csv", "val_loss")),
+                ),
+                (
+                    "preference_rewards",
+                    (
+                        ("runs/preference/plots/preference.csv", "margins"),
+                        ("runs/preference/plots/preference.csv", "accuracy"),
+                    ),
+                ),
+            ),
+            report=("{name}.json",),
+            multithreaded=True,
+            launches=True,
+            in_pipeline=False,
+        ),
         # Run by hand: no rule, no dvc.yaml stage (yet: issue 28 makes it one).
         Stage(
             "passk",

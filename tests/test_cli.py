@@ -64,7 +64,7 @@ def test_every_command_carries_its_address_space_floor() -> None:
     commands = build_parser()._subparsers._group_actions[0].choices
     floors = {name: sub._defaults["address_floor_mib"] for name, sub in commands.items()}
     assert floors.pop("check") is None and floors.pop("dvc-yaml") is None and floors.pop("exp") is None
-    assert floors.pop("train") == floors.pop("finetune") == 1024
+    assert floors.pop("train") == floors.pop("finetune") == floors.pop("preference") == 1024
     assert floors and set(floors.values()) == {768} and "env" in floors, floors
 
 

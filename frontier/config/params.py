@@ -16,6 +16,7 @@ from frontier.config.kernels import KernelsConfig
 from frontier.config.launch import LaunchConfig
 from frontier.config.model import ModelConfig
 from frontier.config.optimizer import OptimizerConfig
+from frontier.config.preference import PreferenceConfig
 from frontier.config.report import ReportConfig
 from frontier.config.train import TrainConfig
 
@@ -37,6 +38,7 @@ class Params:
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
     report: ReportConfig = dataclasses.field(default_factory=ReportConfig)
 
     def validate(self) -> None:
