@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from frontier.config import load_params
 from frontier.finetune.preference import preference
-from tests.eval.tiny import TRAIN_OVERRIDES
+from tests.finetune.trl_peer import STEPS, trainer_args
+from tests.finetune.trl_peer import frontier_params as peer_params
 from tests.model.families import build_checkpoint
 from tests.train.helpers import losses
 
 trl = pytest.importorskip("trl", reason="trl (the dev extra of the lock) is not installed")
 
-STEPS, LR, BETAS, EPS, BETA = 10, 1e-3, (0.9, 0.999), 1e-8, 0.1
+BETA = 0.1
 
 PAIRS = [
     {"prompt": "def add(a, b):\n", "chosen": "    return a + b\n", "rejected": "    return a - b\n"},
@@ -43,30 +43,7 @@ def read_rows(path):
 
 
 def frontier_params(n_pairs: int, *extra: str):
-    return load_params(
-        None,
-        [
-            *TRAIN_OVERRIDES,
-            "preference.method=full",
-            "preference.loss=dpo",
-            f"preference.beta={BETA}",
-            f"preference.lr={LR}",
-            "preference.warmup_steps=0",
-            "preference.weight_decay=0",
-            f"preference.max_steps={STEPS}",
-            f"preference.micro_batch_size={n_pairs}",
-            "preference.grad_accum_steps=1",
-            "preference.log_every=1",
-            "preference.eval_every=0",
-            "schedule.kind=constant",
-            f"optimizer.beta1={BETAS[0]}",
-            f"optimizer.beta2={BETAS[1]}",
-            f"optimizer.eps={EPS}",
-            "engine.grad_clip=0",
-            "engine.precision=fp32",
-            *extra,
-        ],
-    )
+    return peer_params("preference", n_pairs, "preference.loss=dpo", f"preference.beta={BETA}", *extra)
 
 
 def test_dpo_equals_trl_dpo_trainer_step_by_step(tmp_path):
@@ -91,32 +68,7 @@ def test_dpo_equals_trl_dpo_trainer_step_by_step(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     args = DPOConfig(
-        output_dir=str(tmp_path / "trl"),
-        per_device_train_batch_size=len(PAIRS),
-        gradient_accumulation_steps=1,
-        learning_rate=LR,
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        adam_epsilon=EPS,
-        weight_decay=0.0,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        max_steps=STEPS,
-        max_grad_norm=0.0,
-        optim="adamw_torch",
-        beta=BETA,
-        loss_type=["sigmoid"],
-        label_smoothing=0.0,
-        max_length=None,
-        activation_checkpointing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        disable_tqdm=True,
+        **trainer_args(len(PAIRS), tmp_path / "trl"), beta=BETA, loss_type=["sigmoid"], label_smoothing=0.0
     )
     theirs: list[dict[str, float]] = []
 

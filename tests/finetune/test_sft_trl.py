@@ -20,17 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from frontier.config import load_params
 from frontier.finetune.dataset import read_records
 from frontier.finetune.run import finetune
-from tests.eval.tiny import TRAIN_OVERRIDES
 from tests.finetune.test_sft_formats import CHATML_GENERATION
+from tests.finetune.trl_peer import STEPS, frontier_params, trainer_args
 from tests.model.families import build_checkpoint
 from tests.train.helpers import losses
 
 trl = pytest.importorskip("trl", reason="trl (the dev extra of the lock) is not installed")
 
-STEPS, LR, BETAS, EPS = 10, 1e-3, (0.9, 0.999), 1e-8
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
 QA = [
     ("What does len() return?", "The number of items."),
@@ -69,28 +67,7 @@ def test_sft_losses_equal_trl_sft_trainer_step_by_step(tmp_path):
         (sft / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
     # -- Frontier: the finetune stage, every weight trained -----------------------------------------------------
-    params = load_params(
-        None,
-        [
-            *TRAIN_OVERRIDES,
-            "finetune.method=full",
-            f"finetune.lr={LR}",
-            "finetune.warmup_steps=0",
-            "finetune.weight_decay=0",
-            f"finetune.max_steps={STEPS}",
-            f"finetune.micro_batch_size={len(records)}",
-            "finetune.grad_accum_steps=1",
-            "finetune.log_every=1",
-            "finetune.eval_every=0",
-            "finetune.train_on=assistant",
-            "schedule.kind=constant",
-            f"optimizer.beta1={BETAS[0]}",
-            f"optimizer.beta2={BETAS[1]}",
-            f"optimizer.eps={EPS}",
-            "engine.grad_clip=0",
-            "engine.precision=fp32",
-        ],
-    )
+    params = frontier_params("finetune", len(records), "finetune.train_on=assistant")
     finetune(params, base, sft, tmp_path / "out", tmp_path / "ckpt")
     ours = losses(tmp_path / "out")
 
@@ -103,33 +80,7 @@ def test_sft_losses_equal_trl_sft_trainer_step_by_step(tmp_path):
             r["messages"], tokenize=False, chat_template=plain_template
         )
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    args = SFTConfig(
-        output_dir=str(tmp_path / "trl"),
-        per_device_train_batch_size=len(records),
-        gradient_accumulation_steps=1,
-        learning_rate=LR,
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        adam_epsilon=EPS,
-        weight_decay=0.0,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        max_steps=STEPS,
-        max_grad_norm=0.0,
-        optim="adamw_torch",
-        assistant_only_loss=True,
-        max_length=None,
-        packing=False,
-        activation_checkpointing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        disable_tqdm=True,
-    )
+    args = SFTConfig(**trainer_args(len(records), tmp_path / "trl"), assistant_only_loss=True, packing=False)
 
     theirs_losses: list[float] = []
 
