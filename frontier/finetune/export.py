@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,12 @@ def export_finetune(
     state: TrainerState,
     metrics: dict[str, Any],
     info: DistInfo,
+    *,
+    stage: str = "finetune",
+    plots: dict[str, tuple[Sequence[str], list[dict]]] | None = None,
 ) -> None:
-    """Collective; rank 0 writes `out_dir`: the adapter (`peft_model` given) or the whole model, and the logs."""
+    """Collective; rank 0 writes `out_dir`: the adapter (`peft_model` given) or the whole model, and the logs;
+    `stage` names the provenance record, `plots` adds CSV files under plots/ (name -> (fields, rows))."""
     from frontier.provenance import record_stage
     from frontier.train.engine.engine import gathered_params
     from frontier.train.launch.distributed import barrier
@@ -69,9 +74,11 @@ def export_finetune(
                 write_metrics(tmp, metrics)
                 write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
                 write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
+                for name, (fields, rows) in (plots or {}).items():
+                    write_csv(tmp / "plots" / name, fields, rows)
                 if (logs_dir / "tb").is_dir():
                     shutil.copytree(logs_dir / "tb", tmp / "tb")
-                record_stage(params, tmp, "finetune")
+                record_stage(params, tmp, stage)
     barrier(info)
 
 

@@ -191,6 +191,7 @@ def preference(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, c
     from frontier.eval.model_io import load_tokenizer
     from frontier.finetune.adapter import adapted_modules, attach_lora, check_targets, load_base, trainable_parameters
     from frontier.finetune.dataset import split_file
+    from frontier.finetune.export import export_finetune
     from frontier.finetune.preference_data import PairSampler, pair_eval_batches, read_pairs
     from frontier.finetune.preference_loss import PreferenceLoss
     from frontier.finetune.run import run_budget
@@ -315,8 +316,8 @@ def preference(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, c
         metrics.update({f"train_{k}": last[k] for k in PREF_FIELDS[1:6] if k in last})
     log.info("preference: held-out loss %.4f -> %.4f, accuracy %.3f -> %.3f", before["loss"], after["loss"],
              before["accuracy"], after["accuracy"])  # fmt: skip
-    _export(out_dir, peft_model, module, wiring.engine, params, model_dir, begun.logs_dir, state, metrics,
-            pref_rows, info)  # fmt: skip
+    export_finetune(out_dir, peft_model, module, wiring.engine, params, model_dir, begun.logs_dir, state, metrics,
+                    info, stage="preference", plots={"preference.csv": (PREF_FIELDS, pref_rows)})  # fmt: skip
     return metrics
 
 
@@ -326,35 +327,3 @@ def _sum_rows(rows: list[torch.Tensor], info: DistInfo) -> dict[str, float]:
 
     summed = torch.tensor(all_reduce_sum(torch.stack(rows).sum(dim=0).tolist(), info), dtype=torch.float64)
     return summarize([summed])
-
-
-def _export(out_dir: Path, peft_model: Any, module: Any, engine: Any, params: Params, model_dir: Path,
-            logs_dir: Path, state: Any, metrics: dict[str, Any], pref_rows: list[dict], info: DistInfo) -> None:  # fmt: skip
-    """As frontier.finetune.export.export_finetune, with plots/preference.csv and this stage's provenance."""
-    import shutil
-
-    from frontier.finetune.export import ADAPTER_DIR, MODEL_DIR, _final_weights, _write_adapter, copy_tokenizer
-    from frontier.provenance import record_stage
-    from frontier.train.engine.engine import gathered_params
-    from frontier.train.launch.distributed import barrier
-    from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
-    from frontier.utils.atomic import atomic_dir
-    from frontier.utils.metrics_files import write_metrics
-
-    state_dict = _final_weights(module, engine, info) if peft_model is None else None
-    with gathered_params(engine) if peft_model is not None else contextlib.nullcontext():
-        if info.is_main:
-            with atomic_dir(out_dir) as tmp:
-                if peft_model is not None:
-                    _write_adapter(tmp / ADAPTER_DIR, peft_model, model_dir, out_dir / ADAPTER_DIR)
-                else:
-                    module.lm.save_pretrained(str(tmp / MODEL_DIR), state_dict=state_dict, safe_serialization=True)
-                    copy_tokenizer(model_dir, tmp / MODEL_DIR)
-                write_metrics(tmp, metrics)
-                write_csv(tmp / "plots" / "train.csv", TRAIN_FIELDS, state.train_rows)
-                write_csv(tmp / "plots" / "val.csv", VAL_FIELDS, state.val_rows)
-                write_csv(tmp / "plots" / "preference.csv", PREF_FIELDS, pref_rows)
-                if (logs_dir / "tb").is_dir():
-                    shutil.copytree(logs_dir / "tb", tmp / "tb")
-                record_stage(params, tmp, "preference")
-    barrier(info)
