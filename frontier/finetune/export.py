@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +48,12 @@ def export_finetune(
     metrics: dict[str, Any],
     info: DistInfo,
     *,
-    stage: str = "finetune",
+    record: Callable[[Path], None],
     plots: dict[str, tuple[Sequence[str], list[dict]]] | None = None,
 ) -> None:
     """Collective; rank 0 writes `out_dir`: the adapter (`peft_model` given) or the whole model, and the logs;
-    `stage` names the provenance record, `plots` adds CSV files under plots/ (name -> (fields, rows))."""
-    from frontier.provenance import record_stage
+    `record(directory)` writes the stage's provenance there (frontier.provenance.record_stage with the stage's
+    name), `plots` adds CSV files under plots/ (name -> (fields, rows))."""
     from frontier.train.engine.engine import gathered_params
     from frontier.train.launch.distributed import barrier
     from frontier.train.monitor.monitor import TRAIN_FIELDS, VAL_FIELDS, write_csv
@@ -78,7 +78,7 @@ def export_finetune(
                     write_csv(tmp / "plots" / name, fields, rows)
                 if (logs_dir / "tb").is_dir():
                     shutil.copytree(logs_dir / "tb", tmp / "tb")
-                record_stage(params, tmp, stage)
+                record(tmp)
     barrier(info)
 
 

@@ -197,6 +197,7 @@ def preference(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, c
     from frontier.finetune.run import run_budget
     from frontier.model.flops import model_flops_per_token
     from frontier.model.load import shape_twin
+    from frontier.provenance import record_stage
     from frontier.train.batches.batch_size import global_batch
     from frontier.train.batches.data import TrainBatches
     from frontier.train.engine.schedule import LRSchedule
@@ -317,7 +318,8 @@ def preference(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, c
     log.info("preference: held-out loss %.4f -> %.4f, accuracy %.3f -> %.3f", before["loss"], after["loss"],
              before["accuracy"], after["accuracy"])  # fmt: skip
     export_finetune(out_dir, peft_model, module, wiring.engine, params, model_dir, begun.logs_dir, state, metrics,
-                    info, stage="preference", plots={"preference.csv": (PREF_FIELDS, pref_rows)})  # fmt: skip
+                    info, record=lambda d: record_stage(params, d, "preference"),
+                    plots={"preference.csv": (PREF_FIELDS, pref_rows)})  # fmt: skip
     return metrics
 
 

@@ -84,6 +84,7 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
     from frontier.model.kernels import coverage_record
     from frontier.model.load import shape_twin
     from frontier.model.loss import CausalLMWithLoss
+    from frontier.provenance import record_stage
     from frontier.train.batches.batch_size import global_batch
     from frontier.train.batches.data import TrainBatches
     from frontier.train.engine.schedule import LRSchedule
@@ -190,5 +191,5 @@ def finetune(params: Params, base_model_dir: Path, sft_dir: Path, out_dir: Path,
                            "adapted_modules": adapted_modules(lm)}  # fmt: skip
     log.info("finetune: held-out loss %.4f -> %.4f", base_loss, tuned_loss)
     export_finetune(out_dir, peft_model, module, wiring.engine, params, base_model_dir, begun.logs_dir, state,
-                    metrics, info)  # fmt: skip
+                    metrics, info, record=lambda d: record_stage(params, d, "finetune"))  # fmt: skip
     return metrics
