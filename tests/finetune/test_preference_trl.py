@@ -18,7 +18,11 @@ import pytest
 import torch
 
 from frontier.finetune.preference import preference
-from tests.finetune.trl_peer import STEPS, trainer_args
+from tests.finetune.trl_peer import (
+    STEPS,
+    trainer_args,
+    trl_leaves_no_trace,  # noqa: F401  (autouse fixture)
+)
 from tests.finetune.trl_peer import frontier_params as peer_params
 from tests.model.families import build_checkpoint
 from tests.train.helpers import losses

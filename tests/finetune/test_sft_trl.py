@@ -23,7 +23,12 @@ import torch
 from frontier.finetune.dataset import read_records
 from frontier.finetune.run import finetune
 from tests.finetune.test_sft_formats import CHATML_GENERATION
-from tests.finetune.trl_peer import STEPS, frontier_params, trainer_args
+from tests.finetune.trl_peer import (
+    STEPS,
+    frontier_params,
+    trainer_args,
+    trl_leaves_no_trace,  # noqa: F401  (autouse fixture)
+)
 from tests.model.families import build_checkpoint
 from tests.train.helpers import losses
 

@@ -3,8 +3,13 @@ same lr / betas / eps, no weight decay, a constant lr without warmup, no clippin
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from frontier.config import Params, load_params
 from tests.eval.tiny import TRAIN_OVERRIDES
@@ -30,3 +35,17 @@ def trainer_args(batch: int, out_dir: Path) -> dict[str, Any]:
         activation_checkpointing=False, bf16=False, fp16=False, use_cpu=True, logging_steps=1, save_strategy="no",
         report_to=[], seed=0, disable_tqdm=True,
     )  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def trl_leaves_no_trace() -> Iterator[None]:
+    """The process environment and accelerate's singleton state as they were before TRL ran: accelerate writes
+    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and MASTER_PORT into os.environ, which a later test's
+    ranks (started from this process's environment) would otherwise inherit."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
