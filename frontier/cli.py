@@ -209,6 +209,7 @@ def _run(ns: argparse.Namespace) -> int:
     try:
         check_address_space(ns.command, ns.address_floor_mib)
         ns.fn(ns)
+        _leave_ranks()
     except KeyboardInterrupt:
         sys.stderr.write(f"frontier {ns.command}: interrupted\n")
         return 130
@@ -221,6 +222,15 @@ def _run(ns: argparse.Namespace) -> int:
         report_rank_error(message, code)
         return code
     return 0
+
+
+def _leave_ranks() -> None:
+    """A stage that joined a process group leaves it with the other ranks, not at the interpreter's exit."""
+    dist = sys.modules.get("torch.distributed")  # imported by a stage that has ranks; never imported here
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        from frontier.train.launch.distributed import leave_process_group
+
+        leave_process_group()
 
 
 def _explain(exc: BaseException, ns: argparse.Namespace) -> tuple[str, int] | None:

@@ -140,3 +140,21 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     with peer_errors(info, "broadcast"):
         dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def leave_process_group() -> None:
+    """After a stage that ended well: wait for every rank, then tear the process group down, on each rank.
+
+    Left to the interpreter's exit, a rank's gloo threads and its connection to rank 0's store are torn down
+    in whatever order the process dies in; a rank ending after rank 0 is gone then aborted now and then
+    ("terminate called without an active exception", exit -6) although its work was done. A peer that is
+    already gone makes the barrier fail at once (its sockets are closed): nothing is left to wait for then.
+    """
+    if not dist.is_initialized():
+        return
+    if dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            log.debug("the closing barrier failed (%s); tearing down anyway", exc)
+    dist.destroy_process_group()
