@@ -147,6 +147,8 @@ if [ -n "${rebuilt:-}" ]; then
     rm -rf "$rebuilt"
 fi
 exec 9>&-  # the lock, released: the command (a pipeline that runs for hours) must not hold it
-export PATH="$PWD/$VENV/bin:$PATH" VIRTUAL_ENV="$PWD/$VENV"
+venv_dir=$VENV
+[[ $venv_dir = /* ]] || venv_dir=$PWD/$venv_dir  # FRONTIER_VENV may be absolute
+export PATH="$venv_dir/bin:$PATH" VIRTUAL_ENV="$venv_dir"
 [ $# -gt 0 ] || exit 0
 exec "$@"

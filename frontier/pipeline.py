@@ -293,7 +293,7 @@ ALL_STAGES: dict[str, Stage] = _index(
             launches=True,
             in_pipeline=False,
         ),
-        # Run by hand: no rule, no dvc.yaml stage (yet: issue 28 makes it one).
+        # Run by hand on any model and set (the evaluate stages score pass@k on a subset: evaluate.passk.in_evaluate)
         Stage(
             "passk",
             "frontier.eval.passk:run_passk",

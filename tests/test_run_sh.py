@@ -154,6 +154,13 @@ def test_an_intact_venv_runs_the_command(repo: Path) -> None:
     assert (repo / "ran").read_text() == "1.0" and result.stderr == ""
 
 
+def test_a_venv_named_by_absolute_path_is_the_one_the_command_runs_in(repo: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere" / "venv"
+    result = run_sh(repo, "python", "-c", "import sys; print(sys.prefix)", FRONTIER_VENV=str(elsewhere))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(elsewhere)
+
+
 def test_a_package_replaced_by_another_version_is_refused(repo: Path) -> None:
     pip = venv_python(
         repo,

@@ -45,6 +45,10 @@ class PassKConfig:
     unsafe_run_without_sandbox: bool = False
     workers: int = field(default=0, metadata=bounds(ge=0))  # checks run at once; 0: twice the usable cores
     max_problems: int | None = field(default=None, metadata=bounds(ge=1))  # None: all of the set
+    # the evaluate stage scores pass@k too (every model the pipeline makes, the same way); `frontier passk` runs
+    # it on its own either way. Without a sandbox (and without unsafe_run_without_sandbox) the stage skips it
+    # and says why in its run.json and the report.
+    in_evaluate: bool = False
 
     def validate(self) -> None:
         if not self.problems.strip() or "\0" in self.problems:
@@ -54,6 +58,27 @@ class PassKConfig:
         for k in self.k:
             if k < 1 or k > self.n:
                 raise ValueError(f"k: {k} is outside [1, n={self.n}]; pass@k needs n >= k samples")
+
+
+@dataclass
+class HarnessConfig:
+    """lm-evaluation-harness tasks, scored on the model the stage already loaded (evaluate.harness)."""
+
+    # lm-eval task names: its registry's (their data must be on disk: lm-eval reads the datasets cache, offline
+    # here), the user's task YAMLs under `include`, and frontier_python_syntax (shipped). []: no harness.
+    tasks: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)  # directories of task YAMLs (lm_eval --include_path)
+    num_fewshot: int | None = field(default=None, metadata=bounds(ge=0))  # None: each task's own
+    limit: int | None = field(default=None, metadata=bounds(ge=1))  # documents per task; None: all
+    batch_size: int = field(default=8, metadata=bounds(ge=1))
+
+    def validate(self) -> None:
+        for key, names in (("tasks", self.tasks), ("include", self.include)):
+            for name in names:
+                if not isinstance(name, str) or not name.strip() or "\0" in name:
+                    raise ValueError(f"{key}: {name!r}: expected a non-empty name or path")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: {self.tasks}: a task is named twice")
 
 
 @dataclass
@@ -68,3 +93,4 @@ class EvaluateConfig:
     samples_per_prompt: int = field(default=2, metadata=bounds(ge=0))  # sampled besides the greedy one
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     passk: PassKConfig = field(default_factory=PassKConfig)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)

@@ -1,4 +1,5 @@
-"""The evaluate stage: held-out loss, perplexity, bits-per-byte against a unigram floor, samples.
+"""The evaluate stage: held-out loss, perplexity, bits-per-byte against a unigram floor, samples, and the
+scores users compare models by: lm-evaluation-harness tasks (evaluate.harness) and pass@k (evaluate.passk).
 
 Bits-per-byte = total nats / ln 2 / UTF-8 bytes of the evaluated text. The token split records
 the bytes of its whole text (``num_bytes``); when `evaluate.max_tokens` limits the evaluation to
@@ -20,9 +21,12 @@ import torch
 from frontier.config import Params
 from frontier.errors import DataError
 from frontier.eval.generate import complete, model_context
+from frontier.eval.harness import run_harness
 from frontier.eval.loss import bits_per_byte, perplexity, sum_nats
 from frontier.eval.model_io import load_model
+from frontier.eval.passk import PassKScore, score_passk
 from frontier.eval.per_source import read_val_docs, source_metrics
+from frontier.eval.sandbox import SandboxUnavailable
 from frontier.eval.unigram import add_one_log_probs, token_counts, unigram_nats
 
 log = logging.getLogger(__name__)
@@ -154,9 +158,32 @@ def evaluate(
     samples = generation_samples(model, tokenizer, cfg, params.seed)
     metrics["samples"] = len(samples)
     with atomic_dir(out_dir) as tmp:
+        # the tasks' YAMLs as they ran go into the output (lm_eval --include_path <out>/harness/tasks reruns them)
+        if cfg.harness.tasks:
+            metrics["harness"] = run_harness(model, tokenizer, cfg.harness, tmp / "harness" / "tasks")
+        passk = _passk(model, tokenizer, cfg.passk, params.seed)
+        if passk is not None:
+            figures, score = passk
+            metrics.update(figures)
+            if score is not None:
+                score.write_completions(tmp / "passk_completions.jsonl")
         write_metrics(tmp, metrics)  # numbers in metrics.json; model_dir, bytes_estimated in run.json
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:
             for rec in samples:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         record_stage(params, tmp, "evaluate")
     return metrics
+
+
+def _passk(model: Any, tokenizer: Any, cfg: Any, seed: int) -> tuple[dict[str, Any], PassKScore | None] | None:
+    """pass@k on the model in memory when `cfg.in_evaluate`: ({"passk": figures, "passk_set": ...}, the score).
+    Without a sandbox the stage's other results stand: pass@k is skipped, and why is in run.json."""
+    if not cfg.in_evaluate:
+        return None
+    try:
+        score = score_passk(model, tokenizer, cfg, seed)
+    except SandboxUnavailable as exc:
+        log.warning("evaluate: pass@k skipped: %s", exc)
+        return {"passk_skipped": str(exc)}, None
+    log.info("evaluate: %s", ", ".join(f"{k} {v:.3f}" for k, v in score.metrics.items() if k.startswith("pass@")))
+    return {"passk": score.metrics, "passk_set": score.problem_set}, score

@@ -3,10 +3,13 @@
 A small loop over the model's KV cache rather than `model.generate`, so that the filters are ours
 to test, every draw comes from an explicit `torch.Generator` (the global RNG is never touched,
 so results depend only on the seed), and the same code serves the evaluate samples and pass@k.
+The n samples of one prompt run it once and share its cache, which grows in place (no copy per step):
+bench/generation_speed.py measures it against `model.generate` on the CPU.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -17,10 +20,11 @@ from torch import Tensor
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """Set logits outside the top-k and outside the top-p nucleus to -inf; logits: (B, V).
 
-    top_k 0 and top_p 1 leave the logits untouched. The nucleus is the smallest set of most likely
-    tokens whose probabilities sum to at least top_p (the most likely token is always kept).
+    top_k 0 and top_p 1 leave the logits untouched (and return `logits` itself: no copy per step). The nucleus
+    is the smallest set of most likely tokens whose probabilities sum to at least top_p (the most likely token
+    is always kept).
     """
-    out = logits.clone()
+    out = logits  # masked_fill below is out of place: the caller's tensor is never written
     vocab = out.shape[-1]
     if 0 < top_k < vocab:
         kth = torch.topk(out, top_k, dim=-1).values[..., -1:]  # (B, 1)
@@ -72,6 +76,90 @@ def cache_keyword(model: torch.nn.Module) -> str:
     return "past_key_values" if "past_key_values" in names and "cache" not in names else "cache"
 
 
+def _reserve(cache: object, batch: int, capacity: int) -> bool:
+    """Turn every layer of a transformers DynamicCache into a `_reserved_layer` of `batch` rows and `capacity`
+    positions (a one-row cache is copied into every row); False, and nothing changed, for any other cache."""
+    layer_class = _reserved_layer()
+    layers = getattr(cache, "layers", None)
+    if layer_class is None or not layers:
+        return False
+    if any(type(layer) is not layer_class.__base__ or not layer.is_initialized for layer in layers):
+        return False  # sliding-window, quantized, offloaded or lazily empty layers keep their own update
+    if any(layer.keys.shape[0] not in (1, batch) or layer.keys.shape[-2] > capacity for layer in layers):
+        return False
+    for layer in layers:
+        layer.__class__ = layer_class  # the same state, the subclass's update
+        layer.reserve(batch, capacity)
+    return True
+
+
+@functools.cache
+def _reserved_layer() -> type | None:
+    """A transformers DynamicLayer whose keys and values are views of buffers reserved for the whole generation,
+    so that a step writes its one position in place. DynamicLayer's own update concatenates: it copies the whole
+    cache every step, about half of a decode step on the CPU at a few hundred positions. None without the layered
+    cache (transformers before 4.54): the model's cache is used as it is."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return None
+
+    class ReservedLayer(DynamicLayer):
+        key_buffer: Tensor
+        value_buffer: Tensor
+
+        def reserve(self, batch: int, capacity: int) -> None:
+            length = self.keys.shape[-2]
+            shape = (batch, *self.keys.shape[1:-2], capacity, self.keys.shape[-1])
+            self.key_buffer = self.keys.new_empty(shape)
+            self.value_buffer = self.values.new_empty((*shape[:-1], self.values.shape[-1]))
+            self.key_buffer[..., :length, :] = self.keys  # broadcast: a prompt run once fills every row
+            self.value_buffer[..., :length, :] = self.values
+            self.keys = self.key_buffer[..., :length, :]
+            self.values = self.value_buffer[..., :length, :]
+
+        def update(
+            self, key_states: Tensor, value_states: Tensor, *args: object, **kwargs: object
+        ) -> tuple[Tensor, Tensor]:
+            start = self.get_seq_length()
+            end = start + key_states.shape[-2]
+            reserved = (
+                self.is_initialized
+                and self.keys is not None
+                and self.keys.data_ptr() == self.key_buffer.data_ptr()  # not replaced (batch_select_indices, reset)
+                and self.keys.shape[0] == key_states.shape[0]
+                and end <= self.key_buffer.shape[-2]
+            )
+            if not reserved:
+                return super().update(key_states, value_states, *args, **kwargs)
+            self.key_buffer[..., start:end, :] = key_states
+            self.value_buffer[..., start:end, :] = value_states
+            self.keys = self.key_buffer[..., :end, :]
+            self.values = self.value_buffer[..., :end, :]
+            return self.keys, self.values
+
+    return ReservedLayer
+
+
+def _prefill(model: torch.nn.Module, input_ids: Tensor, key: str, capacity: int) -> tuple[Tensor, object]:
+    """Run the prompts (B, T): the last position's logits (B, V) and the cache, with room for `capacity` positions.
+
+    Identical rows (n samples of one prompt, as `complete` asks) run the prompt once and share its cache: n
+    times less prompt work, and the same numbers in every row as running each row.
+    """
+    batch = input_ids.shape[0]
+    shared = batch > 1 and bool((input_ids == input_ids[:1]).all())
+    out = model(input_ids=input_ids[:1] if shared else input_ids, use_cache=True, **{key: None})
+    cache, logits = getattr(out, key), out.logits[:, -1, :]
+    if _reserve(cache, batch, capacity) or not shared:
+        return (logits.expand(batch, -1).contiguous() if shared else logits), cache
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(batch)
+        return logits.expand(batch, -1).contiguous(), cache
+    out = model(input_ids=input_ids, use_cache=True, **{key: None})  # a cache we cannot widen: every row runs it
+    return out.logits[:, -1, :], getattr(out, key)
+
+
 @torch.inference_mode()
 def generate(
     model: torch.nn.Module,
@@ -98,29 +186,29 @@ def generate(
     batch = input_ids.shape[0]
     device = input_ids.device
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    new: list[Tensor] = []
+    new = input_ids.new_zeros((batch, max(max_new_tokens, 0)))  # (B, N): one column per step, no re-stacking
     key = cache_keyword(model)
-    cache = None
-    step_input = input_ids
-    for _ in range(max_new_tokens):
-        out = model(input_ids=step_input, use_cache=True, **{key: cache})
-        cache = getattr(out, key)
-        token = sample_next(out.logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-        if new:
-            filler = torch.full_like(token, eos_id) if eos_id is not None else new[-1]
+    cache: object = None
+    steps = 0
+    for step in range(max_new_tokens):
+        if step == 0:
+            logits, cache = _prefill(model, input_ids, key, input_ids.shape[1] + max_new_tokens)
+        else:
+            out = model(input_ids=new[:, step - 1 : step], use_cache=True, **{key: cache})
+            cache, logits = getattr(out, key), out.logits[:, -1, :]
+        token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        if step:
+            filler = torch.full_like(token, eos_id) if eos_id is not None else new[:, step - 1]
             token = torch.where(done, filler, token)
-        new.append(token)
+        new[:, step] = token
+        steps = step + 1
         if eos_id is not None:
             done |= token == eos_id
-        tokens = torch.stack(new, dim=1)  # (B, N)
         if is_done is not None:
-            done |= is_done(tokens).to(device)
+            done |= is_done(new[:, :steps]).to(device)
         if bool(done.all()):
             break
-        step_input = token[:, None]  # (B, 1)
-    if not new:
-        return input_ids.new_zeros((batch, 0))
-    return torch.stack(new, dim=1)
+    return new[:, :steps].contiguous()
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -159,8 +247,19 @@ def complete(
     def decode(tokens: Tensor) -> list[str]:
         return tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
 
+    # A stop string that the latest token completes lies in the last len(stop) tokens (a token decodes to one
+    # character or more): decode a tail that long, with a margin, not every row's whole text every step.
+    tail = max((len(s) for s in stop), default=0) + 8
+
     def is_done(tokens: Tensor) -> Tensor:  # (B, N) -> (B,)
-        return torch.tensor([any(s in t for s in stop) for t in decode(tokens)], dtype=torch.bool)
+        hits = [i for i, t in enumerate(decode(tokens[:, -tail:])) if any(s in t for s in stop)]
+        # A tail's first characters may decode otherwise than within the whole text: a hit counts once the
+        # whole row shows it. (A stop a tail misses, around a token that decodes to nothing, only lets the row
+        # run on: its text is cut at the stop all the same.)
+        whole = decode(tokens[hits]) if hits else []
+        done = torch.zeros(tokens.shape[0], dtype=torch.bool)
+        done[[i for i, t in zip(hits, whole) if any(s in t for s in stop)]] = True
+        return done
 
     tokens = generate(
         model,

@@ -38,7 +38,7 @@ import numpy as np
 
 from frontier.config import Params
 from frontier.errors import DataError
-from frontier.eval.sandbox import ExecResult, SandboxLimits, describe, run_check
+from frontier.eval.sandbox import ExecResult, SandboxLimits, describe, require_isolation, run_check
 from frontier.utils.jsonl import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,44 @@ def generate_completions(
     return out
 
 
+@dataclass
+class PassKScore:
+    """What one pass@k run found: the figures, the problem set, and every completion with its outcome."""
+
+    metrics: dict[str, Any]
+    problem_set: dict[str, Any]
+    problems: list[Problem]
+    completions: dict[str, list[str]]
+    results: dict[str, list[ExecResult]]
+
+    def write_completions(self, path: Path) -> None:
+        """One JSON line per completion: task, text, outcome, the tail of what the check printed."""
+        with open(path, "w", encoding="utf-8") as f:
+            for problem in self.problems:
+                for completion, result in zip(self.completions[problem.task_id], self.results[problem.task_id]):
+                    rec = {"task_id": problem.task_id, "completion": completion, "status": result.status}
+                    rec["detail"] = result.detail[-500:]
+                    f.write(json.dumps(rec) + "\n")
+
+
+def score_passk(model: Any, tokenizer: Any, cfg: Any, seed: int, problems_path: Path | None = None) -> PassKScore:
+    """Sample `cfg.n` completions per problem of the set (an evaluate.passk section), check each in the sandbox
+    and score pass@k; `problems_path` None: the set ``cfg.problems`` names. SandboxUnavailable before any
+    sampling when untrusted code cannot run here."""
+    problems, problem_set = resolve_problems(cfg.problems if problems_path is None else problems_path,
+                                             cfg.max_problems)  # fmt: skip
+    log.info("passk: %d problems (%s)", len(problems), problem_set.get("path", problem_set["set"]))
+    limits = SandboxLimits.from_config(cfg)
+    require_isolation(limits)  # refuse before minutes of sampling, not after
+    completions = generate_completions(
+        model, tokenizer, problems, n=cfg.n, sampling=cfg.sampling, stop=cfg.stop, seed=seed
+    )
+    results = execute_completions(problems, completions, limits, cfg.workers)
+    metrics = summarize(results, cfg.k)
+    metrics["n"] = cfg.n
+    return PassKScore(metrics, problem_set, problems, completions, results)
+
+
 def run_passk(params: Params, model_dir: Path, out_dir: Path, problems_path: Path | None = None) -> dict:
     """Stage: sample, execute, score; writes passk.json and completions.jsonl into `out_dir`.
 
@@ -291,26 +329,11 @@ def run_passk(params: Params, model_dir: Path, out_dir: Path, problems_path: Pat
     from frontier.provenance import collect_provenance, record_stage
     from frontier.utils.atomic import atomic_dir, write_json
 
-    cfg = params.evaluate.passk
-    problems, problem_set = resolve_problems(cfg.problems if problems_path is None else problems_path,
-                                             cfg.max_problems)  # fmt: skip
-    log.info("passk: %d problems (%s)", len(problems), problem_set.get("path", problem_set["set"]))
     model, tokenizer = load_model(model_dir)
-    completions = generate_completions(
-        model, tokenizer, problems, n=cfg.n, sampling=cfg.sampling, stop=cfg.stop, seed=params.seed
-    )
-    results = execute_completions(problems, completions, SandboxLimits.from_config(cfg), cfg.workers)
-    metrics = summarize(results, cfg.k)
-    metrics["n"] = cfg.n
-    metrics["problem_set"] = problem_set
-    metrics["sandbox"] = describe()
+    score = score_passk(model, tokenizer, params.evaluate.passk, params.seed, problems_path)
+    metrics = {**score.metrics, "problem_set": score.problem_set, "sandbox": describe()}
     with atomic_dir(out_dir) as tmp:
         write_json(tmp / "passk.json", metrics)
-        with open(tmp / "completions.jsonl", "w", encoding="utf-8") as f:
-            for problem in problems:
-                for completion, result in zip(completions[problem.task_id], results[problem.task_id]):
-                    rec = {"task_id": problem.task_id, "completion": completion, "status": result.status}
-                    rec["detail"] = result.detail[-500:]
-                    f.write(json.dumps(rec) + "\n")
-        record_stage(params, tmp, "passk", {**collect_provenance(), "problem_set": problem_set})
+        score.write_completions(tmp / "completions.jsonl")
+        record_stage(params, tmp, "passk", {**collect_provenance(), "problem_set": score.problem_set})
     return metrics

@@ -257,17 +257,23 @@ def _stage(files: dict[str, str]) -> Any:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def require_isolation(limits: SandboxLimits) -> None:
+    """SandboxUnavailable unless untrusted code can run here under `limits` (a sandbox, or unsafe allowed)."""
+    layers = isolation()
+    if not layers["sandbox"] and not limits.unsafe_no_sandbox:
+        raise SandboxUnavailable(
+            f"refusing to run model-generated code without a sandbox ({layers['why']}); install bubblewrap or fix "
+            "what stops it, or set evaluate.passk.unsafe_run_without_sandbox: true to run it with resource limits only"
+        )
+
+
 def _launcher(limits: SandboxLimits, stage: Path) -> tuple[list[str], str, str, int | None]:
     """(argv prefix, interpreter, where the staged files appear, uid to start as) for one sandbox."""
     layers = isolation()
     if layers["sandbox"]:
         prefix = _bwrap_prefix(layers["bwrap"], layers["python"], layers["runtime"], stage, limits.disk_mb)
         return prefix, layers["python"], _INSIDE, _user()
-    if not limits.unsafe_no_sandbox:
-        raise SandboxUnavailable(
-            f"refusing to run model-generated code without a sandbox ({layers['why']}); install bubblewrap or fix "
-            "what stops it, or set evaluate.passk.unsafe_run_without_sandbox: true to run it with resource limits only"
-        )
+    require_isolation(limits)
     log.warning("UNSAFE: running untrusted code WITHOUT a sandbox (%s): it can read and change this machine",
                 layers["why"])  # fmt: skip
     return [], sys.executable, str(stage), None

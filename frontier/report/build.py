@@ -17,6 +17,7 @@ import yaml
 from frontier.errors import DataError
 from frontier.report.html import Raw, esc, fmt, image, kv_table, page, pre, table
 from frontier.report.plots import Series, dynamics_figure, loss_figure, read_csv
+from frontier.report.scores import scores_section
 from frontier.report.sysinfo import system_info
 from frontier.utils.metrics_files import read_metrics
 
@@ -192,10 +193,13 @@ def build_report(
         _read_json(Path(finetune_dir) / "metrics.json", "the finetune stage writes it")  # present, or one line
         ft = read_metrics(Path(finetune_dir))
         sections.append(("Fine-tune", _finetune(ft, Path(finetune_dir), cfg)))
+    evals = {"pretrained": eval_metrics}
     if eval_finetuned_dir is not None:
         _read_json(Path(eval_finetuned_dir) / "metrics.json", "the evaluate stage writes it")
         tuned = read_metrics(Path(eval_finetuned_dir))
         sections.append(("Pretrained vs fine-tuned on val", _compare_evals(eval_metrics, tuned)))
+        evals["fine-tuned"] = tuned
+    sections.append(("Scores", scores_section(evals, dpi=cfg.dpi)))
     sections += [
         ("Samples", _samples(samples)),
         ("Evaluation metrics", kv_table(eval_metrics)),

@@ -66,10 +66,10 @@ def loss_figure(train: Series, val: Series | None, *, title: str, smoothing: flo
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right")
-    return _png(fig)
+    return to_png(fig)
 
 
-def _png(fig: object) -> bytes:
+def to_png(fig: object) -> bytes:
     fig.tight_layout()  # type: ignore[attr-defined]
     buf = io.BytesIO()
     fig.savefig(buf, format="png")  # type: ignore[attr-defined]
@@ -100,4 +100,4 @@ def dynamics_figure(train: Series, *, dpi: int) -> bytes | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
     ax.set_xlabel("step")
-    return _png(fig)
+    return to_png(fig)

@@ -161,3 +161,87 @@ def test_sampled_tokens_honour_the_nucleus_in_generation():
         model, prompt, max_new_tokens=8, temperature=5.0, top_p=1e-6, generator=torch.Generator().manual_seed(0)
     )
     assert torch.equal(greedy, nucleus)
+
+
+def _record_forwards(model) -> tuple[list, object]:
+    """Every forward's (batch, last-position logits, cache), appended by a hook; the hook's handle."""
+    seen: list[tuple[int, torch.Tensor, object]] = []
+
+    def hook(module, args, kwargs, out):
+        seen.append((kwargs["input_ids"].shape[0], out.logits[:, -1, :].clone(), out.cache))
+
+    return seen, model.register_forward_hook(hook, with_kwargs=True)
+
+
+def _sample_reference(model, prompts: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    """What generate did before the shared prompt and the reserved cache: every row runs the prompt, and the
+    model's own DynamicCache grows by concatenation."""
+    gen = torch.Generator().manual_seed(seed)
+    cache, step_input, new = None, prompts, []
+    with torch.inference_mode():
+        for _ in range(steps):
+            out = model(input_ids=step_input, use_cache=True, cache=cache)
+            cache = out.cache
+            new.append(sample_next(out.logits[:, -1, :], 1.0, 0, 0.9, gen))
+            step_input = new[-1][:, None]
+    return torch.stack(new, dim=1)
+
+
+@pytest.mark.parametrize("rows", ["identical", "distinct"])
+def test_a_shared_prompt_and_the_reserved_cache_compute_what_running_every_row_computes(rows):
+    """n samples of one prompt run it once (batch 1) and share the cache, written in place: every step's logits
+    are those of running the prompt in every row with a concatenating cache, bit for bit, so a seed draws the
+    same tokens."""
+    from frontier.eval.generate import _reserved_layer
+
+    model = make_model(vocab_size=97, context=64, seed=8)
+    if rows == "identical":
+        prompts = torch.tensor([[5, 17, 42, 8, 9]]).expand(4, -1)
+    else:
+        prompts = torch.randint(3, 97, (3, 5), generator=torch.Generator().manual_seed(1))
+    ours, handle = _record_forwards(model)
+    try:
+        tokens = generate(model, prompts, max_new_tokens=12, temperature=1.0, top_p=0.9,
+                          generator=torch.Generator().manual_seed(4))  # fmt: skip
+    finally:
+        handle.remove()
+    theirs, handle = _record_forwards(model)
+    try:
+        assert torch.equal(tokens, _sample_reference(model, prompts, 12, seed=4))
+    finally:
+        handle.remove()
+    assert [b for b, _, _ in ours] == [1 if rows == "identical" else 3] + [prompts.shape[0]] * 11
+    for (_, mine, _), (_, ref, _) in zip(ours, theirs, strict=True):
+        assert torch.equal(mine.expand_as(ref), ref)
+    for layer in ours[-1][2].layers:  # written in place to the end, never concatenated
+        assert type(layer) is _reserved_layer() and layer.keys.data_ptr() == layer.key_buffer.data_ptr()
+
+
+def test_stop_strings_only_cut_the_texts_that_the_seed_draws():
+    """The stop check reads each row's newest tokens: a row stops where its whole text first shows a stop
+    string, and the draws are those of a run without stops, cut there."""
+    tokenizer = make_tokenizer(corpus_texts(10), vocab_size=300)
+    model = make_model(len(tokenizer), seed=5)
+    kwargs = dict(n=6, max_new_tokens=40, temperature=1.0, top_k=0, top_p=1.0, seed=3)
+    free = complete(model, tokenizer, "def f(x):", **kwargs)
+    # A stop in every row, from the middle of its free text: three printable characters, most often spanning
+    # two tokens or more (this random model draws single bytes mostly), so each row stops before its end.
+    stop = []
+    for text in free:
+        at = next(i for i in range(len(text) // 3, len(text) - 3) if all(" " <= c <= "~" for c in text[i : i + 3]))
+        stop.append(text[at : at + 3])
+    forwards: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        cut = complete(model, tokenizer, "def f(x):", stop=stop, **kwargs)
+    finally:
+        hook.remove()
+    assert cut == [truncate_at_stop(t, stop) for t in free]
+    assert cut != free and len(forwards) < 40
+
+
+def test_filters_that_are_off_return_the_logits_without_a_copy():
+    logits = torch.randn(2, 9)
+    assert filter_logits(logits) is logits
+    filtered = filter_logits(logits, top_k=2, top_p=0.5)
+    assert filtered is not logits and torch.isfinite(logits).all()  # the caller's tensor is never written

@@ -26,7 +26,12 @@ TINY = {
     "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "max_seq_len": 64},
     "train": {"max_steps": 12, "micro_batch_size": 4, "eval_every": 6, "eval_batches": 2, "log_every": 4},
     "schedule": {"warmup_steps": 2},
-    "evaluate": {"max_tokens": 4096, "batch_size": 4},
+    # every model scored as by default (the example lm-eval task, HumanEval pass@k), on fewer problems and draws
+    "evaluate": {
+        "max_tokens": 4096,
+        "batch_size": 4,
+        "passk": {"max_problems": 2, "n": 2, "k": [1, 2], "sampling": {"max_new_tokens": 24}},
+    },
     "finetune": {"max_steps": 4, "micro_batch_size": 2},
 }
 
@@ -98,6 +103,13 @@ def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
     report = (root / "reports/report.html").read_text()
     assert "Training machine and environment" in report and train_record["created_utc"] in report
     assert "Pretrained vs fine-tuned on val" in report and "Training dynamics" in report
+    # both models scored the same way, side by side
+    assert "Scores" in report and "frontier_python_syntax acc" in report
+    for eval_dir in ("runs/eval", "runs/eval_finetuned"):
+        scored = json.loads((root / eval_dir / "metrics.json").read_text())
+        assert scored["harness"]["frontier_python_syntax"]["samples"] == 60, eval_dir
+        ran = json.loads((root / eval_dir / "run.json").read_text())
+        assert scored.get("passk", {}).get("problems") == 2 or "passk_skipped" in ran, eval_dir
 
     for log in (root / "logs").glob("*.log"):  # plain lines: no progress-bar frames, ours or libraries'
         assert "\r" not in log.read_text(errors="replace"), log.name
