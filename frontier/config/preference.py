@@ -16,6 +16,7 @@ from frontier.config.fields import bounds
 from frontier.config.finetune import AdaptationConfig
 
 LOSSES = ("dpo", "orpo")
+ORPO_NLL = ("response", "sequence")
 
 
 @dataclass
@@ -31,10 +32,17 @@ class PreferenceConfig(AdaptationConfig):
     loss: Literal["dpo", "orpo"] = "dpo"
     # DPO: the strength of the KL penalty towards the reference (rewards are beta * (log pi - log ref))
     beta: float = field(default=0.1, metadata=bounds(gt=0))
-    # ORPO: the weight of the odds-ratio term next to the chosen completion's NLL
+    # ORPO: the weight (the paper's lambda, TRL's ORPOConfig.beta) of the odds-ratio term next to the NLL term
     orpo_lambda: float = field(default=0.1, metadata=bounds(gt=0))
+    # ORPO: what the NLL term scores. response (the paper, Hong et al. 2024): each pair's mean token NLL of its
+    # chosen completion, averaged over the pairs. sequence (TRL's ORPOTrainer): the token NLL of prompt + chosen
+    # completion, averaged over all those tokens of a micro-batch (longer pairs weigh more; the micro-batches'
+    # means then averaged). The odds-ratio term and the rewards are the same either way.
+    orpo_nll: Literal["response", "sequence"] = "response"
 
     def validate(self) -> None:
         super().validate()
         if self.loss not in LOSSES:  # the Literal is checked by the loader; this guards direct construction
             raise ValueError(f"loss: {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        if self.orpo_nll not in ORPO_NLL:  # likewise
+            raise ValueError(f"orpo_nll: {self.orpo_nll!r}; expected one of {', '.join(ORPO_NLL)}")

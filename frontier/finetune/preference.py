@@ -233,7 +233,7 @@ def preference(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, c
         log.info("preference: %s r=%d on %s", pc.method, pc.r, ", ".join(adapted_modules(lm)))
     shapes = shape_twin(lm)
     trainable, total = trainable_parameters(lm if shapes is lm else shapes)
-    module = PreferenceLoss(lm, pc.loss, pc.beta, pc.orpo_lambda, params.kernels)
+    module = PreferenceLoss(lm, pc.loss, pc.beta, pc.orpo_lambda, params.kernels, orpo_nll=pc.orpo_nll)
     opt_cfg = dataclasses.replace(params.optimizer, lr=pc.lr, weight_decay=pc.weight_decay)
     data_files = [f for split in SPLITS for f in _data_files(files[split])]
     weights = sorted(model_dir.glob("*.safetensors")) + data_files
@@ -306,6 +306,7 @@ def preference(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, c
         "method": pc.method,
         "beta": pc.beta,
         "orpo_lambda": pc.orpo_lambda,
+        "orpo_nll": pc.orpo_nll,
         "precision": params.engine.precision,
         "zero_stage": params.engine.zero_stage,
         "base_model": os.path.relpath(model_dir.resolve(), out_dir.resolve()),

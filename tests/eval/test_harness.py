@@ -38,8 +38,17 @@ def _user_task(directory: Path) -> Path:
     return directory
 
 
-_RANK_VARIABLES = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                   "GROUP_RANK", "ROLE_RANK", "ACCELERATE_USE_CPU"}
+_RANK_VARIABLES = {
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ACCELERATE_USE_CPU",
+}
 
 
 def _cli_results(model_dir: Path, include: Path, out: Path, tasks: list[str]) -> dict:

@@ -1,5 +1,6 @@
-"""DPO and ORPO math against a float64 direct computation, preference records and batches, and the refusals
-(bad records, bad config, a tampered reference cache)."""
+"""DPO and ORPO math against a float64 direct computation (ORPO's NLL term both ways, preference.orpo_nll: the
+paper's and TRL's, on a real tiny model), preference records and batches, and the refusals (bad records, bad
+config, a tampered reference cache)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from frontier.config import ConfigError, load_params
 from frontier.errors import DataError
 from frontier.finetune.preference import read_cache, write_cache
 from frontier.finetune.preference_data import Pair, collate_pairs, pair_eval_batches, read_pairs
-from frontier.finetune.preference_loss import PreferenceLoss, dpo_terms, orpo_terms, summarize, token_logps
+from frontier.finetune.preference_loss import (
+    PreferenceLoss,
+    dpo_terms,
+    orpo_terms,
+    sequence_targets,
+    summarize,
+    token_logps,
+)
 from frontier.model.loss import IGNORE_INDEX
 from frontier.train.batches.data import Layout
 from tests.model.families import build_checkpoint
@@ -167,10 +175,15 @@ def test_chosen_equal_rejected_is_allowed_and_teaches_nothing():
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
+def qwen_dir(tmp_path_factory):
+    return build_checkpoint("qwen2", tmp_path_factory.mktemp("q") / "m")
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(build_checkpoint("qwen2", tmp_path_factory.mktemp("q") / "m"))
+    return AutoTokenizer.from_pretrained(qwen_dir)
 
 
 def write_jsonl(path, records):
@@ -202,6 +215,92 @@ def test_message_pair_uses_the_chat_template(qwen, tmp_path):
     gen = qwen.apply_chat_template(rec["prompt"], tokenize=False, add_generation_prompt=True)
     assert qwen.decode(pair.prompt.tolist()) == gen
     assert qwen.decode(pair.chosen.tolist()).startswith("list<|im_end|>")
+
+
+ORPO_RECORDS = [
+    {"prompt": "def add(a, b):\n", "chosen": "    return a + b\n", "rejected": "    return a - b\n"},
+    {"prompt": "x = [1, 2, 3]\nprint(", "chosen": "len(x))\n", "rejected": "x[3])\n"},
+    {"prompt": "# greet\ndef greet(name):\n", "chosen": "    return f'Hi, {name}!'\n", "rejected": "    pass\n"},
+]  # prompts and completions of different lengths: pooling over tokens and averaging per pair tell apart
+
+
+def by_hand(lm, pair) -> list[list[float]]:
+    """Chosen, rejected: each token's log-prob given the ones before it (tokens 1..L-1 of prompt + completion),
+    float64 log-softmax of one unpadded forward per sequence."""
+    out = []
+    for completion in (pair.chosen, pair.rejected):
+        ids = np.concatenate((pair.prompt, completion))
+        with torch.no_grad():
+            logits = lm(input_ids=torch.from_numpy(ids)[None], use_cache=False).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        out.append([float(logp[j - 1, ids[j]]) for j in range(1, ids.size)])
+    return out
+
+
+def orpo_by_hand(lm, pairs, lam: float, nll: str) -> tuple[float, float, float]:
+    """Mean ORPO loss over `pairs`, mean chosen and rejected rewards: Hong et al. 2024, eqs. 4-7, written out.
+    nll "response": the paper's L_SFT, each pair's mean NLL of its chosen completion; "sequence": TRL's, the
+    token NLL of every chosen prompt + completion, pooled."""
+    losses, rewards_c, rewards_r, seq_sum, seq_n = [], [], [], 0.0, 0
+    for pair in pairs:
+        (tok_c, tok_r), k = by_hand(lm, pair), pair.prompt.size - 1  # the completion's first token is tokens[k]
+        m_c, m_r = np.mean(tok_c[k:]), np.mean(tok_r[k:])
+        odds = lambda m: math.exp(m) / (1.0 - math.exp(m))  # noqa: E731  (P / (1 - P), P the mean token prob)
+        ratio = logsigmoid(math.log(odds(m_c) / odds(m_r)))
+        losses.append((-m_c if nll == "response" else 0.0) - lam * ratio)
+        rewards_c.append(lam * m_c)
+        rewards_r.append(lam * m_r)
+        seq_sum, seq_n = seq_sum + sum(tok_c), seq_n + len(tok_c)
+    pooled = -seq_sum / seq_n if nll == "sequence" else 0.0
+    return float(np.mean(losses)) + pooled, float(np.mean(rewards_c)), float(np.mean(rewards_r))
+
+
+@pytest.mark.parametrize("nll", ["response", "sequence"])
+def test_orpo_nll_settings_equal_their_formulas_on_a_tiny_model(qwen_dir, qwen, tmp_path, nll):
+    """The default (response) is the paper's formula; sequence is TRL's ORPOTrainer's, whose NLL also scores the
+    prompt and pools the tokens of the forward; a filler pair (weight 0) changes neither."""
+    from transformers import AutoModelForCausalLM
+
+    assert load_params(None, []).preference.orpo_nll == "response"
+    lm = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    pairs = read_pairs(write_jsonl(tmp_path / "p.jsonl", ORPO_RECORDS), qwen, 64)
+    lam = 0.3
+    want_loss, want_c, want_r = orpo_by_hand(lm, pairs, lam, nll)
+    module = PreferenceLoss(lm, "orpo", 0.1, lam, **({} if nll == "response" else {"orpo_nll": nll}))
+    batch = collate_pairs([*pairs, pairs[0]], qwen.pad_token_id, weights=[1.0] * len(pairs) + [0.0])
+    with torch.no_grad():
+        total = module(**batch.model_inputs(torch.device("cpu")))
+    stats = summarize(module.tally["train"])
+    assert stats["pairs"] == len(pairs)
+    assert float(total) / len(pairs) == pytest.approx(want_loss, abs=1e-5)
+    assert stats["loss"] == pytest.approx(want_loss, abs=1e-5)
+    assert stats["rewards_chosen"] == pytest.approx(want_c, abs=1e-6)
+    assert stats["rewards_rejected"] == pytest.approx(want_r, abs=1e-6)
+    other = orpo_by_hand(lm, pairs, lam, "sequence" if nll == "response" else "response")[0]
+    assert abs(other - want_loss) > 1e-2  # the two settings are different losses on these pairs
+
+    # micro-batches (gradient accumulation, ranks): sequence averages their pooled means, as TRL's Trainer does
+    module.tally["train"].clear()
+    with torch.no_grad():
+        parts = [float(module(**collate_pairs(c, qwen.pad_token_id).model_inputs(torch.device("cpu"))))
+                 for c in (pairs[:2], pairs[2:])]  # fmt: skip
+    if nll == "response":  # per pair: the split does not matter
+        assert sum(parts) / len(pairs) == pytest.approx(want_loss, abs=1e-5)
+    else:
+        halves = [orpo_by_hand(lm, c, lam, nll)[0] * len(c) for c in (pairs[:2], pairs[2:])]
+        assert parts == pytest.approx(halves, abs=1e-5)
+
+
+def test_sequence_targets_score_the_prompt_after_its_first_token(qwen, tmp_path):
+    pairs = read_pairs(write_jsonl(tmp_path / "p.jsonl", ORPO_RECORDS), qwen, 64)
+    batch = collate_pairs(pairs, qwen.pad_token_id)
+    full = sequence_targets(batch.input_ids, batch.targets)
+    for row, pair in enumerate(pairs):
+        ids = np.concatenate((pair.prompt, pair.chosen)).tolist()
+        assert full[row, : len(ids) - 1].tolist() == ids[1:]  # every token but the first, in order
+        assert (full[row, len(ids) - 1 :] == IGNORE_INDEX).all()  # the padding stays unscored
+    learned = batch.targets != IGNORE_INDEX
+    assert torch.equal(full[learned], batch.targets[learned])  # the completions' targets unchanged
 
 
 def test_eval_batches_cover_every_pair_once_with_weightless_fillers():
@@ -236,12 +335,20 @@ def test_a_bad_record_is_one_line_naming_file_and_line(qwen, tmp_path, record, m
     ("override", "key"),
     [("preference.beta=0", "preference.beta"), ("preference.beta=-1", "preference.beta"),
      ("preference.loss=ipo", "preference.loss"), ("preference.orpo_lambda=0", "preference.orpo_lambda"),
-     ("preference.method=qlora", "preference.quantize")],
+     ("preference.method=qlora", "preference.quantize"), ("preference.orpo_nll=prompt", "preference.orpo_nll")],
 )  # fmt: skip
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load_params(None, [override])
     assert key in str(err.value) and "\n" not in str(err.value).strip()
+
+
+def test_bad_orpo_nll_lists_the_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        load_params(None, ["preference.orpo_nll=full"])
+    assert "preference.orpo_nll" in str(err.value) and "'response', 'sequence'" in str(err.value)
+    with pytest.raises(ValueError, match="orpo_nll: 'full'; expected response or sequence"):
+        PreferenceLoss(nn.Linear(1, 1), "orpo", 0.1, 0.1, orpo_nll="full")
 
 
 # -- the reference cache -----------------------------------------------------------------------------------------
