@@ -101,6 +101,8 @@ def tokenize_record(rec: dict[str, Any], tokenizer: Any) -> tuple[list[int], lis
         raise ValueError(f"prompt, chosen, rejected: expected three strings or three message lists, got {kinds}")
     cut = min(common_prefix(p, full[0]), common_prefix(p, full[1]))
     c, r = full[0][cut:], full[1][cut:]
+    if cut == 0:  # the first completion token would have no position to be predicted from
+        raise ValueError("an empty prompt: a pair needs at least one prompt token (the tokenizer adds no BOS)")
     if not c or not r:
         raise ValueError("an empty completion: chosen and rejected need at least one token each")
     return p[:cut], c, r
