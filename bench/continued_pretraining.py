@@ -33,7 +33,6 @@ sides were measured, 1 when one failed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -187,21 +186,14 @@ def side_lines(pair: Mapping[str, Any]) -> list[str]:
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-    meta, settings, summary = report["meta"], report["settings"], report["summary"]
-    pair = report["results"][ROW]
-    quick = ", --quick rehearsal: figures meaningless" if settings["quick"] else ""
-    lines = [
-        f"# Continued pretraining, Qwen2-shape {settings['parameters']:,} parameters, CPU 2 threads: "
-        f"Frontier vs transformers.Trainer ({meta['date_utc']}{quick})",
-        "",
-        f"Frontier / Trainer tokens/s: **{peers._fmt(summary['ratio'])}** (target {summary['target']}: "
-        f"{peers._fmt(summary['met'])})",
-        "",
-        *(side_lines(pair) if "error" not in pair else [f"Failed: {pair['error']}"]),
-        "",
-        *peers.run_sections(METHOD, meta, settings, report["results"], keys=(ROW,)),
-    ]
-    return "\n".join(lines) + "\n"
+    settings, summary = report["settings"], report["summary"]
+    title = (
+        f"Continued pretraining, Qwen2-shape {settings['parameters']:,} parameters, CPU 2 threads: "
+        "Frontier vs transformers.Trainer"
+    )
+    ratio = (f"Frontier / Trainer tokens/s: **{peers._fmt(summary['ratio'])}** (target {summary['target']}: "
+             f"{peers._fmt(summary['met'])})")  # fmt: skip
+    return peers.pair_markdown(report, title, ratio, side_lines, METHOD, ROW)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,17 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = {"--warmup": args.warmup, "--steps": args.steps, "--repeats": args.repeats, "--docs": args.docs,
               "--micro-batch": args.micro_batch, "--seq-len": args.seq_len, "--grad-accum": args.grad_accum}  # fmt: skip
-    bad = [f"{flag} {value}" for flag, value in counts.items() if value < 1]
-    if bad or args.profile_steps < 0:
-        parser.error(f"{', '.join(bad) or f'--profile-steps {args.profile_steps}'}: expected at least 1 "
-                     "(--profile-steps at least 0)")  # fmt: skip
+    peers.check_counts(parser, counts, args.profile_steps)
     if not args.quick and args.seq_len > FULL_SIZE["max_position_embeddings"]:
         parser.error(f"--seq-len {args.seq_len}: the checkpoint's context is {FULL_SIZE['max_position_embeddings']}")
     report = run(args)
     stem = f"continued-pretraining-{'quick-' if args.quick else ''}{report['meta']['date_utc'][:10]}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(report))
+    peers.write_report(args.out, stem, report, markdown(report))
     summary = report["summary"]
     print(
         f"frontier {peers._fmt(summary['frontier_tokens_per_s'])} tokens/s, "

@@ -391,6 +391,38 @@ def run_sections(
     return lines
 
 
+def check_counts(parser: argparse.ArgumentParser, counts: Mapping[str, int], profile_steps: int) -> None:
+    """parser.error naming the first count flag below 1 (or a negative --profile-steps)."""
+    bad = [f"{flag} {value}" for flag, value in counts.items() if value < 1]
+    if bad or profile_steps < 0:
+        parser.error(f"{', '.join(bad) or f'--profile-steps {profile_steps}'}: expected at least 1 "
+                     "(--profile-steps at least 0)")  # fmt: skip
+
+
+def write_report(out: Path, stem: str, report: Mapping[str, Any], text: str) -> None:
+    """`stem`.json (the report) and `stem`.md (`text`) in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(text)
+
+
+def pair_markdown(
+    report: Mapping[str, Any], title: str, ratio_line: str, side_lines: Callable[[Any], list[str]],
+    method: Sequence[str], row: str,
+) -> str:  # fmt: skip
+    """A two-sided bench's report (one `row` of results, e.g. Frontier beside one peer): the title with the date
+    (and a --quick warning), the ratio line, each side's table, then run_sections."""
+    meta, settings = report["meta"], report["settings"]
+    pair = report["results"][row]
+    quick = ", --quick rehearsal: figures meaningless" if settings["quick"] else ""
+    lines = [
+        f"# {title} ({meta['date_utc']}{quick})", "", ratio_line, "",
+        *(side_lines(pair) if "error" not in pair else [f"Failed: {pair['error']}"]), "",
+        *run_sections(method, meta, settings, report["results"], keys=(row,)),
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     meta, settings = report["meta"], report["settings"]
     lines = [

@@ -438,21 +438,16 @@ def side_lines(result: Mapping[str, Any]) -> list[str]:
 def markdown(report: Mapping[str, Any]) -> str:
     import peers
 
-    meta, settings, summary = report["meta"], report["settings"], report["summary"]
-    result = report["results"][ROW]
-    quick = ", --quick rehearsal: figures meaningless" if settings["quick"] else ""
-    lines = [
-        f"# Chat SFT with packing, Llama-shape {settings['parameters']:,} parameters, CPU {THREADS} threads: "
-        f"Frontier vs TRL SFTTrainer ({meta['date_utc']}{quick})",
-        "",
+    settings, summary = report["settings"], report["summary"]
+    title = (
+        f"Chat SFT with packing, Llama-shape {settings['parameters']:,} parameters, CPU {THREADS} threads: "
+        "Frontier vs TRL SFTTrainer"
+    )
+    ratio = (
         f"Frontier / TRL tokens/s: **{peers._fmt(summary['ratio'])}** (target {summary['target']}: "
-        f"{peers._fmt(summary['met'])}); tokens per CPU second: {peers._fmt(summary['cpu_time_ratio'])}",
-        "",
-        *(side_lines(result) if "error" not in result else [f"Failed: {result['error']}"]),
-        "",
-        *peers.run_sections(METHOD, meta, settings, report["results"], keys=(ROW,)),
-    ]
-    return "\n".join(lines) + "\n"
+        f"{peers._fmt(summary['met'])}); tokens per CPU second: {peers._fmt(summary['cpu_time_ratio'])}"
+    )
+    return peers.pair_markdown(report, title, ratio, side_lines, METHOD, ROW)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,21 +471,16 @@ def main(argv: list[str] | None = None) -> int:
         row = (frontier_side if args.side == "frontier" else trl_side)(plan, args.plan.parent)
         args.json.write_text(json.dumps(row, indent=2, default=str) + "\n")
         return 0
+    import peers
+
     counts = {"--warmup": args.warmup, "--steps": args.steps, "--repeats": args.repeats, "--records": args.records,
               "--micro-batch": args.micro_batch, "--seq-len": args.seq_len}  # fmt: skip
-    bad = [f"{flag} {value}" for flag, value in counts.items() if value < 1]
-    if bad or args.profile_steps < 0:
-        parser.error(f"{', '.join(bad) or f'--profile-steps {args.profile_steps}'}: expected at least 1 "
-                     "(--profile-steps at least 0)")  # fmt: skip
+    peers.check_counts(parser, counts, args.profile_steps)
     if not args.quick and args.seq_len > FULL_SIZE["max_position_embeddings"]:
         parser.error(f"--seq-len {args.seq_len}: the checkpoint's context is {FULL_SIZE['max_position_embeddings']}")
     report = run(args)
     stem = f"sft-trl-speed-{'quick-' if args.quick else ''}{report['meta']['date_utc'][:10]}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(report))
-    import peers
-
+    peers.write_report(args.out, stem, report, markdown(report))
     summary = report["summary"]
     print("\n".join(side_lines(report["results"][ROW])) if "error" not in report["results"][ROW] else "failed")
     print(f"frontier {peers._fmt(summary['frontier_tokens_per_s'])} tokens/s, "

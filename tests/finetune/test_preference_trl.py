@@ -74,6 +74,16 @@ STAT_KEYS = {"rewards_chosen": "rewards/chosen", "rewards_rejected": "rewards/re
              "margins": "rewards/margins", "accuracy": "rewards/accuracies"}  # fmt: skip
 
 
+def run_ours(params, base, data, tmp_path):
+    """Frontier's preference stage: (its metrics, the loss of each step, the rows of plots/preference.csv)."""
+    metrics = preference(params, base, data, tmp_path / "out", tmp_path / "ckpt")
+    ours_loss = losses(tmp_path / "out")
+    ours = read_rows(tmp_path / "out" / "plots" / "preference.csv")
+    assert [int(r["step"]) for r in ours] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([float(r["loss"]) for r in ours], ours_loss, rtol=0, atol=1e-6)
+    return metrics, ours_loss, ours
+
+
 def recording(trainer_cls, metrics_of, theirs: list[dict[str, float]]):
     """`trainer_cls`, keeping each training step's loss (full precision: the logged one is rounded) and the
     reward figures it stores for the step (`metrics_of(trainer)`: key -> the values stored so far)."""
@@ -107,11 +117,7 @@ def test_dpo_equals_trl_dpo_trainer_step_by_step(tmp_path):
     base, data = base_and_data(tmp_path)
 
     # -- Frontier: the preference stage, every weight trained ------------------------------------------------------
-    metrics = preference(frontier_params(len(PAIRS)), base, data, tmp_path / "out", tmp_path / "ckpt")
-    ours_loss = losses(tmp_path / "out")
-    ours = read_rows(tmp_path / "out" / "plots" / "preference.csv")
-    assert [int(r["step"]) for r in ours] == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([float(r["loss"]) for r in ours], ours_loss, rtol=0, atol=1e-6)
+    metrics, ours_loss, ours = run_ours(frontier_params(len(PAIRS)), base, data, tmp_path)
 
     # -- TRL: DPOTrainer, sigmoid loss, the reference a frozen copy of the starting model -----------------------------
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -141,11 +147,7 @@ def test_orpo_equals_trl_orpo_trainer_step_by_step(tmp_path):
     # -- Frontier: the preference stage, ORPO with TRL's NLL term ------------------------------------------------------
     params = peer_params("preference", len(PAIRS), "preference.loss=orpo", f"preference.orpo_lambda={ORPO_LAMBDA}",
                          "preference.orpo_nll=sequence")  # fmt: skip
-    metrics = preference(params, base, data, tmp_path / "out", tmp_path / "ckpt")
-    ours_loss = losses(tmp_path / "out")
-    ours = read_rows(tmp_path / "out" / "plots" / "preference.csv")
-    assert [int(r["step"]) for r in ours] == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([float(r["loss"]) for r in ours], ours_loss, rtol=0, atol=1e-6)
+    metrics, ours_loss, ours = run_ours(params, base, data, tmp_path)
 
     # -- TRL: ORPOTrainer, beta = lambda -------------------------------------------------------------------------------
     tokenizer = AutoTokenizer.from_pretrained(base)
