@@ -44,11 +44,11 @@ class PassKConfig:
     # Without bubblewrap, model-generated code is refused; true runs it anyway with resource limits only.
     unsafe_run_without_sandbox: bool = False
     workers: int = field(default=0, metadata=bounds(ge=0))  # checks run at once; 0: twice the usable cores
-    max_problems: int | None = field(default=None, metadata=bounds(ge=1))  # None: all of the set
+    max_problems: int | None = field(default=10, metadata=bounds(ge=1))  # None: all of the set
     # the evaluate stage scores pass@k too (every model the pipeline makes, the same way); `frontier passk` runs
     # it on its own either way. Without a sandbox (and without unsafe_run_without_sandbox) the stage skips it
     # and says why in its run.json and the report.
-    in_evaluate: bool = False
+    in_evaluate: bool = True
 
     def validate(self) -> None:
         if not self.problems.strip() or "\0" in self.problems:
@@ -66,7 +66,7 @@ class HarnessConfig:
 
     # lm-eval task names: its registry's (their data must be on disk: lm-eval reads the datasets cache, offline
     # here), the user's task YAMLs under `include`, and frontier_python_syntax (shipped). []: no harness.
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=lambda: ["frontier_python_syntax"])
     include: list[str] = field(default_factory=list)  # directories of task YAMLs (lm_eval --include_path)
     num_fewshot: int | None = field(default=None, metadata=bounds(ge=0))  # None: each task's own
     limit: int | None = field(default=None, metadata=bounds(ge=1))  # documents per task; None: all

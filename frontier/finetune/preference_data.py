@@ -84,6 +84,8 @@ def tokenize_record(rec: dict[str, Any], tokenizer: Any) -> tuple[list[int], lis
         raise ValueError(f"missing {', '.join(missing)}; expected keys {', '.join(KEYS)} (found {sorted(rec)})")
     prompt, chosen, rejected = (rec[k] for k in KEYS)
     if all(isinstance(v, str) for v in (prompt, chosen, rejected)):
+        if not prompt:
+            raise ValueError("prompt: empty; a pair's completions are scored given a prompt")
         eos = tokenizer.eos_token or ""
         p = _ids(tokenizer, prompt)
         full = [_ids(tokenizer, prompt + c + ("" if c.endswith(eos) else eos)) for c in (chosen, rejected)]
@@ -101,8 +103,6 @@ def tokenize_record(rec: dict[str, Any], tokenizer: Any) -> tuple[list[int], lis
         raise ValueError(f"prompt, chosen, rejected: expected three strings or three message lists, got {kinds}")
     cut = min(common_prefix(p, full[0]), common_prefix(p, full[1]))
     c, r = full[0][cut:], full[1][cut:]
-    if cut == 0:  # the first completion token would have no position to be predicted from
-        raise ValueError("an empty prompt: a pair needs at least one prompt token (the tokenizer adds no BOS)")
     if not c or not r:
         raise ValueError("an empty completion: chosen and rejected need at least one token each")
     return p[:cut], c, r
@@ -172,7 +172,10 @@ def collate_pairs(
     targets = np.full((len(seqs), width), IGNORE_INDEX, dtype=np.int64)
     for row, (s, start) in enumerate(zip(seqs, starts)):
         inputs[row, : s.size - 1] = s[:-1]
-        targets[row, start - 1 : s.size - 1] = s[start:]  # position j predicts s[j + 1]
+        # position j predicts s[j + 1]; a prompt whose tokens all merged into the completion's first token leaves
+        # that token nothing to be predicted from: the completion is scored from its second token
+        first = max(start, 1)
+        targets[row, first - 1 : s.size - 1] = s[first:]
     weight = torch.tensor(list(weights) if weights is not None else [1.0] * len(pairs), dtype=torch.float32)
     ref_logps = None
     if ref is not None:

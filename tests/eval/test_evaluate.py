@@ -40,7 +40,9 @@ def workspace(tmp_path_factory):
 
 
 def _params(*overrides: str):
-    return load_params(None, ["evaluate.batch_size=3", "evaluate.sampling.max_new_tokens=6", *overrides])
+    # the held-out figures and samples alone (tests/eval/test_evaluate_scores.py scores the harness and pass@k)
+    scores_off = ["evaluate.passk.in_evaluate=false", "evaluate.harness.tasks=[]"]
+    return load_params(None, ["evaluate.batch_size=3", "evaluate.sampling.max_new_tokens=6", *scores_off, *overrides])
 
 
 def _hf_nats(model_dir: Path, stream: list[int], seq_len: int) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from frontier.errors import DataError
@@ -38,7 +39,7 @@ def test_a_good_file_reads(tokenizer, tmp_path):
         ({**GOOD, "chosen": 3}, r"expected three strings or three message lists, got str, int, str"),
         ({**GOOD, "chosen": [{"role": "assistant", "content": "x"}]}, r"got str, list, str"),
         ([1, 2], r"expected a JSON object, got list"),
-        ({**GOOD, "prompt": ""}, r"an empty prompt"),
+        ({**GOOD, "prompt": ""}, r"prompt: empty"),
         ("{not json", r"train\.jsonl:2: not valid JSON"),
     ],
     ids=["missing-key", "number", "mixed", "not-an-object", "empty-prompt", "torn-json"],
@@ -63,3 +64,12 @@ def test_a_missing_file_and_one_where_nothing_fits_are_named(tokenizer, tmp_path
     long_prompt = {**GOOD, "prompt": "x = 1\n" * 200}
     with pytest.raises(DataError, match=r"no pair fits in 8 tokens"):
         read_pairs(_file(tmp_path, long_prompt), tokenizer, 8)
+
+
+def test_a_prompt_merged_into_the_completion_collates_from_its_second_token(tokenizer):
+    from frontier.finetune.preference_data import Pair, collate_pairs
+    from frontier.model.loss import IGNORE_INDEX
+
+    pair = Pair(0, np.zeros(0, dtype=np.int64), np.array([5, 6, 7]), np.array([5, 8]))
+    batch = collate_pairs([pair], pad_id=0)
+    assert batch.targets.tolist() == [[6, 7], [8, IGNORE_INDEX]]

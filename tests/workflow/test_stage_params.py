@@ -31,6 +31,8 @@ TINY = [
     "model.num_heads=2", "model.max_seq_len=64", "train.max_steps=6", "train.micro_batch_size=4", "train.eval_every=3",
     "train.eval_batches=2", "train.log_every=2", "schedule.warmup_steps=2", "evaluate.max_tokens=4096",
     "evaluate.batch_size=4", "finetune.max_steps=3", "finetune.micro_batch_size=2", "engine.monitor.system_every_s=0",
+    "evaluate.passk.max_problems=1", "evaluate.passk.n=1", "evaluate.passk.k=[1]",
+    "evaluate.passk.sampling.max_new_tokens=8",
 ]  # fmt: skip
 FIELDS = {f.name for f in dataclasses.fields(Params)}
 

@@ -150,11 +150,12 @@ def leave_process_group() -> None:
     ("terminate called without an active exception", exit -6) although its work was done. A peer that is
     already gone makes the barrier fail at once (its sockets are closed): nothing is left to wait for then.
     """
-    if not dist.is_initialized():
+    # One rank has no peer to fall out of step with; and its group (an in-memory store) may serve more stages in
+    # this process (a test, a notebook calling frontier.cli.main): leave it standing.
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return
-    if dist.get_world_size() > 1:
-        try:
-            dist.barrier()
-        except RuntimeError as exc:
-            log.debug("the closing barrier failed (%s); tearing down anyway", exc)
+    try:
+        dist.barrier()
+    except RuntimeError as exc:
+        log.debug("the closing barrier failed (%s); tearing down anyway", exc)
     dist.destroy_process_group()
