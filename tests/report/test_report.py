@@ -205,7 +205,8 @@ def test_report_from_real_stage_outputs(tmp_path):
     path = build_report(params, run["out"], tmp_path / "eval", tmp_path / "report")
     text = path.read_text(encoding="utf-8")
     assert f"{metrics['bits_per_byte']:.4f}" in text
-    assert text.count("<img ") == 2 and "Configuration of the training run" in text  # loss + dynamics
+    assert text.count("<img ") == 3 and "Configuration of the training run" in text  # loss, dynamics, scores
+    assert "frontier_python_syntax acc" in text  # the example task's score, as the evaluate stage wrote it
     samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * len(params.evaluate.prompts)
     from html import escape
