@@ -8,13 +8,14 @@ the ratio is computed from those figures; the figures themselves (a few toy step
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.bench.quick_run import run_quick
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "continued_pretraining.py"
@@ -31,13 +32,7 @@ def _script() -> ModuleType:
 
 @pytest.mark.slow
 def test_quick_run_reports_both_sides_and_their_ratio(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/")  # cwd: runs from anywhere
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-
-    [json_file] = out.glob("continued-pretraining-quick-*.json")
-    report = json.loads(json_file.read_text())
+    report, json_file, printed = run_quick(SCRIPT, tmp_path, "continued-pretraining-quick-*.json")
     settings, summary = report["settings"], report["summary"]
     pair = report["results"]["continued_pretraining"]
     assert set(pair) == {"frontier", "hf"}
@@ -56,7 +51,7 @@ def test_quick_run_reports_both_sides_and_their_ratio(tmp_path: Path) -> None:
     assert (summary["frontier_tokens_per_s"], summary["hf_tokens_per_s"]) == (f_tps, h_tps)
     assert summary["ratio"] == pytest.approx(f_tps / h_tps, rel=1e-12)
     assert summary["met"] == (summary["ratio"] >= 1.0)
-    assert f"ratio {summary['ratio']:.3f}" in done.stdout
+    assert f"ratio {summary['ratio']:.3f}" in printed
 
     md = json_file.with_suffix(".md").read_text()
     assert "| Frontier (frontier.train.run.train) |" in md and "| transformers.Trainer |" in md

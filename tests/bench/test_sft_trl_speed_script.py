@@ -7,12 +7,11 @@ computed from those figures; the figures themselves (a few toy steps) are never 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench.quick_run import run_quick
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "sft_trl_speed.py"
@@ -20,13 +19,7 @@ SCRIPT = REPO / "bench" / "sft_trl_speed.py"
 
 @pytest.mark.slow
 def test_quick_run_reports_both_sides_and_their_ratio(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--work", str(tmp_path / "work"), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/")  # cwd: runs from anywhere
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-
-    [json_file] = out.glob("sft-trl-speed-quick-*.json")
-    report = json.loads(json_file.read_text())
+    report, json_file, printed = run_quick(SCRIPT, tmp_path, "sft-trl-speed-quick-*.json")
     settings, summary = report["settings"], report["summary"]
     pair = report["results"]["sft_packing"]
     assert set(pair) == {"frontier", "trl"}
@@ -38,5 +31,5 @@ def test_quick_run_reports_both_sides_and_their_ratio(tmp_path: Path) -> None:
         assert run["timed_steps"] == settings["steps"] and run["tokens_per_s"] > 0
     ratio = pair["frontier"]["tokens_per_s"] / pair["trl"]["tokens_per_s"]
     assert summary["ratio"] == pytest.approx(ratio)
-    md = (out / json_file.name.replace(".json", ".md")).read_text()
+    md = json_file.with_suffix(".md").read_text()
     assert "--quick rehearsal" in md and "Frontier / TRL tokens/s" in md
