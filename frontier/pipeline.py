@@ -122,6 +122,19 @@ _EVALUATE = Stage(
     report=("{name}.json", "{name}.jsonl"),
 )
 
+# Declared before the list: merge_preference runs the same subcommand on the preference stage's output.
+_MERGE = Stage(
+    "merge",
+    "frontier.finetune.merge:merge",
+    "the fine-tuned full model: the adapter merged into its base (method full: the model itself)",
+    (
+        Flag("adapter", "adapter directory", "runs/finetune"),
+        Flag("out", "output model directory", "runs/merged"),
+    ),
+    deps=("runs/finetune",),
+    outs=("runs/merged",),
+)
+
 
 def _index(stages: list[Stage]) -> dict[str, Stage]:
     """The stages by name, once the declarations pass what each consumer relies on (a wrong one fails at
@@ -249,18 +262,19 @@ ALL_STAGES: dict[str, Stage] = _index(
             multithreaded=True,
             launches=True,
         ),
+        _MERGE,
         Stage(
-            "merge",
-            "frontier.finetune.merge:merge",
-            "the fine-tuned full model: the adapter merged into its base (method full: the model itself)",
+            "preference_data",
+            "frontier.finetune.preference_demo:build_preference_pairs",
+            "build prompt/chosen/rejected pairs for the preference demo (a docstring: its body, another one)",
             (
-                Flag("adapter", "adapter directory", "runs/finetune"),
-                Flag("out", "output model directory", "runs/merged"),
+                Flag("data", "fine-tune data directory (prompt/response pairs)", "data/sft"),
+                Flag("out", "output directory", "data/preference"),
             ),
-            deps=("runs/finetune",),
-            outs=("runs/merged",),
+            deps=("data/sft",),
+            outs=("data/preference",),
+            params=("preference.demo_train_pairs", "preference.demo_heldout_pairs", "preference.demo_max_prompt_chars"),
         ),
-        # Run by hand on preference pairs of one's own (the demo data has none yet): no rule, no dvc.yaml stage.
         Stage(
             "preference",
             "frontier.finetune.preference:preference",
@@ -291,7 +305,12 @@ ALL_STAGES: dict[str, Stage] = _index(
             report=("{name}.json",),
             multithreaded=True,
             launches=True,
-            in_pipeline=False,
+        ),
+        _MERGE.on_paths(
+            "merge_preference",
+            {"adapter": "runs/preference", "out": "runs/merged_preference"},
+            deps=("runs/preference",),
+            outs=("runs/merged_preference",),
         ),
         # Run by hand on any model and set (the evaluate stages score pass@k on a subset: evaluate.passk.in_evaluate)
         Stage(
@@ -313,6 +332,13 @@ ALL_STAGES: dict[str, Stage] = _index(
             outs=("runs/eval_finetuned",),
             metrics=("runs/eval_finetuned/metrics.json",),
         ),
+        _EVALUATE.on_paths(
+            "evaluate_preference",
+            {"model": "runs/merged_preference", "out": "runs/eval_preference"},
+            deps=("runs/merged_preference", "data/tokens", "data/prepared"),
+            outs=("runs/eval_preference",),
+            metrics=("runs/eval_preference/metrics.json",),
+        ),
         Stage(
             "report",
             "frontier.report.build:build_report",
@@ -327,9 +353,23 @@ ALL_STAGES: dict[str, Stage] = _index(
                     "runs/eval_finetuned",
                     required=False,
                 ),
+                Flag("preference", "preference output directory", "runs/preference", required=False),
+                Flag(
+                    "eval_preference",
+                    "evaluate output directory of the preference-tuned model",
+                    "runs/eval_preference",
+                    required=False,
+                ),
                 Flag("out", "output directory", "reports"),
             ),
-            deps=("runs/train", "runs/eval", "runs/finetune", "runs/eval_finetuned"),
+            deps=(
+                "runs/train",
+                "runs/eval",
+                "runs/finetune",
+                "runs/eval_finetuned",
+                "runs/preference",
+                "runs/eval_preference",
+            ),
             outs=("reports",),
             params=("report",),
             report=("{name}.html", "{name}.png"),

@@ -115,7 +115,7 @@ def test_stage_subcommands_are_built_from_the_declarations() -> None:
          ["P", "m", "o", "p.jsonl"], {}),
         (["passk", "--model", "m", "--out", "o"], "frontier.eval.passk:run_passk", ["P", "m", "o", None], {}),
         (["report", "--train", "t", "--eval", "e", "--out", "o", "--eval-finetuned", "ef"],
-         "frontier.report.build:build_report", ["P", "t", "e", "o", None, "ef"], {}),
+         "frontier.report.build:build_report", ["P", "t", "e", "o", None, "ef", None, None], {}),
     ],
 )  # fmt: skip
 def test_a_stage_subcommand_calls_its_entry_function(

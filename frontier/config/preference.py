@@ -39,6 +39,11 @@ class PreferenceConfig(AdaptationConfig):
     # completion, averaged over all those tokens of a micro-batch (longer pairs weigh more; the micro-batches'
     # means then averaged). The odds-ratio term and the rewards are the same either way.
     orpo_nll: Literal["response", "sequence"] = "response"
+    # the pipeline's demo pairs (frontier.finetune.preference_demo: a docstring, its own body chosen, another
+    # function's rejected), at most this many from the SFT data's train and held-out splits
+    demo_train_pairs: int = field(default=400, metadata=bounds(ge=1))
+    demo_heldout_pairs: int = field(default=64, metadata=bounds(ge=1))
+    demo_max_prompt_chars: int = field(default=200, metadata=bounds(ge=1))  # prompts that leave room in the window
 
     def validate(self) -> None:
         super().validate()

@@ -2,7 +2,9 @@
 
 Reads the train stage's plots/train.csv, plots/val.csv and metrics.json, the evaluate stage's
 metrics.json and samples.jsonl, and optionally the fine-tune stage's metrics.json (base vs
-fine-tuned held-out loss) and its own plots/train.csv.
+fine-tuned held-out loss) and its own plots/train.csv, the preference stage's (frontier.report.preference),
+and the evaluate outputs of the fine-tuned and preference-tuned models (headline figures and scores side by
+side with the pretrained model's).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 from frontier.errors import DataError
 from frontier.report.html import Raw, esc, fmt, image, kv_table, page, pre, table
 from frontier.report.plots import Series, dynamics_figure, loss_figure, read_csv
+from frontier.report.preference import preference_section
 from frontier.report.scores import scores_section
 from frontier.report.sysinfo import system_info
 from frontier.utils.metrics_files import read_metrics
@@ -108,7 +111,7 @@ def _finetune(ft: dict[str, Any], ft_dir: Path, cfg: ReportConfig) -> str:
         delta = Raw(f'<span class="{cls}">{esc(fmt(tuned - base))}</span>')
         parts.append(
             table(
-                [("base model", base), ("fine-tuned (LoRA)", tuned), ("change", delta)],
+                [("base model", base), (f"fine-tuned ({ft.get('method', 'lora')})", tuned), ("change", delta)],
                 ["held-out loss on prompt/response pairs (response tokens)", "nats/token"],
             )
         )
@@ -135,10 +138,14 @@ def _samples(samples: list[dict[str, Any]]) -> str:
     return "".join(blocks)
 
 
-def _compare_evals(base: dict[str, Any], tuned: dict[str, Any]) -> str:
-    """The evaluate stage's headline figures for the pretrained and the fine-tuned (merged) model."""
-    rows = [(label, base.get(key), tuned.get(key)) for key, label in _HEADLINE if key in base and key in tuned]
-    return table(rows, ["metric (val split)", "pretrained", "fine-tuned"])
+def _compare_evals(evals: dict[str, dict[str, Any]]) -> str:
+    """The evaluate stage's headline figures for each model the pipeline made (pretrained, fine-tuned, ...)."""
+    rows = [
+        (label, *(m.get(key) for m in evals.values()))
+        for key, label in _HEADLINE
+        if all(key in m for m in evals.values())
+    ]
+    return table(rows, ["metric (val split)", *evals])
 
 
 def build_report(
@@ -148,6 +155,8 @@ def build_report(
     out_dir: Path,
     finetune_dir: Path | None = None,
     eval_finetuned_dir: Path | None = None,
+    preference_dir: Path | None = None,
+    eval_preference_dir: Path | None = None,
 ) -> Path:
     """Stage: write report.html (self-contained) and loss.png into `out_dir`; returns the HTML path."""
     from frontier.config import to_dict
@@ -197,8 +206,17 @@ def build_report(
     if eval_finetuned_dir is not None:
         _read_json(Path(eval_finetuned_dir) / "metrics.json", "the evaluate stage writes it")
         tuned = read_metrics(Path(eval_finetuned_dir))
-        sections.append(("Pretrained vs fine-tuned on val", _compare_evals(eval_metrics, tuned)))
         evals["fine-tuned"] = tuned
+    if preference_dir is not None:
+        _read_json(Path(preference_dir) / "metrics.json", "the preference stage writes it")
+        pref = read_metrics(Path(preference_dir))
+        body = preference_section(pref, Path(preference_dir), smoothing=cfg.smoothing, dpi=cfg.dpi)
+        sections.append(("Preference tuning", body))
+    if eval_preference_dir is not None:
+        _read_json(Path(eval_preference_dir) / "metrics.json", "the evaluate stage writes it")
+        evals["preference-tuned"] = read_metrics(Path(eval_preference_dir))
+    if len(evals) > 1:
+        sections.append((f"{' vs '.join(evals).capitalize()} on val", _compare_evals(evals)))
     sections.append(("Scores", scores_section(evals, dpi=cfg.dpi)))
     sections += [
         ("Samples", _samples(samples)),

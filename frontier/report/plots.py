@@ -80,13 +80,13 @@ def to_png(fig: object) -> bytes:
 DYNAMICS = (("lr", "learning rate"), ("grad_norm", "gradient norm"), ("tokens_per_s", "tokens / s"))
 
 
-def dynamics_figure(train: Series, *, dpi: int) -> bytes | None:
-    """PNG with one panel per DYNAMICS column present in the log (None when none is)."""
+def dynamics_figure(train: Series, *, dpi: int, columns: tuple[tuple[str, str], ...] = DYNAMICS) -> bytes | None:
+    """PNG with one panel per (column, label) of `columns` present in the log (None when none is)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     panels = []
-    for column, label in DYNAMICS:
+    for column, label in columns:
         points = [(s, v) for s, v in zip(train.get("step", []), train.get(column, [])) if math.isfinite(v)]
         if points:
             panels.append((label, points))

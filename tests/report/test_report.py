@@ -54,7 +54,9 @@ def _write_run(root: Path) -> tuple[Path, Path, Path]:
     ]
     (ev / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     (ft / "plots").mkdir(parents=True)
-    (ft / "metrics.json").write_text(json.dumps({"base_heldout_loss": 3.2, "finetuned_heldout_loss": 2.7}))
+    (ft / "metrics.json").write_text(
+        json.dumps({"base_heldout_loss": 3.2, "finetuned_heldout_loss": 2.7, "method": "lora"})
+    )
     (ft / "plots" / "train.csv").write_text("step,loss\n1,3.3\n2,3.1\n3,2.9\n4,2.8\n")
     (ft / "plots" / "val.csv").write_text("step,val_loss\n2,3.15\n4,2.7\n")
     return train, ev, ft
@@ -78,7 +80,7 @@ def test_report_holds_metrics_samples_config_and_system(report):
     assert path.name == "report.html" and (path.parent / "loss.png").is_file()
     assert "Test run &lt;1&gt;" in text
     assert "0.8120" in text and "64.8%" in text  # bits per byte and the saving vs unigram
-    assert "stdlib" in text and "fine-tuned (LoRA)" in text and "-0.5000" in text
+    assert "stdlib" in text and "fine-tuned (lora)" in text and "-0.5000" in text
     assert "def fib(n):" in text
     assert "evaluate:" in text and "passk:" in text  # the resolved configuration
     assert "4321.5" in text  # speed.json beside the training metrics
@@ -88,6 +90,52 @@ def test_report_holds_metrics_samples_config_and_system(report):
     import torch
 
     assert torch.__version__ not in text  # the renderer's own torch would show up if it reported itself
+
+
+def _write_preference(root: Path, ev: Path) -> tuple[Path, Path, Path]:
+    """A preference stage's output and the evaluate outputs of the fine-tuned and the preference-tuned model."""
+    pref = root / "preference"
+    (pref / "plots").mkdir(parents=True)
+    before = {"loss": 0.6931, "accuracy": 0.5, "margins": 0.0, "rewards_chosen": 0.0, "rewards_rejected": 0.0}
+    after = {"loss": 0.4242, "accuracy": 0.875, "margins": 0.61, "rewards_chosen": 0.2, "rewards_rejected": -0.41}
+    metrics = {"loss_kind": "dpo", "steps": 4, **{f"base_heldout_{k}": v for k, v in before.items()},
+               **{f"tuned_heldout_{k}": v for k, v in after.items()}}  # fmt: skip
+    (pref / "metrics.json").write_text(json.dumps(metrics))
+    (pref / "plots" / "train.csv").write_text("step,loss\n1,0.69\n2,0.6\n3,0.5\n4,0.45\n")
+    (pref / "plots" / "preference.csv").write_text(
+        "step,loss,rewards_chosen,rewards_rejected,margins,accuracy\n1,0.69,0.0,0.0,0.0,0.5\n4,0.45,0.2,-0.4,0.6,0.9\n"
+    )
+    evals = []
+    for name, loss in (("eval_ft", 1.7), ("eval_pref", 1.65)):
+        d = root / name
+        d.mkdir()
+        m = json.loads((ev / "metrics.json").read_text())
+        m["val_loss"] = loss
+        (d / "metrics.json").write_text(json.dumps(m))
+        evals.append(d)
+    return pref, evals[0], evals[1]
+
+
+def test_report_compares_pretrained_fine_tuned_and_preference_tuned(tmp_path):
+    train, ev, ft = _write_run(tmp_path)
+    pref, ev_ft, ev_pref = _write_preference(tmp_path, ev)
+    path = build_report(load_params(None), train, ev, tmp_path / "out", ft, ev_ft, pref, ev_pref)
+    text = path.read_text()
+    assert "Preference tuning" in text and "held-out pairs (DPO)" in text
+    # accuracy 0.5 -> 0.875 is better; the loss fell, also better; both changes shown
+    assert '<span class="better">0.3750</span>' in text and '<span class="better">-0.2689</span>' in text
+    assert "Pretrained vs fine-tuned vs preference-tuned on val" in text
+    compared = text.split("Pretrained vs fine-tuned vs preference-tuned on val", 1)[1]
+    row = re.search(r"<tr><td>val loss \(nats/token\)</td>(.*?)</tr>", compared).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", row) == ["1.9000", "1.7000", "1.6500"]
+    assert len(re.findall(r"<img ", text)) == 5  # + the preference loss and its rewards
+    # without its evaluation the preference run still has its section; the comparison keeps the two it has
+    text = build_report(load_params(None), train, ev, tmp_path / "two", ft, ev_ft, pref).read_text()
+    assert "Preference tuning" in text and "Pretrained vs fine-tuned on val" in text
+    (pref / "metrics.json").unlink()
+    with pytest.raises(DataError, match="preference/metrics.json"):
+        build_report(load_params(None), train, ev, tmp_path / "three", ft, ev_ft, pref, ev_pref)
+    assert not (tmp_path / "three").exists()
 
 
 def test_report_of_a_run_without_provenance_says_so(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from frontier.utils.metrics_files import read_metrics
 from tests.workflow.helpers import REPO, stage_env, workspace
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,13 @@ TINY = {
         "passk": {"max_problems": 2, "n": 2, "k": [1, 2], "sampling": {"max_new_tokens": 24}},
     },
     "finetune": {"max_steps": 4, "micro_batch_size": 2},
+    "preference": {
+        "max_steps": 4,
+        "micro_batch_size": 2,
+        "demo_train_pairs": 16,
+        "demo_heldout_pairs": 4,
+        "demo_max_prompt_chars": 80,
+    },
 }
 
 
@@ -73,13 +81,16 @@ def _planned_jobs(root: Path) -> set[str]:
 # Every stage's output directory, each holding params.resolved.yaml and provenance.json.
 STAGE_OUTPUTS = (
     "data/prepared", "data/tokenizer", "data/tokens", "runs/train", "runs/eval", "data/sft",
-    "runs/finetune", "runs/merged", "runs/eval_finetuned", "reports",
+    "runs/finetune", "runs/merged", "runs/eval_finetuned", "data/preference", "runs/preference",
+    "runs/merged_preference", "runs/eval_preference", "reports",
 )  # fmt: skip
 # What must be byte-identical when the same inputs run again in a fresh directory (CPU).
 SAME_BITS = (
     "data/prepared/train.jsonl", "data/tokenizer/tokenizer.json", "data/tokens/train/meta.json",
     "runs/train/model/model.safetensors", "runs/train/metrics.json", "runs/eval/metrics.json",
     "runs/finetune/adapter/adapter_model.safetensors", "runs/finetune/metrics.json", "runs/eval_finetuned/metrics.json",
+    "data/preference/train.jsonl", "runs/preference/adapter/adapter_model.safetensors", "runs/preference/metrics.json",
+    "runs/eval_preference/metrics.json",
 )  # fmt: skip
 
 
@@ -96,16 +107,21 @@ def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
         record = json.loads((root / stage_dir / "provenance.json").read_text())
         assert record["git"]["commit"] == head and record["lock"]["matches"], stage_dir
         assert record["command"].startswith("frontier ") and record["packages"]["torch"], stage_dir
-        if stage_dir != "runs/merged":  # merge reads no parameters
+        if stage_dir not in ("runs/merged", "runs/merged_preference"):  # merge reads no parameters
             assert (root / stage_dir / "params.resolved.yaml").is_file(), stage_dir
     # The report shows the training machine's record (the train stage's), not the renderer's.
     train_record = json.loads((root / "runs/train/provenance.json").read_text())
     report = (root / "reports/report.html").read_text()
     assert "Training machine and environment" in report and train_record["created_utc"] in report
-    assert "Pretrained vs fine-tuned on val" in report and "Training dynamics" in report
-    # both models scored the same way, side by side
+    assert "Pretrained vs fine-tuned vs preference-tuned on val" in report and "Training dynamics" in report
+    # SFT -> DPO: the preference stage started from the SFT'd model and scored its held-out pairs before and after
+    pref = read_metrics(root / "runs/preference")  # metrics.json and run.json
+    assert pref["loss_kind"] == "dpo" and pref["steps"] == 4 and pref["heldout_pairs"] == 4
+    assert pref["base_model"] == "../merged" and "tuned_heldout_accuracy" in pref
+    assert "Preference tuning" in report and "preference-tuned" in report
+    # every model scored the same way, side by side
     assert "Scores" in report and "frontier_python_syntax acc" in report
-    for eval_dir in ("runs/eval", "runs/eval_finetuned"):
+    for eval_dir in ("runs/eval", "runs/eval_finetuned", "runs/eval_preference"):
         scored = json.loads((root / eval_dir / "metrics.json").read_text())
         assert scored["harness"]["frontier_python_syntax"]["samples"] == 60, eval_dir
         ran = json.loads((root / eval_dir / "run.json").read_text())
@@ -137,4 +153,4 @@ def test_snakemake_pipeline_end_to_end(tmp_path: Path) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     planned = _planned_jobs(root)
     assert "train" in planned and "evaluate" in planned and "report" in planned
-    assert not planned & {"prepare", "tokenizer", "tokenize", "sft_data"}, planned
+    assert not planned & {"prepare", "tokenizer", "tokenize", "sft_data", "preference_data"}, planned

@@ -36,7 +36,8 @@ from tests.workflow.helpers import (
 from tests.workflow.test_end_to_end import TINY, _project, _run, _snakemake
 
 # Train and what follows it: what a train-only (or optimizer) change reruns.
-FROM_TRAIN = {"train", "evaluate", "finetune", "merge", "evaluate_finetuned", "report"}
+FROM_TRAIN = {"train", "evaluate", "finetune", "merge", "evaluate_finetuned", "preference", "merge_preference",
+              "evaluate_preference", "report"}  # fmt: skip
 README_SECTION = "## Snakemake and DVC"
 MODEL = "runs/train/model/model.safetensors"
 

@@ -32,7 +32,8 @@ TINY = [
     "train.eval_batches=2", "train.log_every=2", "schedule.warmup_steps=2", "evaluate.max_tokens=4096",
     "evaluate.batch_size=4", "finetune.max_steps=3", "finetune.micro_batch_size=2", "engine.monitor.system_every_s=0",
     "evaluate.passk.max_problems=1", "evaluate.passk.n=1", "evaluate.passk.k=[1]",
-    "evaluate.passk.sampling.max_new_tokens=8",
+    "evaluate.passk.sampling.max_new_tokens=8", "preference.max_steps=2", "preference.micro_batch_size=2",
+    "preference.demo_train_pairs=8", "preference.demo_heldout_pairs=2", "preference.demo_max_prompt_chars=80",
 ]  # fmt: skip
 FIELDS = {f.name for f in dataclasses.fields(Params)}
 
@@ -69,6 +70,8 @@ def test_every_stage_declares_the_sections_it_reads(tmp_path: Path, monkeypatch:
     from frontier.data.tokenizer import train_tokenizer
     from frontier.eval.evaluate import evaluate
     from frontier.finetune.merge import merge
+    from frontier.finetune.preference import preference
+    from frontier.finetune.preference_demo import build_preference_pairs
     from frontier.finetune.run import finetune
     from frontier.finetune.sft_data import build_sft_pairs
     from frontier.report.build import build_report
@@ -90,7 +93,15 @@ def test_every_stage_declares_the_sections_it_reads(tmp_path: Path, monkeypatch:
         ),
         "merge": lambda: merge(d / "finetune", d / "merged"),
         "evaluate_finetuned": lambda: evaluate(p, d / "merged", d / "tokens", d / "eval_ft", d / "prepared"),
-        "report": lambda: build_report(p, d / "train", d / "eval", d / "report", d / "finetune", d / "eval_ft"),
+        "preference_data": lambda: build_preference_pairs(p, d / "sft", d / "pref_data"),
+        "preference": lambda: (
+            should_launch(p.launch) or preference(p, d / "merged", d / "pref_data", d / "pref", d / "ckpt_pref")
+        ),
+        "merge_preference": lambda: merge(d / "pref", d / "merged_pref"),
+        "evaluate_preference": lambda: evaluate(p, d / "merged_pref", d / "tokens", d / "eval_pref", d / "prepared"),
+        "report": lambda: build_report(
+            p, d / "train", d / "eval", d / "report", d / "finetune", d / "eval_ft", d / "pref", d / "eval_pref"
+        ),
     }
     assert set(runs) == set(STAGES), "every stage of the pipeline is exercised"
     for name, run in runs.items():
