@@ -162,6 +162,8 @@ phase_tests() {
         # compile-bound tests (Triton, Inductor) in parallel; a crashing test takes down one worker, not the run
         args+=(-n "$TEST_WORKERS")
         export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-4}
+    elif "$PY" -c "import xdist" 2>/dev/null; then
+        args+=(-n 0)  # one process (tests/conftest.py would otherwise start a worker per core)
     fi
     "$PY" -m pytest "${args[@]}"
 }
