@@ -266,7 +266,7 @@ ALL_STAGES: dict[str, Stage] = _index(
         Stage(
             "preference_data",
             "frontier.finetune.preference_demo:build_preference_pairs",
-            "build prompt/chosen/rejected pairs for the preference demo (a docstring: its body, another one)",
+            "build prompt/chosen/rejected pairs for the preference demo (a docstring: its body over its first line)",
             (
                 Flag("data", "fine-tune data directory (prompt/response pairs)", "data/sft"),
                 Flag("out", "output directory", "data/preference"),

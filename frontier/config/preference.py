@@ -25,7 +25,8 @@ class PreferenceConfig(AdaptationConfig):
 
     # AdaptationConfig's keys, with a preference run's own defaults
     micro_batch_size: int | Literal["auto"] = field(default=4, metadata=bounds(ge=1))  # pairs
-    lr: float = field(default=5e-5, metadata=bounds(gt=0))
+    # the demo's tiny model with a LoRA adapter, as finetune's lr; a full-weight DPO of a 7B model wants ~5e-7
+    lr: float = field(default=1e-3, metadata=bounds(gt=0))
     warmup_steps: int = field(default=0, metadata=bounds(ge=0))
     max_steps: int = field(default=50, metadata=bounds(ge=1))
     # the loss
@@ -39,8 +40,8 @@ class PreferenceConfig(AdaptationConfig):
     # completion, averaged over all those tokens of a micro-batch (longer pairs weigh more; the micro-batches'
     # means then averaged). The odds-ratio term and the rewards are the same either way.
     orpo_nll: Literal["response", "sequence"] = "response"
-    # the pipeline's demo pairs (frontier.finetune.preference_demo: a docstring, its own body chosen, another
-    # function's rejected), at most this many from the SFT data's train and held-out splits
+    # the pipeline's demo pairs (frontier.finetune.preference_demo: a docstring, its whole body chosen, the body's
+    # first line rejected), at most this many from the SFT data's train and held-out splits
     demo_train_pairs: int = field(default=400, metadata=bounds(ge=1))
     demo_heldout_pairs: int = field(default=64, metadata=bounds(ge=1))
     demo_max_prompt_chars: int = field(default=200, metadata=bounds(ge=1))  # prompts that leave room in the window

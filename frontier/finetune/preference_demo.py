@@ -1,16 +1,18 @@
-"""Offline preference pairs for the pipeline's demo, from the SFT pairs: which body belongs to this docstring?
+"""Offline preference pairs for the pipeline's demo, from the SFT pairs: the whole body over an unfinished one.
 
-Each SFT record ``{"prompt": <def line + docstring>, "response": <its body>}`` becomes one preference record
-``{"prompt": ..., "chosen": <its own body>, "rejected": <another function's body>}``. The rejected body is
-real code of the same corpus, so a model cannot tell the two apart by style: it has to relate a docstring
-and signature to the body that implements them, which is what the SFT stage just taught. The other body is
-the next record's in the SFT file's order (a content-hash order, so the choice is deterministic and
-unrelated to the prompt); a record with the same body or the same prompt is skipped as a partner.
+Each SFT record ``{"prompt": <def line + docstring>, "response": <its body>}`` whose body has two lines or more
+becomes one preference record ``{"prompt": ..., "chosen": <the body>, "rejected": <its first line only>}``: the
+preference for implementations that are finished over ones cut short (a stub, a block opened and never
+filled). The two completions agree on their first line and part where the rejected one ends, so DPO learns from
+the one place they differ, and what it learns (do not stop a function after one line) carries over to prompts
+it never saw: on the default run the held-out accuracy goes from 0 to ~0.8 (docs in README "Fine-tuning and
+preference tuning"). A first try, another function's body as the rejected one, taught a model of this size
+nothing that carried over (held-out accuracy stayed at chance): telling bodies apart by what the docstring says
+is beyond it.
 
 Only records whose prompt has at most `demo_max_prompt_chars` characters are used (a prompt that fills the model's
 window leaves no completion to prefer: the preference stage drops such pairs). Train pairs come from the SFT train
-split and held-out pairs from its held-out split, each pairing within
-itself, so no held-out body is ever seen in training, as chosen or as rejected.
+split and held-out pairs from its held-out split, in the SFT files' order (a content-hash order).
 """
 
 from __future__ import annotations
@@ -43,20 +45,14 @@ def _read_sft(path: Path) -> list[dict[str, str]]:
     return records
 
 
-def pair_up(records: list[dict[str, str]], limit: int) -> list[dict[str, str]]:
-    """Up to `limit` preference records: each record's own response chosen, the next other record's rejected."""
-    n = len(records)
-    out: list[dict[str, str]] = []
-    for i, rec in enumerate(records):
-        if len(out) == limit:
-            break
-        # the next record (cyclically) with another body and another prompt (two methods can share a signature and
-        # docstring, each body then as right as the other); none when there is no such record
-        other = next((o for o in (records[(i + j) % n] for j in range(1, n))
-                      if o["response"] != rec["response"] and o["prompt"] != rec["prompt"]), None)  # fmt: skip
-        if other is not None:
-            out.append({"prompt": rec["prompt"], "chosen": rec["response"], "rejected": other["response"]})
-    return out
+def demo_pair(record: dict[str, str]) -> dict[str, str] | None:
+    """The preference record of one SFT record: its body chosen, the body's first line rejected (None: the body
+    has a single non-blank line, so there is nothing shorter to reject)."""
+    lines = record["response"].splitlines(keepends=True)
+    if sum(1 for line in lines if line.strip()) < 2:
+        return None
+    first = lines[0] if lines[0].endswith("\n") else lines[0] + "\n"
+    return {"prompt": record["prompt"], "chosen": record["response"], "rejected": first}
 
 
 def build_preference_pairs(params: Params, sft_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -69,14 +65,18 @@ def build_preference_pairs(params: Params, sft_dir: Path, out_dir: Path) -> dict
     splits: dict[str, list[dict[str, str]]] = {}
     for split in SPLITS:
         path = Path(sft_dir) / f"{split}.jsonl"
-        # short prompts only: a pair whose prompt fills the model's window leaves no completion to prefer
-        records = [r for r in _read_sft(path) if len(r["prompt"]) <= pc.demo_max_prompt_chars]
-        splits[split] = pair_up(records, limits[split])
-        if not splits[split]:
+        pairs = []
+        for record in _read_sft(path):
+            # short prompts only: a pair whose prompt fills the model's window leaves no completion to prefer
+            pair = demo_pair(record) if len(record["prompt"]) <= pc.demo_max_prompt_chars else None
+            if pair is not None and len(pairs) < limits[split]:
+                pairs.append(pair)
+        if not pairs:
             raise DataError(
-                f"{path}: no preference pair can be made (it needs two records with different prompts and responses, "
-                f"prompts of at most preference.demo_max_prompt_chars={pc.demo_max_prompt_chars} characters)"
+                f"{path}: no preference pair can be made (it needs a record whose body has two lines or more and "
+                f"whose prompt has at most preference.demo_max_prompt_chars={pc.demo_max_prompt_chars} characters)"
             )
+        splits[split] = pairs
     stats = {f"{split}_pairs": len(records) for split, records in splits.items()}
     with atomic_dir(out_dir) as tmp:
         for split, records in splits.items():
