@@ -210,7 +210,16 @@ def _check_dvc_workspace(root: Path, tmp_path: Path) -> None:
     values = list(_leaves(json.loads(metrics_json)))
     assert values and all(v is None or isinstance(v, (int, float)) for v in values), values[:5]
     plots = json.loads(_run([*dvc, "plots", "show", "--json"], root).stdout)
-    assert {"loss", "learning_rate", "grad_norm", "throughput", "finetune_loss"} <= set(plots.get("data", plots))
+    named = {
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "throughput",
+        "finetune_loss",
+        "preference_loss",
+        "preference_rewards",
+    }
+    assert named <= set(plots.get("data", plots)), sorted(plots.get("data", plots))
     # The README's short view of experiments (`frontier exp`): within 120 columns, the values DVC reports.
     exps = json.loads(_run([*dvc, "exp", "show", "--json"], root).stdout)
     view = _run([sys.executable, "-m", "frontier", "exp"], root).stdout
