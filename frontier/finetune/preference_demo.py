@@ -5,9 +5,7 @@ becomes one preference record ``{"prompt": ..., "chosen": <the body>, "rejected"
 preference for implementations that are finished over ones cut short (a stub, a block opened and never
 filled). The two completions agree on their first line and part where the rejected one ends, so DPO learns from
 the one place they differ, and what it learns (do not stop a function after one line) carries over to prompts
-it never saw: on the default run the held-out accuracy goes from 0 to 0.84 (docs/performance.md). A first try, another function's body as the rejected one, taught a model of this size
-nothing that carried over (held-out accuracy stayed at chance): telling bodies apart by what the docstring says
-is beyond it.
+it never saw: on the default run the held-out accuracy goes from 0 to 0.84 (docs/performance.md).
 
 Only records whose prompt has at most `demo_max_prompt_chars` characters are used (a prompt that fills the model's
 window leaves no completion to prefer: the preference stage drops such pairs). Train pairs come from the SFT train
